@@ -1,0 +1,1 @@
+"""Benchmarks: our loops side by side with a peer, in the same run (make bench)."""

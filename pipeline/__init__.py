@@ -1,0 +1,1 @@
+"""Shared plumbing for every stage: config, artifacts, tokenizer, model, metrics, runtime."""

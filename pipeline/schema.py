@@ -1,0 +1,241 @@
+"""The typed configuration of a run: one dataclass per YAML section, defaults documented.
+
+Every stage reads the same `RunConfig`; a preset (configs/*.yaml) sets only what differs.
+Paths left empty are derived from `run.out_dir/run.name/<stage>` so stages chain by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pipeline.errors import UserError
+
+
+@dataclass
+class RunSection:
+    name: str = "run"  # defaults to the preset's file name: runs/<name>/...
+    out_dir: str = "runs"
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on capable GPUs, fp32 on CPU
+    compile: bool = False  # torch.compile the model (pays off on GPU; nothing on CPU)
+
+
+@dataclass
+class DataSection:
+    """The embedded demo data (data/demo): built from the docs that ship inside Python."""
+
+    subset: Literal["common", "all"] = "common"  # common: a few hundred well-known objects; all: everything
+    k: int = 4  # candidate answers per ranking prompt
+    seed: int = 0
+    dir: str | None = None  # default runs/<name>/data
+
+
+@dataclass
+class TokenizerSection:
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    from_: str | None = None  # reuse an existing tokenizer (path or hub name) instead of training one
+
+
+@dataclass
+class ModelSection:
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # grouped-query attention; None = n_head
+    n_embd: int = 128
+    intermediate_size: int | None = None  # SwiGLU width; None = ~8/3 * n_embd rounded up to 32
+    block_size: int = 256  # context length used in training
+    max_position_embeddings: int | None = None  # None = block_size
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+    init_from: str | None = None  # start from an existing causal LM (path or hub name)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+    def validate(self) -> None:
+        if self.n_embd % self.n_head:
+            raise UserError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                "pick a width that is a multiple of the number of heads."
+            )
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise UserError(f"model.n_head={self.n_head} is not divisible by model.n_kv_head={kv}.")
+        if (self.n_embd // self.n_head) % 2:
+            raise UserError(f"head size n_embd/n_head={self.n_embd // self.n_head} must be even for RoPE.")
+        if self.max_position_embeddings and self.block_size > self.max_position_embeddings:
+            raise UserError(
+                f"model.block_size={self.block_size} is over model.max_position_embeddings="
+                f"{self.max_position_embeddings}; lower block_size or raise the maximum."
+            )
+        for key in ("n_layer", "n_head", "n_embd", "block_size"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"model.{key} must be positive, got {getattr(self, key)}.")
+
+
+@dataclass
+class TrainSection:
+    """Pretraining: next-token prediction on raw text."""
+
+    data: list[str] = field(default_factory=lambda: ["demo"])  # .txt/.jsonl/.parquet files, dirs, globs, hub names
+    text_field: str = "text"
+    val_fraction: float = 0.05  # held-out share of documents when the data has no validation split
+    batch_size: int = 12  # sequences per micro-batch (per process)
+    tokens_per_step: int | None = None  # global tokens per optimizer step; sets gradient accumulation
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 250
+    resume: bool = True  # continue from the last checkpoint if one exists
+    sample_temperatures: list[float] = field(default_factory=lambda: [0.0, 0.7, 1.0])
+    sample_tokens: int = 120
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    qlora: bool = False  # 4-bit base weights; needs bitsandbytes and a CUDA GPU
+
+
+@dataclass
+class SFTSection:
+    init_from: str | None = None  # default runs/<name>/pretrain; any HF causal LM dir or hub name
+    data: str = "demo"  # demo, a local file (.jsonl/.json/.parquet/.csv, .gz) or a hub name
+    val_data: str | None = None  # default: the demo's validation split, or a share of `data`
+    val_fraction: float = 0.05
+    max_length: int = 256
+    packing: bool = False
+    lr: float = 5e-4
+    epochs: float = 3.0
+    max_steps: int = -1  # >0 overrides epochs
+    batch_size: int = 16
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    eval_every: int = 100
+    log_every: int = 10
+    save_every: int = 200
+    resume: bool = True
+    num_samples: int = 8  # held-out prompts answered into samples.md
+    lora: LoraSection = field(default_factory=LoraSection)
+
+
+@dataclass
+class RewardSection:
+    init_from: str | None = None  # default runs/<name>/sft
+    data: str = "demo"  # pairwise, HH transcripts or K-way rankings; see data/README.md
+    val_data: str | None = None
+    val_fraction: float = 0.1
+    max_length: int = 256
+    lr: float = 1e-4
+    epochs: float = 2.0
+    max_steps: int = -1
+    batch_size: int = 16
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    use_margin: bool = False  # use a `margin` column in the loss when the data has one
+    center_rewards_coefficient: float | None = None  # auxiliary loss pulling rewards to zero mean
+    group_by_prompt: bool = True  # K-way: keep one prompt's pairs in the same batch (InstructGPT)
+    eval_every: int = 100
+    log_every: int = 10
+    save_every: int = 200
+    resume: bool = True
+    stats_prompts: int = 64  # SFT samples scored after training for PPO's reward normalisation
+    lora: LoraSection = field(default_factory=LoraSection)
+
+
+@dataclass
+class PPOSection:
+    policy: str | None = None  # default runs/<name>/sft (also the frozen reference)
+    reward_model: str | None = None  # default runs/<name>/reward
+    value_model: str | None = None  # default: initialised from the reward model
+    data: str = "demo"  # prompts: demo, or a file/hub name with a `prompt` field (string or messages)
+    total_episodes: int = 2048
+    batch_size: int = 64  # prompts per rollout (global)
+    num_minibatches: int = 4
+    ppo_epochs: int = 4
+    grad_accum: int = 1  # micro-batches per minibatch
+    lr: float = 3e-5
+    max_new_tokens: int = 48
+    max_prompt_length: int = 128
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    kl_coef: float = 0.05
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    adaptive_kl: bool = False
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    kl_budget: float = 10.0  # the quality bar's limit on mean KL(PPO||SFT) per answer
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    missing_eos_penalty: float | None = 1.0
+    missing_eos_mode: Literal["subtract", "replace"] = "subtract"
+    reward_clip: float | None = None
+    max_grad_norm: float = 1.0
+    forward_batch_size: int = 32  # micro-batch for no-grad forwards (reference, reward, value)
+    sample_every: int = 5  # rollouts between samples.md / held-out evaluations
+    log_every: int = 1
+    save_every: int = 10
+    resume: bool = True
+    lora: LoraSection = field(default_factory=LoraSection)
+
+
+@dataclass
+class EvalSection:
+    models: list[str] = field(default_factory=list)  # default: this run's pretrain, sft and ppo
+    reward_model: str | None = None  # default runs/<name>/reward
+    prompts: str | None = None  # default: the demo's evaluation prompts
+    num_prompts: int = 128
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    batch_size: int = 32
+    num_side_by_side: int = 10
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    sft: SFTSection = field(default_factory=SFTSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+    def stage_dir(self, stage: str) -> Path:
+        """Where a stage's artifact lives: runs/<name>/<stage>."""
+        return self.run_dir / stage
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.dir) if self.data.dir else self.stage_dir("data")

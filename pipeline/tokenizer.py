@@ -1,0 +1,92 @@
+"""Byte-level BPE tokenizer with chat roles, and the chat template every stage shares.
+
+One token, `<|end|>`, ends both a pretraining document and a chat turn, and is the EOS that
+generation stops at. Padding has its own token, so PPO can tell padding from a real EOS.
+The template wraps assistant content in `{% generation %}` markers: TRL's assistant-only loss
+(SFT) and our PPO masks read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from pipeline.errors import UserError
+
+PAD, EOS = "<|pad|>", "<|end|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+SPECIAL_TOKENS = (PAD, EOS, *ROLE_TOKENS)
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "<|assistant|>{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}"
+    "{% elif message['role'] in ['system', 'user'] %}"
+    "<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}"
+    "{% else %}{{ raise_exception('unknown chat role: ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts` (every byte is representable: no unknown tokens)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=list(ROLE_TOKENS),
+        chat_template=CHAT_TEMPLATE,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+        model_max_length=1_000_000,
+    )
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, list[str]]:
+    """Load any tokenizer and make it chat-ready; returns it with a list of what was changed."""
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load a tokenizer from '{name_or_path}': {e}") from None
+    return tok, ensure_chat_ready(tok)
+
+
+def ensure_chat_ready(tok: PreTrainedTokenizerBase) -> list[str]:
+    """Give a foreign tokenizer our role tokens, a PAD distinct from EOS, and our chat template.
+
+    Returns what was added, so the caller can log it and resize the model's embeddings.
+    """
+    changes = []
+    if tok.eos_token is None:
+        tok.add_special_tokens({"eos_token": EOS})
+        changes.append(f"added EOS token {EOS}")
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": PAD})
+        changes.append(f"added PAD token {PAD} (distinct from EOS)")
+    if not tok.chat_template or "{% generation %}" not in tok.chat_template:
+        missing = [t for t in ROLE_TOKENS if t not in tok.get_vocab()]
+        if missing:
+            tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+            changes.append(f"added role tokens {', '.join(missing)}")
+        tok.chat_template = CHAT_TEMPLATE
+        changes.append("set our chat template (with {% generation %} markers for assistant-only loss)")
+    return changes
