@@ -12,3 +12,33 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+import pytest  # noqa: E402
+
+
+def tiny_text(n_chars: int = 200_000) -> str:
+    """Real prose for tests: the first n_chars of tinyshakespeare (or a stand-in if it is absent)."""
+    if SHAKESPEARE.exists():
+        return SHAKESPEARE.read_text()[:n_chars]
+    return ("To be, or not to be, that is the question. " * (n_chars // 44 + 1))[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A saved Hugging Face model dir: our BPE tokenizer (chat template included) and a
+    randomly initialised 2-layer Llama. Built once per test session, in about a second."""
+    from pipeline.model import build_model
+    from pipeline.schema import ModelSection
+    from pipeline.tokenizer import train_tokenizer
+
+    import torch
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_lm")
+    text = tiny_text(100_000)
+    tok = train_tokenizer(text.split("\n\n"), vocab_size=512, min_frequency=2)
+    model = build_model(ModelSection(n_layer=2, n_head=2, n_embd=32, block_size=128), tok)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
