@@ -27,10 +27,20 @@ class RunSection:
 class DataSection:
     """The embedded demo data (data/demo): built from the docs that ship inside Python."""
 
-    subset: Literal["common", "all"] = "common"  # common: a few hundred well-known objects; all: everything
-    k: int = 4  # candidate answers per ranking prompt
+    subset: Literal["common", "all"] = "common"  # common: everyday modules (~0.6 MB of text); all: the stdlib
+    k: int = 4  # candidate answers per ranking prompt (2-6), graded best to worst
     seed: int = 0
     dir: str | None = None  # default runs/<name>/data
+    answer_words: int = 40  # gold answers are cut to whole sentences within this many words
+    val_docs: float = 0.05  # share of documents held out for validation loss (never asked about)
+
+    def validate(self) -> None:
+        if not 2 <= self.k <= 6:
+            raise UserError(f"data.k={self.k}: the demo builds 2 to 6 graded candidates per prompt.")
+        if self.answer_words < 8:
+            raise UserError(f"data.answer_words={self.answer_words} is too short for an answer; use 8 or more.")
+        if not 0.0 < self.val_docs < 0.5:
+            raise UserError(f"data.val_docs={self.val_docs} must be between 0 and 0.5.")
 
 
 @dataclass
@@ -121,7 +131,7 @@ class SFTSection:
     val_data: str | None = None  # default: the demo's validation split, or a share of `data`
     val_fraction: float = 0.05
     max_length: int = 256
-    packing: bool = False
+    packing: bool = False  # pack conversations into max_length rows (attention kept within each one)
     lr: float = 5e-4
     epochs: float = 3.0
     max_steps: int = -1  # >0 overrides epochs
@@ -134,6 +144,8 @@ class SFTSection:
     save_every: int = 200
     resume: bool = True
     num_samples: int = 8  # held-out prompts answered into samples.md
+    gold_prompts: int = 64  # held-out prompts whose greedy answers get the gold-metric score
+    max_new_tokens: int = 64  # answer length for samples.md and the gold score
     lora: LoraSection = field(default_factory=LoraSection)
 
 
@@ -168,6 +180,8 @@ class PPOSection:
     reward_model: str | None = None  # default runs/<name>/reward
     value_model: str | None = None  # default: initialised from the reward model
     data: str = "demo"  # prompts: demo, or a file/hub name with a `prompt` field (string or messages)
+    eval_data: str | None = None  # held-out prompts (+ gold); default: demo's ppo_gold, or the last prompts of data
+    num_eval_prompts: int = 64  # held-out prompts for samples.md, eval scores and the final PPO-vs-SFT report
     total_episodes: int = 2048
     batch_size: int = 64  # prompts per rollout (global)
     num_minibatches: int = 4
@@ -205,15 +219,29 @@ class PPOSection:
 
 @dataclass
 class EvalSection:
-    models: list[str] = field(default_factory=list)  # default: this run's pretrain, sft and ppo
-    reward_model: str | None = None  # default runs/<name>/reward
-    prompts: str | None = None  # default: the demo's evaluation prompts
+    """Compare models on held-out data; the last model listed is compared against the others."""
+
+    models: list[str] = field(default_factory=list)  # default: this run's pretrain, sft and ppo (those that exist)
+    reward_model: str | None = None  # default runs/<name>/reward if it exists; "none" skips RM scoring
+    prompts: str | None = None  # default: the demo's evaluation prompts (with gold answers)
+    lm_data: str = "demo"  # held-out text for loss/perplexity/bits per byte: demo, a file, or "none"
+    lm_max_tokens: int = 32768  # held-out tokens scored per model
     num_prompts: int = 128
     max_new_tokens: int = 64
-    temperature: float = 0.7
+    temperature: float = 0.7  # also the temperature of the KL estimate (as in PPO's rollouts)
+    top_k: int = 0
+    top_p: float = 1.0
     batch_size: int = 32
     num_side_by_side: int = 10
+    length_tolerance: float = 0.2  # "matched length": answers within 20% of each other's word count
     seed: int = 0
+
+    def validate(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise UserError("eval: need temperature >= 0, 0 < top_p <= 1 and top_k >= 0.")
+        for key in ("num_prompts", "max_new_tokens", "batch_size", "lm_max_tokens"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"eval.{key} must be positive, got {getattr(self, key)}.")
 
 
 @dataclass

@@ -1,0 +1,225 @@
+"""Record normalisation: the public data formats, each turned into one canonical shape per task.
+
+Every function takes one raw record (a dict) and returns the canonical record(s), raises
+`BadRecord` (the loader turns it into a UserError naming file and line and the accepted formats),
+or raises `Drop` for records that are well-formed but unusable (counted and reported, never silent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+SFT_FORMATS = ('{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}',
+               '{"prompt": ..., "completion": ...} (strings or message lists)',
+               '{"instruction": ..., "input": ..., "output": ...} (Alpaca)')
+PAIR_FORMATS = ('{"prompt": ..., "chosen": ..., "rejected": ...} (strings or message lists)',
+                '{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...} (HH transcripts, '
+                'or message lists sharing their first turns)',
+                '{"prompt": ..., "responses": [...], "ranking": [best, ..., worst]} (K-way, expanded to pairs)')
+RANKING_FORMATS = ('{"prompt": ..., "responses": [...], "ranking": [best, ..., worst]}',)
+PROMPT_FORMATS = ('{"prompt": ...} (string or message list; optional "gold")',
+                  '{"messages": [...]} (a trailing assistant turn becomes the gold answer)',
+                  '{"instruction": ..., "input": ..., "output": ...} (output becomes the gold answer)',
+                  'a .txt file: one prompt per line')
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+
+
+class BadRecord(Exception):
+    """The record fits none of the accepted formats (message says what is wrong)."""
+
+
+class Drop(Exception):
+    """A well-formed record that cannot be used (e.g. chosen == rejected); the reason is counted."""
+
+
+def _text(value, key: str) -> str:
+    if not isinstance(value, str):
+        raise BadRecord(f'"{key}" must be a string, got {type(value).__name__}')
+    return value
+
+
+def messages(value, key: str, default_role: str = "user") -> list[dict]:
+    """A string (one message with `default_role`) or a list of {"role", "content"} messages."""
+    if isinstance(value, str):
+        return [{"role": default_role, "content": value}]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise BadRecord(f'"{key}" must be a string or a non-empty list of messages')
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "content" not in m or "role" not in m:
+            raise BadRecord(f'"{key}"[{i}] is not a message with "role" and "content"')
+        role = ROLES.get(str(m["role"]).lower())
+        if role is None:
+            raise BadRecord(f'"{key}"[{i}] has role {m["role"]!r}; expected one of {", ".join(sorted(ROLES))}')
+        out.append({"role": role, "content": _text(m["content"], f"{key}[{i}].content")})
+    return out
+
+
+def _check_conversation(msgs: list[dict], key: str) -> list[dict]:
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise BadRecord(f'"{key}" has no assistant message to learn from')
+    return msgs
+
+
+def sft(rec: dict) -> dict:
+    """-> {"messages": [...]} from messages | prompt/completion | Alpaca."""
+    if "messages" in rec:
+        return {"messages": _check_conversation(messages(rec["messages"], "messages"), "messages")}
+    if "conversations" in rec:  # ShareGPT-style name for the same list
+        return {"messages": _check_conversation(messages(rec["conversations"], "conversations"), "conversations")}
+    if "prompt" in rec and "completion" in rec:
+        prompt = messages(rec["prompt"], "prompt")
+        completion = messages(rec["completion"], "completion", default_role="assistant")
+        return {"messages": _check_conversation(prompt + completion, "completion")}
+    if "instruction" in rec and "output" in rec:
+        return {"messages": [{"role": "user", "content": alpaca_prompt(rec)},
+                             {"role": "assistant", "content": _text(rec["output"], "output")}]}
+    raise BadRecord(f"no known SFT fields (found: {', '.join(sorted(rec)) or 'none'})")
+
+
+def alpaca_prompt(rec: dict) -> str:
+    instruction = _text(rec["instruction"], "instruction")
+    extra = rec.get("input") or ""
+    return f"{instruction}\n\n{_text(extra, 'input')}" if extra else instruction
+
+
+def _group(prompt: list[dict]) -> str:
+    """A stable id of a prompt, so pairs from one prompt can share a batch."""
+    return hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def parse_hh(transcript: str, key: str) -> list[dict]:
+    """`\\n\\nHuman: hi\\n\\nAssistant: hello` -> user/assistant messages."""
+    parts = _HH_TURN.split(transcript)
+    if len(parts) < 3 or parts[0].strip():
+        raise BadRecord(f'"{key}" is a string but not an HH transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...")')
+    return [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+            for who, text in zip(parts[1::2], parts[2::2])]
+
+
+def prompt_messages(value) -> list[dict]:
+    """A prompt: a string, a message list, or an HH-style "\\n\\nHuman: ...\\n\\nAssistant:" string
+    (its empty final assistant turn is the one the model is to write)."""
+    if isinstance(value, str) and value.lstrip("\n").startswith("Human:") and _HH_TURN.match(value):
+        return [m for m in parse_hh(value, "prompt") if m["content"] or m["role"] == "user"]
+    return messages(value, "prompt")
+
+
+def _split_shared_prefix(chosen: list[dict], rejected: list[dict]) -> tuple[list, list, list]:
+    """The implicit prompt: the longest shared prefix of turns, ending with a user turn."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    while n and chosen[n - 1]["role"] != "user":
+        n -= 1
+    if n == 0:
+        raise Drop("implicit prompt: chosen and rejected share no user turn")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _strip_prompt(prompt: list[dict], answer: list[dict]) -> list[dict]:
+    """Preference data sometimes repeats the prompt inside chosen/rejected; keep only the answer."""
+    return answer[len(prompt):] if answer[:len(prompt)] == prompt and len(answer) > len(prompt) else answer
+
+
+def _number(rec: dict, key: str):
+    value = rec.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise BadRecord(f'"{key}" must be a number, got {value!r}') from None
+
+
+def pairs(rec: dict) -> list[dict]:
+    """-> [{"prompt", "chosen", "rejected", "group", "rank_gap", "margin"}] (one, or all K-way pairs)."""
+    if "responses" in rec or "ranking" in rec:
+        r = ranking(rec)
+        group = _group(r["prompt"])
+        out = []
+        for a, best in enumerate(r["ranking"]):
+            for b in range(a + 1, len(r["ranking"])):
+                chosen, rejected = r["responses"][best], r["responses"][r["ranking"][b]]
+                if chosen == rejected:
+                    continue  # two identical texts carry no preference
+                out.append({"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
+                            "rejected": [{"role": "assistant", "content": rejected}],
+                            "group": group, "rank_gap": b - a, "margin": None})
+        if not out:
+            raise Drop("K-way: all responses identical")
+        return out
+    if "chosen" not in rec or "rejected" not in rec:
+        raise BadRecord(f"no known preference fields (found: {', '.join(sorted(rec)) or 'none'})")
+    if "prompt" in rec and rec["prompt"] not in (None, ""):
+        prompt = prompt_messages(rec["prompt"])
+        chosen = _strip_prompt(prompt, messages(rec["chosen"], "chosen", default_role="assistant"))
+        rejected = _strip_prompt(prompt, messages(rec["rejected"], "rejected", default_role="assistant"))
+    else:
+        c = parse_hh(rec["chosen"], "chosen") if isinstance(rec["chosen"], str) else messages(rec["chosen"], "chosen")
+        r_ = (parse_hh(rec["rejected"], "rejected") if isinstance(rec["rejected"], str)
+              else messages(rec["rejected"], "rejected"))
+        prompt, chosen, rejected = _split_shared_prefix(c, r_)
+    if chosen == rejected:
+        raise Drop("chosen == rejected")
+    if not chosen or not rejected:
+        raise Drop("empty chosen or rejected answer")
+    margin = _number(rec, "margin")
+    if margin is None and "score_chosen" in rec and "score_rejected" in rec:  # UltraFeedback-style scores
+        sc, sr = _number(rec, "score_chosen"), _number(rec, "score_rejected")
+        margin = None if sc is None or sr is None else sc - sr
+    gap = _number(rec, "rank_gap")
+    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "group": _group(prompt),
+             "rank_gap": None if gap is None else int(gap), "margin": margin}]
+
+
+def ranking(rec: dict) -> dict:
+    """-> {"prompt": [msgs], "responses": [str], "ranking": [int]}; ranking must be a strict order."""
+    for key in ("prompt", "responses", "ranking"):
+        if key not in rec:
+            raise BadRecord(f'K-way record without "{key}"')
+    responses, order = rec["responses"], rec["ranking"]
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise BadRecord('"responses" must be a list of at least two answers')
+    texts = []
+    for i, r in enumerate(responses):
+        if isinstance(r, list):  # a one-message answer given as a message list
+            r = "".join(m["content"] for m in messages(r, f"responses[{i}]", default_role="assistant"))
+        texts.append(_text(r, f"responses[{i}]"))
+    if not isinstance(order, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in order):
+        raise BadRecord('"ranking" must be a list of response indices, best first')
+    bad = [i for i in order if not 0 <= i < len(texts)]
+    if bad:
+        raise BadRecord(f'"ranking" has out-of-range indices {bad} for {len(texts)} responses')
+    if len(set(order)) != len(order):
+        raise BadRecord('"ranking" repeats an index (ties are not supported: give a strict order)')
+    if len(order) < 2:
+        raise BadRecord('"ranking" must order at least two responses')
+    return {"prompt": messages(rec["prompt"], "prompt"), "responses": texts, "ranking": list(order)}
+
+
+def prompt(rec: dict) -> dict:
+    """-> {"prompt": [msgs ending with a user turn], "gold": str | None}."""
+    gold = rec.get("gold")
+    if "prompt" in rec:
+        msgs = prompt_messages(rec["prompt"])
+    elif "messages" in rec:
+        msgs = messages(rec["messages"], "messages")
+        if msgs[-1]["role"] == "assistant" and len(msgs) > 1:
+            gold = gold if gold is not None else msgs[-1]["content"]
+            msgs = msgs[:-1]
+    elif "instruction" in rec:
+        msgs = [{"role": "user", "content": alpaca_prompt(rec)}]
+        gold = gold if gold is not None else rec.get("output")
+    else:
+        raise BadRecord(f"no known prompt fields (found: {', '.join(sorted(rec)) or 'none'})")
+    if msgs[-1]["role"] != "user":
+        raise BadRecord("the prompt must end with a user message")
+    if gold is not None and not isinstance(gold, str):
+        raise BadRecord('"gold" must be a string')
+    return {"prompt": msgs, "gold": gold}

@@ -1,0 +1,288 @@
+"""Load any stage's data from local files or the Hugging Face hub, in the canonical shapes.
+
+    load_sft(source)      -> [{"messages": [...]}]
+    load_pairs(source)    -> [{"prompt", "chosen", "rejected", "group", "rank_gap", "margin"}]
+    load_rankings(source) -> [{"prompt", "responses", "ranking"}]
+    load_prompts(source)  -> [{"prompt", "gold"}]
+    iter_texts(sources)   -> pretraining documents (str)
+
+A source is a local .jsonl/.json/.parquet/.csv/.txt file (optionally .gz), a folder or glob of
+such files, a dataset saved with `datasets.save_to_disk`, or a hub name `owner/name[:split]`.
+Records are normalised by data.formats; a record that fits no format raises a UserError naming
+the file, the line and the accepted formats; usable-but-empty records are dropped and counted.
+
+Plain-text pretraining files (.txt) are split into documents at blank lines (one paragraph or
+block = one document), and at lines that are exactly `<|endoftext|>` (the TinyStories convention),
+so a corpus in one file still has many documents to hold some out for validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from data import formats
+from data.formats import BadRecord, Drop
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+(\[[\w%:+-]*\])?)?$")
+_DOC_SEPARATOR = "<|endoftext|>"
+
+
+def _suffix(path: Path) -> tuple[str, bool]:
+    """(.jsonl | .json | ... , gzipped?)"""
+    suffixes = [s.lower() for s in path.suffixes]
+    gz = bool(suffixes) and suffixes[-1] == ".gz"
+    if gz:
+        suffixes = suffixes[:-1]
+    return (suffixes[-1] if suffixes else ""), gz
+
+
+def _open_text(path: Path):
+    _, gz = _suffix(path)
+    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    try:
+        head = raw.read(8192)
+    except (OSError, EOFError) as e:
+        raw.close()
+        raise UserError(f"{path}: cannot read it ({e}); a .gz file must be valid gzip.") from None
+    if b"\x00" in head:
+        raw.close()
+        raise UserError(f"{path} looks like a binary file, not UTF-8 text; give a text, JSON, CSV or Parquet file.")
+    raw.seek(0)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a (possibly gzipped) UTF-8 file; a decoding error is a UserError."""
+    n = 0
+    try:
+        with _open_text(path) as f:
+            for n, line in enumerate(f, 1):
+                yield n, line
+    except UnicodeDecodeError:
+        raise UserError(f"{path}, line {n + 1}: not UTF-8 text (a binary file?). Convert it to UTF-8.") from None
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: cannot read it ({e}); a .gz file must be valid gzip.") from None
+
+
+def _looks_like_hub(source: str) -> bool:
+    return bool(_HUB_NAME.match(source)) and _suffix(Path(source.split(":")[0]))[0] not in SUFFIXES
+
+
+def resolve(source: str) -> list[Path] | str:
+    """The files a source names (sorted), or the source itself when it is a hub name."""
+    source = str(source)
+    if source == "demo":
+        raise UserError('"demo" names the embedded demo data: resolve it with data.demo.demo_file(cfg, name) '
+                        "before calling a loader.")
+    p = Path(source).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists():
+            return source  # saved with datasets.save_to_disk: read by _hub_records
+        files = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f)[0] in SUFFIXES)
+        if not files:
+            raise UserError(f"{p} is a folder without data files ({', '.join(SUFFIXES)}, optionally .gz).")
+        return files
+    if any(c in source for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())
+        if not files:
+            raise UserError(f"{source} matches no file.")
+        return files
+    if _looks_like_hub(source):
+        return source
+    raise UserError(f"{source} does not exist. Give a local file ({', '.join(SUFFIXES)}, optionally .gz), "
+                    "a folder or glob of them, or a hub dataset name such as Anthropic/hh-rlhf:train.")
+
+
+def _hub_records(source: str) -> Iterator[tuple[str, int, dict]]:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{source}: reading hub datasets needs the `datasets` package (pip install datasets).") from None
+    if Path(source).is_dir():
+        try:
+            ds = datasets.load_from_disk(source)
+        except Exception as e:  # any failure of a foreign directory is the user's to fix
+            raise UserError(f"{source}: cannot load the saved dataset ({e}).") from None
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+    else:
+        name, _, split = source.partition(":")
+        try:
+            ds = datasets.load_dataset(name, split=split or "train")
+        except Exception as e:  # offline, unknown name, missing split: all need the same advice
+            raise UserError(
+                f"Could not load the hub dataset {name!r} (split {split or 'train'!r}): {type(e).__name__}: {e}. "
+                f"No local file or folder {name!r} exists either. Hub datasets need network access (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and an exact "
+                "name such as Anthropic/hh-rlhf:train; offline, download it once or give a local file."
+            ) from None
+    for i, rec in enumerate(ds, 1):
+        yield source, i, rec
+
+
+def _maybe_json(value):
+    """CSV cells are strings; message lists and rankings are stored in them as JSON."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int, dict]]:
+    kind, gz = _suffix(path)
+    where = str(path)
+    if kind == ".jsonl":
+        for n, line in _lines(path):
+            if line.strip():
+                try:
+                    yield where, n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where}, line {n}: not valid JSON ({e.msg}). Each line must be one JSON object.") \
+                        from None
+    elif kind == ".json":
+        text = "".join(line for _, line in _lines(path))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise UserError(f'{where}: a .json file must hold a list of records (or {{"data": [...]}}).')
+        for i, rec in enumerate(data, 1):
+            yield f"{where} (record {i})", i, rec
+    elif kind == ".csv":
+        rows = (line for _, line in _lines(path))
+        reader = csv.DictReader(rows)
+        for rec in reader:
+            yield where, reader.line_num, {k: _maybe_json(v) for k, v in rec.items() if k is not None}
+    elif kind == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(io.BytesIO(gzip.open(path).read()) if gz else path)
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise UserError(f"{where}: not a readable Parquet file ({e}).") from None
+        for i, rec in enumerate(table.to_pylist(), 1):
+            yield f"{where} (row {i})", i, rec
+    elif kind == ".txt" and txt_field:
+        for n, line in _lines(path):
+            if line.strip():
+                yield where, n, {txt_field: line.strip()}
+    elif kind == ".txt":
+        raise UserError(f"{where}: a .txt file holds plain text; this stage needs records "
+                        "(.jsonl, .json, .parquet or .csv).")
+    else:
+        raise UserError(f"{where}: unsupported file type; use {', '.join(SUFFIXES)} (optionally .gz).")
+
+
+def read_records(source: str, txt_field: str | None = None) -> Iterator[tuple[str, int, dict]]:
+    """(where, line, raw record) for every record of a source, in order."""
+    resolved = resolve(source)
+    if isinstance(resolved, str):
+        yield from _hub_records(resolved)
+        return
+    for path in resolved:
+        yield from _file_records(path, txt_field)
+
+
+def _load(source: str, normalize: Callable, accepted: tuple[str, ...], what: str,
+          txt_field: str | None = None) -> list[dict]:
+    out: list[dict] = []
+    dropped: Counter = Counter()
+    seen = 0
+    for where, line, rec in read_records(source, txt_field):
+        seen += 1
+        try:
+            if not isinstance(rec, dict):
+                raise BadRecord(f"a record must be a JSON object, got {type(rec).__name__}")
+            result = normalize(rec)
+        except BadRecord as e:
+            raise UserError(f"{where}, line {line}: {e}. Accepted {what} formats: " + "; ".join(accepted)) from None
+        except Drop as e:
+            dropped[str(e)] += 1
+            continue
+        out.extend(result if isinstance(result, list) else [result])
+    reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common())
+    if not out:
+        raise UserError(f"{source}: no usable {what} records ({seen} read{'; dropped: ' + reasons if reasons else ''}).")
+    if dropped:
+        log.warning("%s: dropped %d of %d %s records (%s)", source, sum(dropped.values()), seen, what, reasons)
+    log.info("%s: %d %s records from %d read", source, len(out), what, seen)
+    return out
+
+
+def load_sft(source: str) -> list[dict]:
+    return _load(source, formats.sft, formats.SFT_FORMATS, "SFT")
+
+
+def load_pairs(source: str) -> list[dict]:
+    return _load(source, formats.pairs, formats.PAIR_FORMATS, "preference")
+
+
+def load_rankings(source: str) -> list[dict]:
+    return _load(source, formats.ranking, formats.RANKING_FORMATS, "ranking")
+
+
+def load_prompts(source: str) -> list[dict]:
+    return _load(source, formats.prompt, formats.PROMPT_FORMATS, "prompt", txt_field="prompt")
+
+
+def _txt_documents(path: Path) -> Iterator[str]:
+    block: list[str] = []
+    for _, line in _lines(path):
+        if not line.strip() or line.strip() == _DOC_SEPARATOR:
+            if block:
+                yield "".join(block).strip("\n")
+            block = []
+        else:
+            block.append(line)
+    if block:
+        yield "".join(block).strip("\n")
+
+
+def _source_texts(source: str, text_field: str) -> Iterator[str]:
+    resolved = resolve(source)
+    if isinstance(resolved, str):
+        streams = [_hub_records(resolved)]
+    else:
+        streams = [_txt_documents(p) if _suffix(p)[0] == ".txt" else _file_records(p, None) for p in resolved]
+    for stream in streams:
+        for item in stream:
+            if isinstance(item, str):
+                yield item
+                continue
+            where, line, rec = item
+            text = rec.get(text_field) if isinstance(rec, dict) else None
+            if not isinstance(text, str):
+                found = ", ".join(sorted(rec)) if isinstance(rec, dict) else type(rec).__name__
+                raise UserError(f'{where}, line {line}: no text field "{text_field}" (found: {found}). '
+                                "Set train.text_field to the column holding the documents.")
+            if text.strip():
+                yield text
+
+
+def iter_texts(sources: list[str] | str, text_field: str = "text") -> Iterator[str]:
+    """Pretraining documents from files, folders, globs or hub names, in order."""
+    for source in [sources] if isinstance(sources, str) else sources:
+        empty = True
+        for text in _source_texts(str(source), text_field):
+            empty = False
+            yield text
+        if empty:
+            raise UserError(f"{source} holds no text documents (empty file?).")
