@@ -76,7 +76,7 @@ eval:  ## compare pretrain / SFT / PPO on held-out data -> runs/<preset>/eval/re
 	$(PY) -m stages.eval $(STAGE_ARGS) $(if $(MODELS),eval.models="[$(subst $(space),$(comma),$(strip $(MODELS)))]")
 
 chat:  ## talk to the final model (MODEL=dir TEMPERATURE=0.7)
-	$(PY) -m pipeline.chat --model $(MODEL) --temperature $(TEMPERATURE)
+	$(PY) -m pipeline.chat --model $(MODEL) --temperature $(TEMPERATURE) $(CHAT_ARGS)
 
 clean:  ## remove this preset's run directory
 	rm -rf $(RUN)

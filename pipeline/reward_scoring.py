@@ -1,0 +1,130 @@
+"""Scoring chat conversations with a reward model, exactly as the reward stage trained it.
+
+One encoding is shared by training, evaluation and every consumer (PPO, eval):
+the chat template renders `prompt messages + assistant response` (the template closes the
+answer with EOS), and a conversation longer than `max_length` keeps its *last* tokens, so the
+response and its final EOS -- where the model's own last-token pooling reads the reward -- are
+never cut. Training drops a pair whose response alone does not fit; scoring cannot drop, so it
+scores the last `max_length` tokens.
+
+    model, tok, stats = load_reward_model("runs/tiny/reward")
+    scores = score_conversations(model, tok, [[{"role": "user", "content": "hi"}]], ["hello"],
+                                 max_length=stats["max_length"])
+    normalised = (scores - stats["mean"]) / stats["std"]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserError
+
+STATS_FILE = "reward_stats.json"
+
+Messages = list[dict]
+
+
+def as_messages(response: str | Messages) -> Messages:
+    """A response as a list of chat messages (a bare string is one assistant turn)."""
+    if isinstance(response, str):
+        return [{"role": "assistant", "content": response}]
+    return list(response)
+
+
+def encode_conversation(tokenizer, prompt: Messages, response: str | Messages,
+                        max_length: int | None) -> tuple[list[int], str]:
+    """Token ids of prompt + response and what happened to them: "ok", "truncated" (the prompt
+    lost its oldest tokens to fit) or "too_long" (the response alone does not fit; ids are the
+    last `max_length` tokens anyway, which is what scoring uses)."""
+    ids = _chat_ids(tokenizer, list(prompt) + as_messages(response))
+    if max_length is None or len(ids) <= max_length:
+        return ids, "ok"
+    prompt_len = len(_chat_ids(tokenizer, list(prompt), add_generation_prompt=True)) if prompt else 0
+    response_len = len(ids) - prompt_len
+    # keep at least one prompt token (the assistant marker) besides the whole response
+    status = "truncated" if response_len < max_length else "too_long"
+    return ids[-max_length:], status
+
+
+def _chat_ids(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                        add_generation_prompt=add_generation_prompt)
+    return list(out["input_ids"])
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input ids and attention mask (the HF sequence classifier pools at the last
+    non-pad token, so padding must be on the right and PAD must differ from EOS)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def score_ids(model, seqs: list[list[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """Reward of each token sequence (float32, on the CPU), batched by similar length."""
+    if not seqs:
+        return torch.zeros(0)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    scores = torch.empty(len(seqs))
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size]
+            ids, mask = pad_batch([seqs[i] for i in idx], pad_id, device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            scores[idx] = logits[:, 0].float().cpu()
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def score_conversations(model, tokenizer, prompts_msgs: list[Messages], responses: list[str | Messages],
+                        batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+    """Scalar reward of each (prompt messages, response) pair: a float32 CPU tensor of shape [N].
+
+    `responses[i]` is the assistant's answer as a string (or a list of messages). `max_length`
+    should be the reward model's training length (`reward_stats.json["max_length"]`); None
+    uses the model's position limit."""
+    if len(prompts_msgs) != len(responses):
+        raise ValueError(f"{len(prompts_msgs)} prompts but {len(responses)} responses")
+    if max_length is None:
+        max_length = getattr(model.config, "max_position_embeddings", None)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise UserError("the reward tokenizer needs a PAD token distinct from EOS (see pipeline.tokenizer).")
+    seqs = [encode_conversation(tokenizer, p, r, max_length)[0] for p, r in zip(prompts_msgs, responses)]
+    return score_ids(model, seqs, tokenizer.pad_token_id, batch_size)
+
+
+def read_reward_stats(path: str | Path) -> dict:
+    """`reward_stats.json` of a reward artifact: mean/std of the rewards of the SFT model's own
+    answers (for PPO's normalisation) and the training `max_length`."""
+    f = Path(path) / STATS_FILE
+    if not f.is_file():
+        raise UserError(f"{f} is missing: {path} is not a reward artifact from `make reward`.")
+    return json.loads(f.read_text())
+
+
+def load_reward_model(path: str | Path, *, dtype=None, device=None):
+    """(model, tokenizer, stats) of a reward artifact; stats is {} for a foreign reward model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load a reward model from '{path}': {e}") from None
+    if device is not None:
+        model.to(device)
+    model.eval()
+    stats = read_reward_stats(path) if (Path(path) / STATS_FILE).is_file() else {}
+    return model, tokenizer, stats

@@ -1,0 +1,135 @@
+"""Statistics for comparing models: win rates with ties and confidence intervals, KL estimates,
+rank correlation. Plain Python on lists of numbers, so they are easy to test on hand-made data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and (population) standard deviation; (None, None) for an empty list."""
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion successes/n (95% for z=1.96).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at p=0 or 1 and
+    for small n, which is where eval sets of a few dozen prompts live.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_rate(candidate: Sequence[float], baseline: Sequence[float], tie_tol: float = 1e-6) -> dict:
+    """How often `candidate` beats `baseline`, prompt by prompt.
+
+    A tie (|a - b| <= tie_tol) counts half a win, so 0.5 means "no better, no worse". The 95%
+    interval is Wilson's on that half-counted proportion; ties make it slightly conservative.
+    """
+    if len(candidate) != len(baseline):
+        raise ValueError(f"win_rate: {len(candidate)} candidate scores vs {len(baseline)} baseline scores")
+    wins = losses = ties = 0
+    for a, b in zip(candidate, baseline):
+        if abs(a - b) <= tie_tol:
+            ties += 1
+        elif a > b:
+            wins += 1
+        else:
+            losses += 1
+    n = wins + losses + ties
+    if n == 0:
+        return {"n": 0, "wins": 0, "losses": 0, "ties": 0, "win_rate": None, "ci_low": None, "ci_high": None}
+    score = wins + 0.5 * ties
+    lo, hi = wilson_interval(score, n)
+    return {"n": n, "wins": wins, "losses": losses, "ties": ties, "win_rate": score / n,
+            "ci_low": lo, "ci_high": hi}
+
+
+def length_matched(candidate_len: Sequence[int], baseline_len: Sequence[int], tolerance: float = 0.2) -> list[int]:
+    """Indices of pairs whose lengths differ by at most `tolerance` of the longer one.
+
+    Reward models tend to prefer longer answers; a win rate restricted to these pairs shows how
+    much of a win survives when length cannot explain it.
+    """
+    keep = []
+    for i, (a, b) in enumerate(zip(candidate_len, baseline_len)):
+        if abs(a - b) <= tolerance * max(a, b, 1):
+            keep.append(i)
+    return keep
+
+
+def kl_estimates(policy_logprobs: Sequence[Sequence[float]], ref_logprobs: Sequence[Sequence[float]]) -> dict:
+    """KL(policy || reference) per answer, from answers sampled from the policy.
+
+    With r_t = log q(y_t) - log p(y_t) for each sampled token (p policy, q reference):
+      k1 = sum_t -r_t                       unbiased, can be negative for one answer;
+      k3 = sum_t (exp(r_t) - 1 - r_t)       unbiased, never negative, lower variance.
+    (Schulman, "Approximating KL divergence", 2020.) Both are sums over an answer's tokens, so
+    they estimate the sequence-level KL that PPO's per-token penalty adds up.
+    """
+    if len(policy_logprobs) != len(ref_logprobs):
+        raise ValueError("kl_estimates: policy and reference have a different number of answers")
+    k1s, k3s, lengths = [], [], []
+    for lp, lq in zip(policy_logprobs, ref_logprobs):
+        if len(lp) != len(lq):
+            raise ValueError("kl_estimates: an answer has a different number of tokens under the two models")
+        k1 = k3 = 0.0
+        for p, q in zip(lp, lq):
+            r = q - p
+            k1 -= r
+            k3 += math.expm1(r) - r
+        k1s.append(k1)
+        k3s.append(k3)
+        lengths.append(len(lp))
+    k1_mean, k1_std = mean_std(k1s)
+    k3_mean, _ = mean_std(k3s)
+    tokens = sum(lengths)
+    return {
+        "n": len(k1s), "k1_mean": k1_mean, "k1_std": k1_std, "k3_mean": k3_mean,
+        "k1_per_token": (sum(k1s) / tokens) if tokens else None,
+        "per_answer_k1": k1s,
+    }
+
+
+def ranks(xs: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    out = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    if len(xs) != len(ys) or len(xs) < 2:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman rank correlation (Pearson on average ranks); None when undefined."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        return None
+    return pearson(ranks(xs), ranks(ys))

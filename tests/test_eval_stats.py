@@ -1,0 +1,102 @@
+"""The numbers behind the evaluation report, checked on hand-made data with known answers."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline.generation import pick_tokens, shape_logits
+from pipeline.stats import kl_estimates, length_matched, mean_std, spearman, wilson_interval, win_rate
+
+
+def test_win_rate_counts_ties_as_half_a_win():
+    candidate = [3, 2, 1, 5, 5]
+    baseline = [1, 2, 3, 4, 0]  # win, tie, loss, win, win
+    w = win_rate(candidate, baseline)
+    assert (w["wins"], w["ties"], w["losses"], w["n"]) == (3, 1, 1, 5)
+    assert w["win_rate"] == pytest.approx(3.5 / 5)
+    assert w["ci_low"] < w["win_rate"] < w["ci_high"]
+
+
+def test_win_rate_of_identical_answers_is_one_half_with_a_symmetric_interval():
+    w = win_rate([0.2] * 10, [0.2] * 10)
+    assert w["ties"] == 10 and w["win_rate"] == 0.5
+    assert w["ci_low"] == pytest.approx(1 - w["ci_high"])
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    lo, hi = wilson_interval(8, 10)  # 8 of 10: the usual worked example
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    lo, hi = wilson_interval(10, 10)  # stays inside [0, 1] where the normal approximation does not
+    assert hi == 1.0 and round(lo, 3) == 0.722
+    lo, hi = wilson_interval(50, 100)
+    assert (round(lo, 3), round(hi, 3)) == (0.404, 0.596)
+
+
+def test_win_rate_refuses_mismatched_lists_and_reports_empty_sets_as_unknown():
+    with pytest.raises(ValueError):
+        win_rate([1, 2], [1])
+    assert win_rate([], [])["win_rate"] is None
+
+
+def test_length_matching_keeps_pairs_within_the_tolerance():
+    assert length_matched([10, 10, 10, 0], [11, 14, 8, 0], tolerance=0.2) == [0, 2, 3]
+
+
+def test_kl_estimates_on_hand_made_log_probabilities():
+    policy = [[-1.0, -2.0], [-0.5]]
+    ref = [[-1.5, -2.5], [-0.5]]
+    kl = kl_estimates(policy, ref)
+    assert kl["per_answer_k1"] == pytest.approx([1.0, 0.0])
+    assert kl["k1_mean"] == pytest.approx(0.5)
+    assert kl["k3_mean"] == pytest.approx((2 * (math.exp(-0.5) - 1 + 0.5)) / 2)
+    assert kl["k1_per_token"] == pytest.approx(1.0 / 3)
+    assert kl_estimates(policy, policy)["k1_mean"] == 0.0
+
+
+def test_kl_estimates_converge_to_the_exact_kl_on_samples_from_the_policy():
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    q = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    exact = float((p * (p / q).log()).sum())
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.multinomial(p, 20000, replacement=True, generator=gen)
+    kl = kl_estimates([[float(p[d].log())] for d in draws], [[float(q[d].log())] for d in draws])
+    assert kl["k1_mean"] == pytest.approx(exact, abs=0.02)
+    assert kl["k3_mean"] == pytest.approx(exact, abs=0.02)
+
+
+def test_spearman_uses_average_ranks_for_ties():
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))
+    assert spearman([1, 1], [1, 2]) is None
+
+
+def test_mean_std():
+    assert mean_std([1.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([]) == (None, None)
+
+
+LOGITS = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+
+
+def test_temperature_sharpens_or_flattens_the_softmax():
+    sharp = shape_logits(LOGITS, 0.5).softmax(-1)
+    expected = torch.tensor([0.5, 0.3, 0.15, 0.05]) ** 2
+    assert torch.allclose(sharp, expected / expected.sum())
+    flat = shape_logits(LOGITS, 2.0).softmax(-1)
+    assert flat[0] < 0.5 < sharp[0]
+
+
+def test_top_k_and_top_p_remove_the_tail():
+    assert torch.isinf(shape_logits(LOGITS, 1.0, top_k=2)).tolist() == [False, False, True, True]
+    assert torch.isinf(shape_logits(LOGITS, 1.0, top_p=0.8)).tolist() == [False, False, True, True]
+    assert torch.isinf(shape_logits(LOGITS, 1.0, top_p=0.81)).tolist() == [False, False, False, True]
+    assert torch.isinf(shape_logits(LOGITS, 1.0, top_p=0.1)).tolist() == [False, True, True, True]
+
+
+def test_temperature_zero_is_greedy():
+    logits = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0]])
+    assert pick_tokens(logits, 0.0).tolist() == [1, 0]
+    gen = torch.Generator().manual_seed(0)
+    assert pick_tokens(logits, 1.0, top_k=1, generator=gen).tolist() == [1, 0]
