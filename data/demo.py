@@ -255,6 +255,9 @@ def demo_source(cfg, value: str | None, name: str) -> str:
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     cfg = stage_config("data", argv, description="Build the embedded demo data from Python's own docs.")
+    if is_current(cfg):
+        print(f"data: {cfg.data_dir} is up to date (same subset, k, seed and Python); `make clean` to rebuild")
+        return
     build(cfg)
 
 

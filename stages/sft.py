@@ -1,0 +1,285 @@
+"""Supervised fine-tuning: turn the pretrained GPT into a chat model that answers instructions.
+
+    python -m stages.sft --config configs/tiny.yaml [sft.init_from=DIR_OR_HUB_NAME] [sft.lora.enabled=true]
+
+Built on TRL's SFTTrainer with the loss on assistant tokens only (our chat template's
+{% generation %} markers). Output runs/<name>/sft/: model + tokenizer (chat template), for LoRA
+runs merged weights plus adapter/, manifest.json, metrics.jsonl, tb/, samples.md. Before and after
+training it measures the held-out assistant-token loss, and scores greedy answers to held-out
+prompts with the gold metric: the baseline later stages are compared against.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+
+from accelerate import PartialState
+
+from pipeline.artifacts import ArtifactWriter, resolve_model_source, up_to_date
+from pipeline.cli import stage_config
+from pipeline.config import to_dict
+from pipeline.errors import main_guard
+from pipeline.hf_glue import (
+    MetricsCallback,
+    last_checkpoint,
+    lora_config,
+    make_chat_ready,
+    quantization_config,
+    save_lora,
+    step_of,
+    trainer_kwargs,
+    use_our_progress,
+)
+from pipeline.model import count_parameters, load_causal_lm, set_generation_defaults
+from pipeline.runtime import seed_everything
+from pipeline.tokenizer import load_tokenizer
+from stages.sft_data import heldout_prompts, load_sft_splits, screen_splits
+from stages.sft_report import answer, gold_eval, write_samples
+
+log = logging.getLogger("stages.sft")
+
+
+def stage_signature(cfg) -> dict:
+    """The part of the config that decides this stage's artifact (the up-to-date check compares
+    it with the manifest's config): the sft section plus the run settings that change training."""
+    return {"sft": to_dict(cfg.sft), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype}}
+
+
+def load_model(source: str, cfg, quant=None):
+    """Tokenizer (made chat-ready) and causal LM (embeddings grown to match) from `source`."""
+    tokenizer, changes = load_tokenizer(source)
+    attn = cfg.model.attn_implementation
+    if quant is None:
+        model = load_causal_lm(source, attn_implementation=attn)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, attn_implementation=attn,
+                                                     dtype=quant.bnb_4bit_compute_dtype)
+    for c in changes:
+        log.warning("%s: %s", source, c)
+    rows = model.get_input_embeddings().num_embeddings
+    changes += make_chat_ready(model, tokenizer, source=source)
+    set_generation_defaults(model, tokenizer)
+    new_ids = list(range(rows, len(tokenizer)))
+    return model, tokenizer, changes, new_ids
+
+
+def build_trainer(cfg, model, tokenizer, train, val, writer, callback, new_token_ids, max_length=None):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    s = cfg.sft
+    if s.packing and model.config._attn_implementation != "flash_attention_2":
+        # Correct (position ids restart per conversation, so attention stays inside each), but
+        # without flash-attention's varlen kernels SDPA attends over the whole flattened batch.
+        log.warning("sft.packing=true without flash_attention_2: correct but usually slower than padded "
+                    "batches; set model.attn_implementation=flash_attention_2 on a GPU")
+    args = SFTConfig(
+        **trainer_kwargs(s, output_dir=writer.checkpoint_dir, run=cfg.run),
+        max_length=max_length or s.max_length,
+        assistant_only_loss=True,
+        packing=s.packing,
+        packing_strategy="bfd",  # whole conversations per row; position ids restart at each one
+        eval_packing=False,  # held-out loss per conversation, comparable across runs
+        # Without packing, batches of similar lengths waste less compute on padding.
+        train_sampling_strategy="random" if s.packing else "group_by_length",
+        dataset_num_proc=None,
+    )
+    peft_config = None
+    if s.lora.enabled:
+        peft_config = lora_config(s.lora)
+        if new_token_ids:
+            # Tokens added to a foreign tokenizer start untrained; LoRA alone would never fit them.
+            peft_config.trainable_token_indices = {"embed_tokens": list(new_token_ids)}
+    trainer = SFTTrainer(
+        model=model, args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(val),
+        peft_config=peft_config, callbacks=[callback],
+    )
+    use_our_progress(trainer)
+    return trainer
+
+
+def evaluate_loss(trainer, callback, *, log_it: bool) -> float:
+    enabled = callback.enabled
+    callback.enabled = enabled and log_it
+    try:
+        return float(trainer.evaluate()["eval_loss"])
+    finally:
+        callback.enabled = enabled
+
+
+def save_artifact(trainer, tokenizer, out_dir, lora: bool, source: str):
+    """Write the model into the artifact; returns the model to evaluate (merged for LoRA)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if lora:
+        if not trainer.is_world_process_zero():
+            return None
+
+        def reload_base():
+            base = load_causal_lm(source)
+            make_chat_ready(base, tokenizer)
+            return base
+
+        merged = save_lora(model, out_dir, tokenizer, reload_base=reload_base)
+        set_generation_defaults(merged, tokenizer)
+        merged.generation_config.save_pretrained(out_dir)
+        return merged.to(trainer.args.device)
+    set_generation_defaults(model, tokenizer)
+    trainer.save_model(str(out_dir))  # handles FSDP/DeepSpeed gathering; writes on the main process
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: no place in an artifact
+    return model
+
+
+def start_writer(final_dir, inputs: dict, fresh: bool) -> ArtifactWriter:
+    """The artifact writer, keeping checkpoints only if they were trained from these inputs:
+    resuming a run whose base model or data changed would silently mix the two."""
+    writer = ArtifactWriter(final_dir, "sft")
+    if not PartialState().is_main_process:
+        return writer  # the main process went first and has already decided
+    stamp = writer.work_dir / "inputs.json"
+    wanted = json.loads(json.dumps(inputs, default=str))
+    if stamp.is_file() and json.loads(stamp.read_text()) != wanted:
+        log.warning("%s: discarding checkpoints trained from other inputs (base model or data changed)",
+                    writer.work_dir)
+        fresh = True
+    if fresh:
+        writer.discard()
+        writer = ArtifactWriter(final_dir, "sft")
+    stamp.write_text(json.dumps(wanted, indent=1))
+    return writer
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    cfg = stage_config("sft", argv, description=__doc__.splitlines()[0])
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # weight loading/saving bars: noise next to ours
+    import datasets
+
+    datasets.disable_progress_bars()
+    s = cfg.sft
+    seed_everything(cfg.run.seed)
+    final_dir = cfg.stage_dir("sft")
+
+    source, source_record = resolve_model_source(s.init_from, cfg.stage_dir("pretrain"), "make pretrain")
+    with PartialState().main_process_first():  # under `accelerate launch`, one process builds the demo data
+        train_raw, val_raw, data_record = load_sft_splits(cfg)
+    inputs = {"model": source_record, "data": data_record}
+    signature = stage_signature(cfg)
+    if up_to_date(final_dir, signature, inputs):
+        print(f"{final_dir} is up to date (same config and inputs); nothing to do.")
+        return 0
+
+    quant = quantization_config(s.lora)
+    model, tokenizer, changes, new_token_ids = load_model(source, cfg, quant)
+    max_length = s.max_length
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and max_length > context:
+        log.warning("sft.max_length=%d is over the model's context of %d positions; using %d",
+                    max_length, context, context)
+        max_length = context
+    train_s, val_s = screen_splits(train_raw, val_raw, tokenizer, max_length)
+
+    with PartialState().main_process_first():
+        writer = start_writer(final_dir, inputs, fresh=not s.resume)
+    resume = last_checkpoint(writer.checkpoint_dir)
+    if resume:
+        print(f"resuming from {resume}")
+    callback = MetricsCallback(writer.out_dir, desc="sft", resume_step=step_of(resume))
+    trainer = build_trainer(cfg, model, tokenizer, train_s.records, val_s.records, writer, callback, new_token_ids,
+                            max_length=max_length)
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        print(f"sft: {source} ({count_parameters(model) / 1e6:.2f}M parameters"
+              f"{f', LoRA r={s.lora.r}' if s.lora.enabled else ''}), {len(train_s.records)} train / "
+              f"{len(val_s.records)} validation conversations, max_length {max_length}")
+
+    pre_loss = evaluate_loss(trainer, callback, log_it=resume is None)
+    if main_process:
+        print(f"held-out assistant-token loss before sft: {pre_loss:.3f}")
+    trainer.train(resume_from_checkpoint=resume)
+    if callback.last_eval_step == trainer.state.global_step:
+        post_loss = float(callback.last["eval_loss"])
+    else:
+        post_loss = evaluate_loss(trainer, callback, log_it=True)
+    callback.close()
+
+    final_model = save_artifact(trainer, tokenizer, writer.out_dir, s.lora.enabled, source)
+    trainer.accelerator.wait_for_everyone()
+    if not main_process:
+        return 0
+
+    metrics = report(cfg, source, final_model, tokenizer, val_s.records, writer.out_dir, pre_loss, post_loss)
+    metrics.update({f"train_{k}": v for k, v in train_s.counts().items()})
+    metrics.update({f"val_{k}": v for k, v in val_s.counts().items()})
+    metrics["steps"] = trainer.state.global_step
+    metrics["tokenizer_changes"] = changes
+    writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)
+    print_summary(final_dir, metrics)
+    return 0
+
+
+def report(cfg, source, model, tokenizer, val_records, out_dir, pre_loss, post_loss) -> dict:
+    """Held-out answers: gold score for the SFT model and for its starting point, samples.md."""
+    s = cfg.sft
+    heldout = heldout_prompts(val_records, max(s.gold_prompts, s.num_samples))
+    model.eval()
+    sft_gold = gold_eval(model, tokenizer, heldout[:s.gold_prompts], max_new_tokens=s.max_new_tokens,
+                         seed=cfg.run.seed)
+    base, _, _, _ = load_model(source, cfg)
+    base.to(next(model.parameters()).device)
+    base_gold = gold_eval(base, tokenizer, heldout[:s.gold_prompts], max_new_tokens=s.max_new_tokens,
+                          seed=cfg.run.seed)
+    shown = heldout[:s.num_samples]
+    columns = {
+        "sft, temperature 0": sft_gold["answers"][:len(shown)],
+        "sft, temperature 0.7": answer(model, tokenizer, [p for p, _ in shown], temperature=0.7,
+                                       max_new_tokens=s.max_new_tokens, seed=cfg.run.seed),
+        "before sft (pretrained), temperature 0": base_gold["answers"][:len(shown)],
+    }
+    del base
+    metrics = {
+        "pretrained_eval_loss": pre_loss,
+        "eval_loss": post_loss,
+        "eval_ppl": math.exp(min(post_loss, 50.0)),
+        "pretrained_eval_ppl": math.exp(min(pre_loss, 50.0)),
+        "gold_score": sft_gold["gold_score"],
+        "pretrained_gold_score": base_gold["gold_score"],
+        "eos_rate": sft_gold["eos_rate"],
+        "pretrained_eos_rate": base_gold["eos_rate"],
+        "gold_prompts": len(sft_gold["answers"]),
+    }
+    header = (f"Held-out assistant-token loss {pre_loss:.3f} -> {post_loss:.3f}; gold score (greedy, "
+              f"{metrics['gold_prompts']} prompts) {_fmt(base_gold['gold_score'])} -> {_fmt(sft_gold['gold_score'])}.")
+    write_samples(out_dir / "samples.md", shown, columns, header=header)
+    return metrics
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def print_summary(final_dir, m: dict) -> None:
+    print(f"\nsft done -> {final_dir}")
+    print(f"  held-out assistant-token loss: pretrained {m['pretrained_eval_loss']:.3f} -> sft {m['eval_loss']:.3f}"
+          f"  (perplexity {m['pretrained_eval_ppl']:.1f} -> {m['eval_ppl']:.1f})")
+    print(f"  gold score of greedy answers ({m['gold_prompts']} held-out prompts): pretrained "
+          f"{_fmt(m['pretrained_gold_score'])} -> sft {_fmt(m['gold_score'])}")
+    print(f"  answers that stop with EOS: pretrained {_fmt(m['pretrained_eos_rate'])} -> sft {_fmt(m['eos_rate'])}")
+    print(f"  data: train {m['train_used']}/{m['train_total']} used ({m['train_truncated']} truncated, "
+          f"{m['train_dropped_too_long']} too long, {m['train_no_assistant']} without assistant turn)")
+    print(f"  samples: {final_dir}/samples.md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
