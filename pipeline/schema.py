@@ -181,7 +181,9 @@ class PPOSection:
     value_model: str | None = None  # default: initialised from the reward model
     data: str = "demo"  # prompts: demo, or a file/hub name with a `prompt` field (string or messages)
     eval_data: str | None = None  # held-out prompts (+ gold); default: demo's ppo_gold, or the last prompts of data
-    num_eval_prompts: int = 64  # held-out prompts for samples.md, eval scores and the final PPO-vs-SFT report
+    num_eval_prompts: int = 64  # held-out prompts answered into samples.md (with RM and gold scores) while training
+    report_prompts: int | None = None  # held-out prompts of the final PPO-vs-SFT report; None = all of them
+    report_samples: int = 2  # answers per prompt and model in that report (paired by seed): less noise
     total_episodes: int = 2048
     batch_size: int = 64  # prompts per rollout (global)
     num_minibatches: int = 4
@@ -210,6 +212,7 @@ class PPOSection:
     reward_clip: float | None = None
     max_grad_norm: float = 1.0
     forward_batch_size: int = 32  # micro-batch for no-grad forwards (reference, reward, value)
+    generation_batch_size: int | None = None  # prompts sampled together; None = the whole rollout batch
     sample_every: int = 5  # rollouts between samples.md / held-out evaluations
     log_every: int = 1
     save_every: int = 10

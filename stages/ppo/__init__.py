@@ -1,0 +1,1 @@
+"""PPO stage: RLHF of the SFT policy against the reward model (see trainer.py for the loop)."""

@@ -1,0 +1,5 @@
+import sys
+
+from stages.ppo.stage import main
+
+sys.exit(main())

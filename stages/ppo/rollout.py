@@ -1,0 +1,185 @@
+"""Rollouts: sample answers to left-padded prompts, then score every answer token with the
+policy, the frozen reference, the value model and (on the last token) the reward model.
+
+Layout of a rollout sequence (width P + R, identical for every row, so every forward of the
+batch sees the same shapes):  [left pad][prompt][response ... EOS][right pad]
+Position ids always come from the attention mask, so a row's tokens sit at the same positions
+however much left padding it has, in generation and in every later forward.
+Logits at position P-1+t predict response token t; values are read at the same positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig
+
+from pipeline.errors import UserError
+
+
+@dataclass
+class RolloutBatch:
+    query_ids: torch.Tensor  # [B, P] left-padded prompts
+    query_mask: torch.Tensor  # [B, P]
+    response_ids: torch.Tensor  # [B, R] PAD after the first EOS
+    response_mask: torch.Tensor  # [B, R] True up to and including the first EOS
+    has_eos: torch.Tensor  # [B]
+    logprobs: torch.Tensor | None = None  # old policy, temperature-scaled
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    raw_scores: torch.Tensor | None = None  # [B] the reward model's output
+    scores: torch.Tensor | None = None  # [B] normalised, clipped, EOS-penalised
+    kl: torch.Tensor | None = None  # [B, R] per-token estimator used in the penalty
+    rewards: torch.Tensor | None = None  # [B, R]
+    non_score_rewards: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], 1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], 1).long()
+
+    @property
+    def prompt_len(self) -> int:
+        return self.query_ids.size(1)
+
+    def __len__(self) -> int:
+        return self.query_ids.size(0)
+
+    def select(self, idx: torch.Tensor) -> RolloutBatch:
+        return RolloutBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[idx]
+                               for f in fields(self)})
+
+
+def encode_prompts(tokenizer, prompts: list, max_prompt_length: int) -> tuple[list[list[int]], int]:
+    """Chat-template each prompt (a user string or a message list) with the generation prompt.
+
+    Returns (token id lists, number dropped for being longer than max_prompt_length): cutting a
+    prompt would cut its question or its `<|assistant|>` marker, so long prompts are dropped.
+    """
+    out, dropped = [], 0
+    for p in prompts:
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
+            ids = ids["input_ids"]
+        if len(ids) > max_prompt_length:
+            dropped += 1
+            continue
+        out.append(list(ids))
+    return out, dropped
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = True
+    return ids, mask
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int):
+    """(responses with PAD after the first EOS, mask up to and including it, has_eos per row)."""
+    is_eos = responses == eos_id
+    has_eos = is_eos.any(1)
+    # Index of the first EOS, or R (past the end) when there is none.
+    first = torch.where(has_eos, is_eos.int().argmax(1), torch.full_like(has_eos, responses.size(1), dtype=torch.long))
+    idx = torch.arange(responses.size(1), device=responses.device)[None]
+    mask = idx <= first[:, None]
+    return responses.masked_fill(~mask, pad_id), mask, has_eos
+
+
+def sampling_config(tokenizer, max_new_tokens: int, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    if temperature <= 0:
+        raise UserError("ppo.temperature must be > 0: PPO needs the sampling distribution's log-probabilities.")
+    return GenerationConfig(
+        do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+        min_new_tokens=0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        use_cache=True, repetition_penalty=1.0,
+    )
+
+
+@torch.no_grad()
+def generate(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, gen_config: GenerationConfig,
+             eos_id: int, pad_id: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one answer per prompt, `chunk` prompts at a time, with the KV cache."""
+    pieces = []
+    for s in range(0, query_ids.size(0), chunk):
+        q, m = query_ids[s:s + chunk], query_mask[s:s + chunk]
+        out = policy.generate(input_ids=q, attention_mask=m.long(), generation_config=gen_config)
+        pieces.append(out[:, q.size(1):])
+    width = max(p.size(1) for p in pieces)
+    responses = torch.cat([F.pad(p, (0, width - p.size(1)), value=pad_id) for p in pieces])
+    return truncate_after_eos(responses, eos_id, pad_id)
+
+
+def response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperature: float,
+                      with_entropy: bool = False):
+    """log pi(token) under the temperature-scaled distribution that sampled it (and its entropy)."""
+    logits = logits.float() / temperature
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return logp, None
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int):
+    """Drop the columns that are padding in every row of a micro-batch: left of the longest prompt
+    and right of the longest answer. Positions come from the mask, so nothing else changes.
+    Returns (ids, mask, new prompt_len, answer columns kept)."""
+    first = int(attention_mask[:, :prompt_len].any(0).int().argmax())
+    kept = max(int(attention_mask[:, prompt_len:].sum(1).max()), 1)
+    end = prompt_len + kept
+    return input_ids[:, first:end], attention_mask[:, first:end], prompt_len - first, kept
+
+
+def pad_answer_columns(x: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(x, (0, width - x.size(1)))
+
+
+def policy_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Logits at the positions that predict the response tokens: [B, R, V]."""
+    r = input_ids.size(1) - prompt_len
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                use_cache=False, logits_to_keep=r + 1)
+    return out.logits[:, :-1]
+
+
+def hidden_states(seq_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    backbone = getattr(seq_model, seq_model.base_model_prefix)
+    return backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                    use_cache=False).last_hidden_state
+
+
+def token_values(value_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """V(state before response token t) for every t: the scalar head on every position."""
+    h = hidden_states(value_model, input_ids, attention_mask)[:, prompt_len - 1:-1]
+    return value_model.score(h).squeeze(-1).float()
+
+
+def sequence_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The reward model's score read at the last real token (the answer's EOS), as it was trained:
+    last-token pooling over `<|user|>q<|end|><|assistant|>answer<|end|>`."""
+    h = hidden_states(reward_model, input_ids, attention_mask)
+    last = attention_mask.long().cumsum(1).argmax(1)  # rightmost position whose mask is 1
+    pooled = h[torch.arange(h.size(0), device=h.device), last]
+    return reward_model.score(pooled).squeeze(-1).float()
+
+
+def micro_batched(fn: Callable[[slice], torch.Tensor], n: int, size: int) -> torch.Tensor:
+    return torch.cat([fn(slice(s, s + size)) for s in range(0, n, size)])

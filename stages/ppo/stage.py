@@ -1,0 +1,162 @@
+"""`python -m stages.ppo`: RLHF of the SFT model against the reward model, as a stage artifact.
+
+    python -m stages.ppo --config configs/tiny.yaml [ppo.kl_coef=0.05 ppo.total_episodes=4096 ...]
+
+Reads runs/<name>/sft and runs/<name>/reward; writes runs/<name>/ppo/ (the policy as a Hugging
+Face causal LM with the tokenizer/chat template, value/, manifest.json, metrics.jsonl,
+samples.md, report.json). A killed run resumes from its last checkpoint when re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from pipeline.artifacts import ArtifactWriter, resolve_model_source
+from pipeline.cli import stage_config
+from pipeline.config import to_dict
+from pipeline.errors import UserError, main_guard
+from pipeline.runtime import mixed_precision, pick_device, seed_everything
+from stages.ppo.evaluation import compare_to_reference
+from stages.ppo.models import load_models
+from stages.ppo.trainer import PPOTrainer
+
+
+def prompt_sources(cfg) -> tuple[str, str | None]:
+    """(training prompts, held-out prompts with gold answers or None)."""
+    if cfg.ppo.data == "demo":
+        from data.demo import demo_file
+
+        return str(demo_file(cfg, "ppo_prompts.jsonl")), str(demo_file(cfg, "ppo_gold.jsonl"))
+    return cfg.ppo.data, cfg.ppo.eval_data
+
+
+def load_prompt_sets(cfg):
+    from data.loaders import load_prompts
+
+    train_src, eval_src = prompt_sources(cfg)
+    train = load_prompts(train_src)
+    if eval_src:
+        held = load_prompts(eval_src)
+    else:  # no held-out set given: keep the last prompts aside
+        n = min(cfg.ppo.num_eval_prompts, len(train) // 5)
+        train, held = train[: len(train) - n], train[len(train) - n:]
+    if not train:
+        raise UserError(f"{train_src} holds no prompt for PPO (ppo.data).")
+    return [r["prompt"] for r in train], [r["prompt"] for r in held], [r.get("gold") for r in held]
+
+
+def dependencies(cfg) -> dict:
+    return {"ppo": to_dict(cfg.ppo), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
+            "data": to_dict(cfg.data) if cfg.ppo.data == "demo" else {}}
+
+
+def read_score_stats(reward_source: str, ppo_cfg) -> tuple[float, float]:
+    """The mean/std of the reward model's scores of SFT answers, saved by the reward stage."""
+    from pipeline.reward_scoring import STATS_FILE, read_reward_stats
+
+    if not os.path.exists(os.path.join(reward_source, STATS_FILE)):
+        print(f"ppo: warning: {reward_source} has no {STATS_FILE}; rewards are not normalised (mean 0, std 1)")
+        return 0.0, 1.0
+    stats = read_reward_stats(reward_source)
+    mean, std = float(stats["mean"]), float(stats["std"])
+    if std < 1e-3:
+        print(f"ppo: warning: the reward model's scores of SFT answers barely vary (std {std:.2g}); "
+              "normalised rewards will be large. Was the reward model trained?")
+    length = ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens
+    if stats.get("max_length") and length > stats["max_length"]:
+        print(f"ppo: warning: prompts + answers reach {length} tokens but the reward model was trained on "
+              f"{stats['max_length']}; its scores of longer sequences are extrapolation.")
+    return mean, std or 1.0
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    from accelerate import Accelerator
+
+    from pipeline import artifacts
+
+    cfg = stage_config("ppo", argv, description="PPO: optimise the SFT policy against the reward model.")
+    p = cfg.ppo
+    final = cfg.stage_dir("ppo")
+    policy_src, policy_rec = resolve_model_source(p.policy, cfg.stage_dir("sft"), "make sft")
+    reward_src, reward_rec = resolve_model_source(p.reward_model, cfg.stage_dir("reward"), "make reward")
+    inputs = {"policy": policy_rec, "reward_model": reward_rec}
+    up_to_date = getattr(artifacts, "up_to_date", None)
+    if up_to_date and up_to_date(final, dependencies(cfg), inputs):
+        print(f"{final} is up to date (same config and inputs); nothing to do.")
+        return 0
+
+    device = pick_device(cfg.run.device)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    acc = Accelerator(mixed_precision=mixed_precision(cfg.run.dtype, device.type), cpu=device.type == "cpu")
+    seed_everything(cfg.run.seed + acc.process_index)  # a different sample stream on each rank
+    writer = ArtifactWriter(final, "ppo")
+    if not p.resume and acc.is_main_process:
+        writer.discard()
+        writer = ArtifactWriter(final, "ppo")
+    acc.wait_for_everyone()
+
+    models = load_models(p, policy_src, reward_src)
+    score_stats = read_score_stats(reward_src, p)
+    prompts, held_prompts, held_golds = load_prompt_sets(cfg)
+    eval_prompts, eval_golds = held_prompts[: p.num_eval_prompts], held_golds[: p.num_eval_prompts]
+    n_report = len(held_prompts) if p.report_prompts is None else min(p.report_prompts, len(held_prompts))
+    report_prompts = held_prompts[:n_report] * p.report_samples
+    report_golds = held_golds[:n_report] * p.report_samples
+    if acc.is_main_process:
+        print(f"ppo: {len(prompts)} training prompts, {len(held_prompts)} held-out; {p.total_episodes} episodes "
+              f"in {p.total_episodes // p.batch_size} rollouts of {p.batch_size}; reward normalised with "
+              f"mean {score_stats[0]:.3f} std {score_stats[1]:.3f}")
+    trainer = PPOTrainer(p, models.policy, models.ref, models.reward, models.value, models.tokenizer, prompts,
+                         reward_stats=score_stats, eval_prompts=eval_prompts, eval_golds=eval_golds,
+                         out_dir=writer.out_dir, checkpoint_dir=writer.checkpoint_dir, seed=cfg.run.seed,
+                         accelerator=acc)
+    if trainer.step_no:
+        print(f"ppo: resuming after rollout {trainer.step_no} from {writer.checkpoint_dir}")
+    history = trainer.train()
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return 0
+
+    policy = acc.unwrap_model(trainer.model).policy
+    value = acc.unwrap_model(trainer.model).value
+    ref = models.ref
+    if p.lora.enabled:
+        policy.save_pretrained(writer.out_dir / "adapter")
+        policy = policy.merge_and_unload()
+        ref = None
+    if ref is None:  # LoRA: the SFT model, reloaded for the comparison
+        from pipeline.model import load_causal_lm
+
+        ref = load_causal_lm(policy_src, dtype=torch.float32).to(acc.device).eval()
+    report = compare_to_reference(
+        policy, ref, models.reward, models.tokenizer, report_prompts, report_golds, gen_config=trainer.gen_config,
+        temperature=p.temperature, batch_size=p.forward_batch_size, score_stats=score_stats,
+        kl_budget=p.kl_budget, device=acc.device, seed=cfg.run.seed)
+    policy.save_pretrained(writer.out_dir)
+    models.tokenizer.save_pretrained(writer.out_dir)
+    value.save_pretrained(writer.out_dir / "value")
+    (writer.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    last = history[-1] if history else {}
+    summary = {k: last[k] for k in ("score", "kl", "response_length", "eos_fraction") if k in last}
+    summary.update({k: v for k, v in report.items() if not isinstance(v, list)})
+    if trainer.logger:
+        trainer.logger.close()
+    writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)
+    print_report(report, final)
+    return 0
+
+
+def print_report(r: dict, final) -> None:
+    gold = (f"gold {r['gold_ppo']:.3f} vs SFT {r['gold_sft']:.3f}" if r["gold_ppo"] is not None
+            else "no gold answers")
+    print(f"ppo: on {r['n_pairs']} held-out answer pairs: RM win rate over SFT {r['win_rate']:.2f} "
+          f"(95% CI {r['win_rate_ci'][0]:.2f}-{r['win_rate_ci'][1]:.2f}); RM score {r['rm_score_ppo']:+.3f} vs "
+          f"SFT {r['rm_score_sft']:+.3f}; KL to SFT {r['kl_to_sft']:.2f} (budget {r['kl_budget']}); {gold}; "
+          f"answer length {r['length_ppo']:.1f} vs {r['length_sft']:.1f} tokens")
+    print(f"ppo: {r['verdict']} -> {final}")

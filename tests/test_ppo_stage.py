@@ -1,0 +1,92 @@
+"""`python -m stages.ppo` end to end on tiny artifacts: what it writes and what it refuses."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from pipeline.artifacts import ArtifactWriter, read_manifest
+from pipeline.metrics import read_metrics
+from stages.ppo.stage import main
+
+
+def fake_artifact(tmp_path, stage, build):
+    writer = ArtifactWriter(tmp_path / "runs" / "t" / stage, stage)
+    build(writer.out_dir)
+    return writer.commit(config={})
+
+
+@pytest.fixture
+def run_dir(tiny_lm_dir, tmp_path):
+    def sft(out):
+        shutil.copytree(tiny_lm_dir, out, dirs_exist_ok=True)
+
+    def reward(out):
+        torch.manual_seed(0)
+        AutoModelForSequenceClassification.from_pretrained(tiny_lm_dir, num_labels=1).save_pretrained(out)
+        AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
+        (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
+
+    fake_artifact(tmp_path, "sft", sft)
+    fake_artifact(tmp_path, "reward", reward)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"What does function number {i} do?"}) + "\n" for i in range(40)))
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"prompt": f"Explain object {i}", "gold": f"object {i} does things"}) + "\n"
+                            for i in range(6)))
+    return tmp_path
+
+
+def argv(tmp_path, *extra):
+    return ["--config", "configs/test.yaml", f"run.out_dir={tmp_path / 'runs'}", "run.name=t",
+            f"ppo.data={tmp_path / 'prompts.jsonl'}", f"ppo.eval_data={tmp_path / 'held.jsonl'}",
+            "ppo.total_episodes=32", "ppo.batch_size=16", "ppo.max_new_tokens=8", "ppo.forward_batch_size=16",
+            "ppo.sample_every=1", *extra]
+
+
+def test_stage_writes_a_chat_model_value_model_manifest_metrics_and_samples(run_dir, capsys):
+    assert main(argv(run_dir)) == 0
+    out = run_dir / "runs" / "t" / "ppo"
+    manifest = read_manifest(out)
+    assert manifest["status"] == "complete"
+    assert manifest["inputs"]["policy"]["fingerprint"] == read_manifest(run_dir / "runs/t/sft")["fingerprint"]
+    assert manifest["inputs"]["reward_model"]["fingerprint"] == read_manifest(run_dir / "runs/t/reward")["fingerprint"]
+    AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).chat_template
+    AutoModelForSequenceClassification.from_pretrained(out / "value")
+    rows = [r for r in read_metrics(out) if "score" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert any("eval/gold" in r for r in read_metrics(out))
+    samples = (out / "samples.md").read_text()
+    assert samples.count("## Step") == 3 and "## Step 0" in samples and "*Gold:*" in samples
+    report = json.loads((out / "report.json").read_text())
+    assert 0 <= report["win_rate"] <= 1 and report["n_pairs"] == 12 and report["gold_sft"] is not None
+    text = capsys.readouterr().out
+    assert "win rate over SFT" in text and ("quality bar" in text or "over-optimisation" in text)
+    assert main(argv(run_dir)) == 0  # same inputs and config: nothing to do
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_stage_names_the_missing_reward_model(run_dir, capsys):
+    shutil.rmtree(run_dir / "runs" / "t" / "reward")
+    with pytest.raises(SystemExit) as e:
+        main(argv(run_dir))
+    assert e.value.code == 2
+    assert "make reward" in capsys.readouterr().err
+
+
+def test_stage_rejects_a_batch_that_does_not_split_into_minibatches(run_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(argv(run_dir, "ppo.num_minibatches=3"))
+    assert "ppo.batch_size" in capsys.readouterr().err
+
+
+def test_stage_with_lora_saves_the_merged_policy_and_the_adapter(run_dir):
+    assert main(argv(run_dir, "ppo.lora.enabled=true", "ppo.lora.r=4", "ppo.total_episodes=16", "ppo.lr=0.01")) == 0
+    out = run_dir / "runs" / "t" / "ppo"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out)  # a plain causal LM: later stages need no peft
+    sft = AutoModelForCausalLM.from_pretrained(run_dir / "runs" / "t" / "sft")
+    assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), sft.state_dict().values()))
