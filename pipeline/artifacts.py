@@ -165,3 +165,23 @@ class ArtifactWriter:
         shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(self.work_dir, ignore_errors=True)
         return self.final_dir
+
+
+def up_to_date(final_dir: str | Path, config: dict, inputs: dict) -> bool:
+    """True when `final_dir` is a finished artifact made from these inputs with this config.
+
+    `config` holds the sections (or keys) the stage depends on: each must equal the same path in
+    the manifest's resolved config, so a change elsewhere (another stage's section, run.name)
+    does not make this stage stale. `inputs` must equal the manifest's inputs exactly.
+    """
+    manifest = read_manifest(final_dir)
+    if not manifest or manifest.get("status") != "complete":
+        return False
+    as_json = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples/paths as saved
+    return _is_subset(as_json(config), manifest.get("config") or {}) and as_json(inputs) == manifest.get("inputs")
+
+
+def _is_subset(wanted, have) -> bool:
+    if isinstance(wanted, dict):
+        return isinstance(have, dict) and all(k in have and _is_subset(v, have[k]) for k, v in wanted.items())
+    return wanted == have

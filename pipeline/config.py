@@ -87,6 +87,11 @@ def _coerce(value: Any, tp, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-2 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise UserError(f"{where}: expected a number, got {value!r}.")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

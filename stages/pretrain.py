@@ -1,0 +1,172 @@
+"""Stage 1: a GPT trained from scratch on raw text -> runs/<name>/pretrain.
+
+    python -m stages.pretrain --config configs/tiny.yaml [section.key=value ...]
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m stages.pretrain --config ...
+
+Text (train.data) -> BPE tokenizer (trained here, or tokenizer.from) -> token files (cached) ->
+Llama-style model (pipeline.model) -> training loop (pipeline.lm_loop) -> a Hugging Face model
+directory with tokenizer, samples.md, metrics.jsonl and manifest.json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.token_cache import (
+    build_token_cache,
+    cache_key,
+    iter_documents,
+    source_fingerprint,
+    tokenizer_fingerprint,
+)
+from pipeline.artifacts import ArtifactWriter, fingerprint, up_to_date
+from pipeline.cli import stage_config
+from pipeline.config import to_dict
+from pipeline.errors import UserError, main_guard
+from pipeline.lm_loop import state_key, train_lm
+from pipeline.model import build_model, describe
+from pipeline.runtime import mixed_precision, pick_device, seed_everything
+from pipeline.tokenizer import load_tokenizer, train_tokenizer
+
+# Keys that change nothing in the trained model: editing them must not make the artifact stale.
+_NO_EFFECT = {"resume", "log_every", "checkpoint_every"}
+
+
+def data_sources(cfg) -> list[tuple[str, str]]:
+    """(source, role) pairs: the demo corpus comes with its own validation file; others are split."""
+    sources: list[tuple[str, str]] = []
+    for source in cfg.train.data:
+        if source == "demo":
+            from data.demo import demo_file
+
+            sources += [(str(demo_file(cfg, "pretrain_train.jsonl")), "train"),
+                        (str(demo_file(cfg, "pretrain_val.jsonl")), "val")]
+        else:
+            sources.append((source, "split"))
+    if not sources:
+        raise UserError("train.data is empty: list the text files, folders, globs or hub datasets to pretrain on.")
+    return sources
+
+
+def dependencies(cfg) -> dict:
+    """The parts of the resolved config that the pretrained model depends on."""
+    full = to_dict(cfg)
+    return {"run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype}, "tokenizer": full["tokenizer"],
+            "model": full["model"], "train": {k: v for k, v in full["train"].items() if k not in _NO_EFFECT}}
+
+
+def get_tokenizer(cfg, sources, cache_root: Path, accelerator):
+    if cfg.tokenizer.from_:
+        tok, changes = load_tokenizer(cfg.tokenizer.from_)
+        for change in changes:
+            accelerator.print(f"tokenizer: {change}")
+        return tok
+    key = cache_key(sources, cfg.train.text_field, cfg.train.val_fraction,
+                    f"bpe-{cfg.tokenizer.vocab_size}-{cfg.tokenizer.min_frequency}")
+    cached = cache_root / f"tokenizer-{key}"
+    with accelerator.main_process_first():
+        if not (cached / "tokenizer.json").is_file():
+            accelerator.print(f"training a {cfg.tokenizer.vocab_size}-token BPE tokenizer on the training text ...")
+            docs = iter_documents(sources, "train", cfg.train.text_field, cfg.train.val_fraction)
+            tok = train_tokenizer(docs, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+            tok.save_pretrained(cached.with_suffix(".tmp"))
+            os.replace(cached.with_suffix(".tmp"), cached)
+        tok, _ = load_tokenizer(str(cached))
+    return tok
+
+
+def write_samples(model, tokenizer, val_tokens, cfg, path: Path) -> None:
+    """Text sampled at each of train.sample_temperatures, from a document start and a held-out prefix."""
+    eos = tokenizer.eos_token_id
+    prompts = [[eos]]
+    ends = np.flatnonzero(np.asarray(val_tokens[:50_000]) == eos)
+    prefix_at = int(ends[0]) + 1 if len(ends) and ends[0] + 9 < len(val_tokens) else 0
+    prompts.append([eos, *map(int, val_tokens[prefix_at:prefix_at + 8])])
+    model.eval()
+    device = next(model.parameters()).device
+    lines = [f"# Samples from {cfg.run.name}/pretrain\n", f"{cfg.train.sample_tokens} new tokens per sample; "
+             "a sample starts at a document start or continues a held-out prefix (in **bold**).\n"]
+    for temperature in cfg.train.sample_temperatures:
+        lines.append(f"\n## temperature {temperature}\n")
+        for prompt in prompts:
+            torch.manual_seed(cfg.run.seed)
+            ids = torch.tensor([prompt], device=device)
+            knobs = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.train.sample_tokens,
+                                     **knobs)
+            head = tokenizer.decode(prompt, skip_special_tokens=True)
+            tail = tokenizer.decode(out[0, len(prompt):].tolist(), skip_special_tokens=False)
+            lines.append(f"\n{'**' + head.strip() + '** ' if head.strip() else ''}{tail}\n\n---\n")
+    path.write_text("".join(lines))
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    cfg = stage_config("pretrain", argv, description="Pretrain a GPT from scratch on raw text.")
+    final = cfg.stage_dir("pretrain")
+    sources = data_sources(cfg)
+    inputs = {"data": {s: source_fingerprint(s) for s, _ in sources}}
+    if cfg.tokenizer.from_:
+        inputs["tokenizer"] = {
+            cfg.tokenizer.from_: fingerprint(cfg.tokenizer.from_) if Path(cfg.tokenizer.from_).exists() else "hub"}
+    if up_to_date(final, dependencies(cfg), inputs):
+        print(f"{final} is up to date (same config and inputs); nothing to do.")
+        (final / "manifest.json").touch()  # newer than the preset, so make's file target is satisfied too
+        return 0
+
+    from accelerate import Accelerator
+
+    device_type = pick_device(cfg.run.device).type
+    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(cfg.run.dtype, device_type))
+    if device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Processes on one machine share its cores; oversubscription costs more than it gives.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    seed_everything(cfg.run.seed)
+    writer = ArtifactWriter(final, "pretrain")
+    if not cfg.train.resume and accelerator.is_main_process:
+        writer.discard()
+        writer = ArtifactWriter(final, "pretrain")
+    accelerator.wait_for_everyone()
+
+    cache_root = cfg.run_dir / "cache"
+    tokenizer = get_tokenizer(cfg, sources, cache_root, accelerator)
+    with accelerator.main_process_first():
+        splits, cache_dir = build_token_cache(sources, tokenizer, cache_root, text_field=cfg.train.text_field,
+                                              val_fraction=cfg.train.val_fraction)
+    train, val = splits["train"], splits["val"]
+    accelerator.print(f"data: {train.n_tokens:,} train tokens ({train.n_docs} documents), {val.n_tokens:,} val "
+                      f"tokens; {val.bytes_per_token:.2f} bytes/token; cache {cache_dir}")
+
+    model = build_model(cfg.model, tokenizer)
+    block = cfg.model.block_size
+    if block > model.config.max_position_embeddings:
+        raise UserError(f"model.block_size={block} is over the model's max_position_embeddings="
+                        f"{model.config.max_position_embeddings}; lower model.block_size.")
+    accelerator.print(describe(model, block))
+    key = state_key(dependencies(cfg), inputs, tokenizer_fingerprint(tokenizer))
+    metrics = train_lm(model, train.tokens(), val.tokens(), cfg=cfg.train, block=block, seed=cfg.run.seed,
+                       accelerator=accelerator, checkpoint_dir=writer.checkpoint_dir, metrics_dir=writer.out_dir,
+                       key=key, val_bytes_per_token=val.bytes_per_token, compile_model=cfg.run.compile)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save_pretrained(writer.out_dir)
+        tokenizer.save_pretrained(writer.out_dir)
+        write_samples(model, tokenizer, val.tokens(), cfg, writer.out_dir / "samples.md")
+        metrics.update(train_tokens=train.n_tokens, val_tokens=val.n_tokens, val_bytes=val.n_bytes)
+        writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)
+        print(f"pretrain: val loss {metrics['val_loss']:.4f}, bpb {metrics['val_bpb']:.4f}, "
+              f"{metrics['tokens_seen']:,} tokens -> {final}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Artifacts: built in a scratch directory, committed atomically with a manifest, refused when unfinished."""
+
+import json
+
+import pytest
+
+from pipeline.artifacts import ArtifactWriter, fingerprint, is_complete, require_artifact, up_to_date
+from pipeline.errors import UserError
+
+
+def build(final, content="weights", config=None, inputs=None):
+    writer = ArtifactWriter(final, "pretrain")
+    (writer.out_dir / "model.bin").write_text(content)
+    (writer.checkpoint_dir / "latest.pt").write_text("resumable state")
+    return writer, writer.commit(config=config or {"model": {"n_layer": 2}}, inputs=inputs or {"data": "abc"},
+                                 metrics={"val_loss": 1.5})
+
+
+def test_nothing_is_visible_until_commit(tmp_path):
+    final = tmp_path / "run" / "pretrain"
+    writer = ArtifactWriter(final, "pretrain")
+    (writer.out_dir / "model.bin").write_text("half written")
+    assert not final.exists()  # a killed stage leaves only pretrain.partial/
+    with pytest.raises(UserError, match="make pretrain") as e:
+        require_artifact(final, "make pretrain")
+    assert "resume" in str(e.value)  # and says an unfinished run can be resumed
+
+
+def test_commit_moves_the_artifact_in_place_with_a_manifest(tmp_path):
+    final = tmp_path / "pretrain"
+    writer, path = build(final)
+    assert path == final and (final / "model.bin").read_text() == "weights"
+    assert not writer.work_dir.exists()  # checkpoints are not part of the artifact
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["stage"] == "pretrain" and manifest["status"] == "complete"
+    assert manifest["inputs"] == {"data": "abc"} and manifest["metrics"] == {"val_loss": 1.5}
+    assert manifest["fingerprint"] == fingerprint(final)  # the manifest itself is not hashed
+    assert manifest["versions"]["torch"] and "wall_time_s" in manifest
+    assert require_artifact(final, "make pretrain")["stage"] == "pretrain"
+
+
+def test_recommit_replaces_the_old_artifact(tmp_path):
+    final = tmp_path / "pretrain"
+    build(final, "old")
+    build(final, "new")
+    assert (final / "model.bin").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrain"]
+
+
+def test_a_directory_without_a_complete_manifest_is_refused(tmp_path):
+    final = tmp_path / "pretrain"
+    final.mkdir()
+    (final / "model.bin").write_text("?")
+    assert not is_complete(final)
+    with pytest.raises(UserError, match="not a finished artifact"):
+        require_artifact(final, "make pretrain")
+
+
+def test_fingerprint_follows_content_not_time(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("hello")
+    first = fingerprint(a)
+    a.write_text("hello")
+    assert fingerprint(a) == first
+    a.write_text("hello!")
+    assert fingerprint(a) != first
+
+
+def test_up_to_date_compares_the_sections_a_stage_depends_on(tmp_path):
+    final = tmp_path / "pretrain"
+    assert not up_to_date(final, {"model": {"n_layer": 2}}, {"data": "abc"})  # nothing built yet
+    config = {"model": {"n_layer": 2}, "sft": {"lr": 0.1}}
+    build(final, config=config, inputs={"data": "abc"})
+    assert up_to_date(final, {"model": {"n_layer": 2}}, {"data": "abc"})
+    assert not up_to_date(final, {"model": {"n_layer": 3}}, {"data": "abc"})  # changed config
+    assert not up_to_date(final, {"model": {"n_layer": 2}}, {"data": "abd"})  # changed input data
+    assert not up_to_date(final, {"model": {"n_layer": 2, "n_head": 2}}, {"data": "abc"})  # key never recorded
