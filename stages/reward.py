@@ -1,0 +1,275 @@
+"""Reward model: the SFT model with a scalar head, trained on human preferences with TRL's
+RewardTrainer (Bradley-Terry loss: -log sigmoid(r_chosen - r_rejected)).
+
+    python -m stages.reward --config configs/tiny.yaml [reward.data=rankings.jsonl.gz] [key=value ...]
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m stages.reward --config ...
+
+Output runs/<name>/reward/: a sequence-classification model (AutoModelForSequenceClassification),
+its tokenizer with the chat template, reward_stats.json (the mean/std of rewards of the SFT
+model's own answers, for PPO), report.md, metrics.jsonl, TensorBoard logs and manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.artifacts import ArtifactWriter, fingerprint, resolve_model_source, up_to_date
+from pipeline.cli import stage_config
+from pipeline.config import to_dict
+from pipeline.errors import UserError, main_guard
+from pipeline.hf_glue import (
+    MetricsCallback,
+    last_checkpoint,
+    lora_config,
+    make_chat_ready,
+    quantization_config,
+    save_lora,
+    step_of,
+    trainer_kwargs,
+    use_our_progress,
+)
+from pipeline.metrics import read_metrics
+from pipeline.reward_scoring import STATS_FILE, score_conversations
+from pipeline.runtime import pick_device, seed_everything
+from stages.reward_data import (
+    GroupedPairSampler,
+    heldout_source,
+    load_heldout,
+    load_training_pairs,
+    split_by_group,
+    tokenize_pairs,
+    training_source,
+)
+from stages.reward_eval import HeldoutEvalCallback, evaluate_heldout, heldout_from_pairs
+from stages.reward_report import write_report
+
+log = logging.getLogger("stages.reward")
+
+
+def dependencies(cfg) -> dict:
+    """The config this artifact depends on: its own section, seeding/precision, and the sampling
+    settings of the reward statistics (PPO's, whose rewards they normalise)."""
+    return {"reward": to_dict(cfg.reward), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
+            "ppo": {"data": cfg.ppo.data, "temperature": cfg.ppo.temperature,
+                    "max_new_tokens": cfg.ppo.max_new_tokens},
+            "data": to_dict(cfg.data) if "demo" in (cfg.reward.data, cfg.ppo.data) else {}}
+
+
+def source_fingerprint(source: str | None) -> str | None:
+    if source is None:
+        return None
+    return fingerprint(source) if Path(source).exists() else "hub"
+
+
+def stats_prompts_source(cfg) -> str:
+    if cfg.ppo.data == "demo":
+        from data.demo import demo_file
+
+        return str(demo_file(cfg, "ppo_prompts.jsonl"))
+    return cfg.ppo.data
+
+
+def make_trainer_class():
+    """RewardTrainer whose training order can keep each prompt's pairs together."""
+    from trl import RewardTrainer
+
+    class PromptGroupedRewardTrainer(RewardTrainer):
+        def __init__(self, *args, pair_groups: list[int] | None = None, **kwargs):
+            self.pair_groups = pair_groups
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.pair_groups is None:
+                return super()._get_train_sampler(train_dataset)
+            return GroupedPairSampler(self.pair_groups, self.args.data_seed or self.args.seed)
+
+    return PromptGroupedRewardTrainer
+
+
+def load_reward_init(source: str, cfg):
+    """The SFT model with a fresh scalar head (num_labels=1), tokenizer made chat-ready."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        with suppress_seqcls_warning():  # the new `score` head and the unused lm_head are expected
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=1, dtype=torch.float32, quantization_config=quantization_config(cfg.reward.lora))
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load a reward model from '{source}': {e}") from None
+    make_chat_ready(model, tokenizer, source=source)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+    return model, tokenizer
+
+
+@torch.no_grad()
+def reward_statistics(cfg, policy_source: str, model, tokenizer, max_length: int) -> dict:
+    """Mean/std of the rewards of the SFT model's own sampled answers to PPO-style prompts."""
+    from data.loaders import load_prompts
+    from pipeline.generation import eos_ids_of, generate_batched
+    from pipeline.model import load_causal_lm
+
+    source = stats_prompts_source(cfg)
+    prompts = [p["prompt"] for p in load_prompts(source)][: cfg.reward.stats_prompts]
+    if not prompts:
+        raise UserError(f"{source} holds no prompt for the reward statistics (reward.stats_prompts).")
+    policy = load_causal_lm(policy_source).to(next(model.parameters()).device).eval()
+    ids = [tokenizer.apply_chat_template(p, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
+           for p in prompts]
+    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.run.seed)
+    answers = generate_batched(policy, ids, batch_size=cfg.ppo.forward_batch_size,
+                               max_new_tokens=cfg.ppo.max_new_tokens, eos_ids=eos_ids_of(policy, tokenizer),
+                               pad_id=tokenizer.pad_token_id, temperature=cfg.ppo.temperature,
+                               top_k=cfg.ppo.top_k, top_p=cfg.ppo.top_p, generator=gen)
+    texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+    scores = score_conversations(model, tokenizer, prompts, texts, batch_size=cfg.reward.batch_size * 2,
+                                 max_length=max_length)
+    del policy
+    return {
+        "mean": float(scores.mean()), "std": float(scores.std(unbiased=False)), "n": len(texts),
+        "min": float(scores.min()), "max": float(scores.max()),
+        "ended_with_eos": sum(bool(a) and a[-1] in eos_ids_of(model, tokenizer) for a in answers),
+        "max_length": max_length, "prompts_source": source, "policy": policy_source,
+        "temperature": cfg.ppo.temperature, "max_new_tokens": cfg.ppo.max_new_tokens,
+    }
+
+
+def heldout_history(metrics_dir: Path) -> list[dict]:
+    """Held-out evaluations so far, from metrics.jsonl (so a resumed run reports its whole history)."""
+    by_step = {}
+    for row in read_metrics(metrics_dir):
+        if "heldout_accuracy" in row:
+            by_step[row["step"]] = {"step": row["step"], **{k[len("heldout_"):]: v for k, v in row.items()
+                                                            if k.startswith("heldout_")}}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    cfg = stage_config("reward", argv, description="Train a reward model on preference data (TRL RewardTrainer).")
+    r = cfg.reward
+    final = cfg.stage_dir("reward")
+    init_source, init_record = resolve_model_source(r.init_from, cfg.stage_dir("sft"), "make sft")
+    train_src, held_src = training_source(cfg), heldout_source(cfg)
+    inputs = {"init": init_record, "data": {"train": {train_src: source_fingerprint(train_src)},
+                                            "heldout": {held_src: source_fingerprint(held_src)} if held_src else {}}}
+    if up_to_date(final, dependencies(cfg), inputs):
+        print(f"{final} is up to date (same config and inputs); nothing to do.")
+        return 0
+
+    from datasets import Dataset
+    from trl import RewardConfig
+
+    device = pick_device(cfg.run.device)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    seed_everything(cfg.run.seed)
+
+    model, tokenizer = load_reward_init(init_source, cfg)
+    max_length = r.max_length
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and max_length > limit:
+        log.warning("reward.max_length=%d is over the model's %d positions; using %d.", max_length, limit, limit)
+        max_length = limit
+    pairs = load_training_pairs(train_src)
+    if held_src:
+        heldout = load_heldout(held_src)
+    else:
+        pairs, held_pairs = split_by_group(pairs, r.val_fraction, cfg.run.seed)
+        heldout = heldout_from_pairs(held_pairs)
+    data = tokenize_pairs(pairs, tokenizer, max_length, use_margin=r.use_margin, source=train_src)
+    # the work directory only once the inputs are known to be usable: bad data leaves nothing behind
+    writer = ArtifactWriter(final, "reward")
+    if not r.resume and int(os.environ.get("RANK", "0")) == 0:
+        writer.discard()
+        writer = ArtifactWriter(final, "reward")
+    per_prompt = data.counts["kept"] / max(1, data.counts["prompts"])
+    print(f"reward data: {data.counts['kept']} pairs from {data.counts['prompts']} prompts ({per_prompt:.1f} per "
+          f"prompt); held out: {len(heldout)} pairs ({len(heldout.rankings)} rankings) from {held_src or 'a split'}")
+    if r.group_by_prompt and per_prompt > 1 and r.batch_size % round(per_prompt):
+        log.warning("reward.group_by_prompt: batch_size=%d is not a multiple of the %d pairs per prompt, so some "
+                    "prompts' pairs straddle two batches.", r.batch_size, round(per_prompt))
+
+    args = RewardConfig(**trainer_kwargs(r, output_dir=writer.checkpoint_dir, run=cfg.run, eval=False),
+                        max_length=None,  # tokenize_pairs already dropped and counted over-long pairs
+                        center_rewards_coefficient=r.center_rewards_coefficient, disable_dropout=True,
+                        ddp_find_unused_parameters=False)  # every parameter takes part in the reward
+    checkpoint = last_checkpoint(writer.checkpoint_dir) if r.resume else None
+    metrics_cb = MetricsCallback(writer.out_dir, desc="reward", resume_step=step_of(checkpoint))
+    eval_cb = HeldoutEvalCallback(heldout, tokenizer, every=r.eval_every, max_length=max_length,
+                                  batch_size=r.batch_size * 2, metrics_callback=metrics_cb)
+    peft_config = None
+    if r.lora.enabled:
+        peft_config = lora_config(r.lora, task_type="SEQ_CLS")
+        peft_config.modules_to_save = ["score"]  # the fresh head trains in full
+    trainer_cls = make_trainer_class()
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=Dataset.from_dict(data.columns(r.use_margin)),
+        processing_class=tokenizer, callbacks=[metrics_cb, eval_cb], peft_config=peft_config,
+        pair_groups=data.groups if r.group_by_prompt else None,
+    )
+    use_our_progress(trainer)
+    main_process = trainer.is_world_process_zero()
+    if checkpoint is None:
+        eval_cb.run(trainer.model, 0)  # the untrained head: a baseline for the report
+    else:
+        print(f"resuming from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    step = trainer.state.global_step
+    final_metrics, scores = evaluate_heldout(trainer.model, tokenizer, heldout, max_length=max_length,
+                                             batch_size=r.batch_size * 2)
+    if metrics_cb.enabled:
+        metrics_cb.logger.log(step, **{f"heldout_{k}": v for k, v in final_metrics.items() if isinstance(v, float)})
+
+    # statistics first: a LoRA model is merged (and so changed) by saving it
+    stats = None
+    if r.stats_prompts > 0 and main_process:
+        stats = reward_statistics(cfg, init_source, trainer.model, tokenizer, max_length)
+    if r.lora.enabled:
+        if main_process:
+            save_lora(trainer.model, writer.out_dir, tokenizer)
+    else:
+        trainer.save_model(str(writer.out_dir))
+    trainer.accelerator.wait_for_everyone()
+    if main_process:
+        (writer.out_dir / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(writer.out_dir)
+        if stats:
+            (writer.out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        settings = {"init_from": init_source, "data": train_src, "group_by_prompt": r.group_by_prompt,
+                    "use_margin": r.use_margin, "center_rewards_coefficient": r.center_rewards_coefficient,
+                    "lora": r.lora.enabled, "steps": step, "batch_size": r.batch_size, "lr": r.lr,
+                    "max_length": max_length}
+        write_report(writer.out_dir / "report.md", title=f"Reward model: {cfg.run.name}", final=final_metrics,
+                     history=heldout_history(writer.out_dir), counts=data.counts, stats=stats, heldout=heldout,
+                     scores=scores, settings=settings)
+        summary = {f"heldout_{k}": v for k, v in final_metrics.items() if v is not None}
+        summary.update({f"data_{k}": v for k, v in data.counts.items()})
+        if stats:
+            summary.update(reward_mean=stats["mean"], reward_std=stats["std"])
+        summary.update({k: v for k, v in metrics_cb.last.items() if k in ("loss", "accuracy", "margin")})
+        summary["steps"] = step
+        metrics_cb.close()
+        writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)
+        acc = final_metrics.get("accuracy")
+        print(f"reward: held-out accuracy {acc:.3f}" + (
+            f", Kendall tau {final_metrics['kendall_tau']:.3f}" if final_metrics.get("kendall_tau") is not None
+            else "") + (f"; SFT answers score {stats['mean']:.3f} +- {stats['std']:.3f}" if stats else "")
+            + f" -> {final}")
+        if acc is not None and not math.isfinite(acc):
+            return 1
+    trainer.accelerator.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

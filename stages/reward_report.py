@@ -1,0 +1,90 @@
+"""report.md of the reward stage: held-out metrics, their history, data counts, reward
+statistics for PPO and a few held-out examples with the model's scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stages.reward_eval import Heldout
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _short(text: str, n: int = 160) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _content(messages: list[dict]) -> str:
+    return " / ".join(m.get("content") or "" for m in messages)
+
+
+def examples_md(h: Heldout, scores: torch.Tensor, n: int = 4) -> list[str]:
+    """K-way prompts with each answer's human rank and score, or pairs with both scores."""
+    s = scores.tolist()
+    lines = []
+    if h.rankings:
+        for order in h.rankings[:n]:
+            lines += [f"**Prompt:** {_short(_content(h.prompts[order[0]]), 300)}", "",
+                      "| human rank | score | answer |", "|---:|---:|---|"]
+            lines += [f"| {rank + 1} | {s[i]:+.3f} | {_short(_content(h.responses[i]))} |"
+                      for rank, i in enumerate(order)]
+            lines.append("")
+    else:
+        for c, r, _ in h.pairs[:n]:
+            lines += [f"**Prompt:** {_short(_content(h.prompts[c]), 300)}", "",
+                      "| | score | answer |", "|---|---:|---|",
+                      f"| chosen | {s[c]:+.3f} | {_short(_content(h.responses[c]))} |",
+                      f"| rejected | {s[r]:+.3f} | {_short(_content(h.responses[r]))} |", ""]
+    return lines
+
+
+def write_report(path: Path, *, title: str, final: dict, history: list[dict], counts: dict, stats: dict | None,
+                 heldout: Heldout, scores: torch.Tensor, settings: dict) -> None:
+    gaps = sorted(int(k[len("accuracy_gap"):]) for k in final if k.startswith("accuracy_gap"))
+    lines = [f"# {title}", "", "## Held-out evaluation", "",
+             "| metric | value |", "|---|---:|",
+             f"| pairs | {final.get('pairs')} |",
+             f"| pairwise accuracy | {_fmt(final.get('accuracy'))} |",
+             f"| mean margin (chosen - rejected) | {_fmt(final.get('mean_margin'))} |"]
+    if "kendall_tau" in final:
+        lines.append(f"| Kendall tau vs human ranking ({final.get('rankings')} prompts) | "
+                     f"{_fmt(final.get('kendall_tau'))} |")
+    lines += [f"| accuracy, chosen shorter than rejected ({final.get('pairs_chosen_shorter')} pairs) | "
+              f"{_fmt(final.get('accuracy_chosen_shorter'))} |",
+              f"| accuracy, chosen longer than rejected ({final.get('pairs_chosen_longer')} pairs) | "
+              f"{_fmt(final.get('accuracy_chosen_longer'))} |", ""]
+    if gaps:
+        lines += ["Accuracy by rank distance (how far apart the human ranked the two answers):", "",
+                  "| rank distance | pairs | accuracy |", "|---:|---:|---:|"]
+        lines += [f"| {g} | {final.get(f'pairs_gap{g}')} | {_fmt(final.get(f'accuracy_gap{g}'))} |" for g in gaps]
+        lines.append("")
+    by_pair = final.get("accuracy_by_rank_pair") or {}
+    if by_pair:
+        lines += ["Accuracy for each pair of human ranks (\"1>3\": the best answer against the third):", "",
+                  "| ranks | " + " | ".join(by_pair) + " |", "|---|" + "---:|" * len(by_pair),
+                  "| accuracy | " + " | ".join(_fmt(v) for v in by_pair.values()) + " |", ""]
+    if len(history) > 1:
+        lines += ["During training:", "", "| step | accuracy | mean margin | Kendall tau |", "|---:|---:|---:|---:|"]
+        lines += [f"| {h['step']} | {_fmt(h.get('accuracy'))} | {_fmt(h.get('mean_margin'))} | "
+                  f"{_fmt(h.get('kendall_tau'))} |" for h in history]
+        lines.append("")
+    lines += ["## Training data", "", "| | count |", "|---|---:|"]
+    lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()]
+    lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]
+    if stats:
+        lines += ["## Reward statistics for PPO", "",
+                  f"The SFT model answered {stats['n']} prompts ({stats['prompts_source']}; temperature "
+                  f"{stats['temperature']}, up to {stats['max_new_tokens']} new tokens). Their rewards: mean "
+                  f"{stats['mean']:.4f}, std {stats['std']:.4f} (saved in reward_stats.json; PPO normalises "
+                  "rewards with them).", ""]
+    lines += ["## Held-out examples", ""] + examples_md(heldout, scores)
+    path.write_text("\n".join(lines) + "\n")
