@@ -4,6 +4,7 @@ side, in the same run, on the same tiny models, prompts, batch, answer length an
     python -m benchmarks.ppo                      # part of `make bench`
     python -m benchmarks.ppo --repeats 1 --threads 2 --total-episodes 1024
     python -m benchmarks.ppo --use-run runs/tiny  # the real SFT policy and reward model instead
+    python -m benchmarks.ppo --also-run runs/tiny # both settings, one after the other
 
 TRL 1.13+ has no PPOTrainer, so TRL 1.12 runs in a throwaway venv (.bench/trl112-venv), built on
 first use with the CPU torch and the transformers/accelerate/datasets versions of our own venv.
@@ -156,6 +157,9 @@ def parse_args(argv):
     ap.add_argument("--models", type=Path, default=BENCH / "ppo_models", help="where the shared models go")
     ap.add_argument("--use-run", type=Path, default=None,
                     help="a run dir (e.g. runs/tiny) whose sft/ and reward/ artifacts replace the synthetic models")
+    ap.add_argument("--also-run", type=Path, default=None,
+                    help="after the synthetic comparison, the same on this run dir's artifacts (answers that end "
+                         "at EOS: the realistic case); both ratios are reported")
     for f in fields(BenchSetup):
         ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                         type=float if f.type in ("float", "float | None") else int)
@@ -175,12 +179,28 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--sides takes trl, ours or trl,ours; got '{a.sides}'.")
     if "trl" in sides:
         ensure_peer_venv()
-    models = build_models(a, setup)
+    result = compare(a, setup, sides, build_models(a, setup), "run" if a.use_run else "synthetic")
+    if a.also_run is not None:
+        # The realistic setting: a trained SFT policy whose answers end at EOS, scored by a trained reward model.
+        from benchmarks import ppo_setup
+
+        models = ppo_setup.from_run(a.also_run, a.models.with_name("ppo_models_from_run"), setup)
+        result["realistic"] = compare(a, setup, sides, models, f"run {a.also_run}")
+        if "speedup_ours_over_trl" in result:
+            print(f"ours/TRL episodes/s: synthetic {result['speedup_ours_over_trl']:.2f}x, "
+                  f"{a.also_run} {result['realistic']['speedup_ours_over_trl']:.2f}x")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {a.out}")
+
+
+def compare(a, setup: BenchSetup, sides: list[str], models: Path, label: str) -> dict:
+    """Both sides on one set of models, alternating, `a.repeats` times; returns the result record."""
     setup_saved = json.loads((models / "setup.json").read_text())
     before = heldout_before(models, setup_saved)
-    print(f"benchmarks.ppo: {setup.total_episodes} episodes of batch {setup.batch_size}, {setup.max_new_tokens} "
-          f"new tokens, {setup.ppo_epochs} epochs x {setup.num_minibatches} minibatches, {a.threads} threads, "
-          f"{a.repeats} repeat(s); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"benchmarks.ppo [{label}]: {setup.total_episodes} episodes of batch {setup.batch_size}, "
+          f"{setup.max_new_tokens} new tokens, {setup.ppo_epochs} epochs x {setup.num_minibatches} minibatches, "
+          f"{a.threads} threads, {a.repeats} repeat(s); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     work = BENCH / "ppo_runs"
     work.mkdir(parents=True, exist_ok=True)
@@ -189,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         for side in order:
             runs[side].append(run_side(side, models, a.threads, work / f"{side}_{r}.json"))
     summary = {s: summarise(rs) for s, rs in runs.items()}
-    result = {"setup": setup_saved, "threads": a.threads, "cpus": os.cpu_count(), "repeats": a.repeats,
-              "heldout_before": before, "summary": summary, "runs": runs,
+    result = {"setting": label, "setup": setup_saved, "threads": a.threads, "cpus": os.cpu_count(),
+              "repeats": a.repeats, "heldout_before": before, "summary": summary, "runs": runs,
               "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if len(summary) == 2:
         result["speedup_ours_over_trl"] = summary["ours"]["episodes_per_s"] / summary["trl"]["episodes_per_s"]
@@ -199,11 +219,9 @@ def main(argv: list[str] | None = None) -> None:
                                      for o, t in zip(runs["ours"], runs["trl"])]
         print(table(summary, before))
         verdict = "meets" if result["speedup_ours_over_trl"] >= 1.5 else "MISSES"
-        print(f"ours/TRL episodes/s: {result['speedup_ours_over_trl']:.2f}x ({verdict} the 1.5x target); "
+        print(f"[{label}] ours/TRL episodes/s: {result['speedup_ours_over_trl']:.2f}x ({verdict} the 1.5x target); "
               f"per repeat: {', '.join(f'{x:.2f}x' for x in result['paired_speedups'])}")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {a.out}")
+    return result
 
 
 def build_models(a, setup: BenchSetup) -> Path:

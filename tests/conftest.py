@@ -28,11 +28,11 @@ def tiny_text(n_chars: int = 200_000) -> str:
 def tiny_lm_dir(tmp_path_factory):
     """A saved Hugging Face model dir: our BPE tokenizer (chat template included) and a
     randomly initialised 2-layer Llama. Built once per test session, in about a second."""
+    import torch
+
     from pipeline.model import build_model
     from pipeline.schema import ModelSection
     from pipeline.tokenizer import train_tokenizer
-
-    import torch
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_lm")

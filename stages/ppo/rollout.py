@@ -115,27 +115,105 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float, top_k: i
 @torch.no_grad()
 def generate(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, gen_config: GenerationConfig,
              eos_id: int, pad_id: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample one answer per prompt, `chunk` prompts at a time, with the KV cache."""
+    """Sample one answer per prompt, `chunk` prompts at a time, with the KV cache.
+
+    Plain temperature sampling (PPO's case: no top-k/top-p) runs our own token loop, which is
+    about twice as fast as `model.generate` on small models (its per-token bookkeeping and
+    `torch.multinomial` over the vocabulary dominate there); truncated sampling keeps HF's."""
+    plain = not (gen_config.top_k or 0) > 0 and not (gen_config.top_p or 1.0) < 1.0
     pieces = []
     for s in range(0, query_ids.size(0), chunk):
         q, m = query_ids[s:s + chunk], query_mask[s:s + chunk]
-        out = policy.generate(input_ids=q, attention_mask=m.long(), generation_config=gen_config)
-        pieces.append(out[:, q.size(1):])
+        if plain:
+            pieces.append(sample_answers(policy, q, m, gen_config.max_new_tokens, gen_config.temperature,
+                                         eos_id, pad_id))
+        else:
+            out = policy.generate(input_ids=q, attention_mask=m.long(), generation_config=gen_config)
+            pieces.append(out[:, q.size(1):])
     width = max(p.size(1) for p in pieces)
     responses = torch.cat([F.pad(p, (0, width - p.size(1)), value=pad_id) for p in pieces])
     return truncate_after_eos(responses, eos_id, pad_id)
+
+
+def sample_from_logits(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
+    """One draw per row from exactly softmax(logits / T), by inverting the cumulative distribution
+    with one uniform number per row: ~20x cheaper than `torch.multinomial` over a 4k vocabulary.
+    A token of probability 0 is never drawn (its cumulative sum equals its predecessor's)."""
+    cdf = torch.softmax(logits.float() / temperature, -1).cumsum(-1)
+    u = torch.rand(cdf.size(0), 1, device=cdf.device, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_answers(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
+                   temperature: float, eos_id: int, pad_id: int) -> torch.Tensor:
+    """[B, <= max_new_tokens] sampled answers to left-padded prompts; PAD after a row's EOS.
+    Stops as soon as every row has ended. Positions come from the mask, as in every forward."""
+    b, p = query_ids.shape
+    mask = torch.ones(b, p + max_new_tokens, dtype=torch.long, device=query_ids.device)
+    mask[:, :p] = query_mask.long()
+    out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=query_ids.device)
+    done = torch.zeros(b, dtype=torch.bool, device=query_ids.device)
+    step_ids, step_pos, past = query_ids, position_ids(query_mask), None
+    for t in range(max_new_tokens):
+        res = policy(input_ids=step_ids, attention_mask=mask[:, :p + t], position_ids=step_pos,
+                     past_key_values=past, use_cache=True, logits_to_keep=1)
+        past = res.past_key_values
+        tokens = sample_from_logits(res.logits[:, -1], temperature).masked_fill_(done, pad_id)
+        out[:, t] = tokens
+        done |= tokens == eos_id
+        if bool(done.all()):
+            return out[:, :t + 1]
+        step_ids, step_pos = tokens[:, None], step_pos[:, -1:] + 1
+    return out
 
 
 def response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperature: float,
                       with_entropy: bool = False):
     """log pi(token) under the temperature-scaled distribution that sampled it (and its entropy)."""
     logits = logits.float() / temperature
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    # gather - logsumexp: no [B, R, V] log_softmax tensor is kept for the backward.
+    lse = torch.logsumexp(logits, -1)
+    logp = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) - lse
     if not with_entropy:
         return logp, None
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
     return logp, entropy
+
+
+# Causal LMs whose logits are exactly lm_head(last hidden state): no soft-capping or scaling.
+PLAIN_HEAD_MODELS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                     "GPT2LMHeadModel")
+
+
+def plain_causal_lm(model):
+    """The HF causal LM under `model` (a LoRA model's base, whose layers carry the adapters) when
+    its logits are lm_head(hidden) and nothing else hides in the wrapper's forward; else None."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return None  # prompt tuning adds virtual tokens in the wrapper's forward
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return lm if type(lm).__name__ in PLAIN_HEAD_MODELS else None
+
+
+def answer_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_ids: torch.Tensor,
+                          prompt_len: int, temperature: float) -> torch.Tensor:
+    """[B, R] log pi of the real answer tokens (mask 1), 0 at answer padding.
+
+    The output layer and the log-softmax run only on the real answer tokens' states, not on
+    every column of the answer: with answers ending at EOS most columns are padding, and the
+    vocabulary projection costs as much as the rest of a small model."""
+    lm = plain_causal_lm(model)
+    keep = attention_mask[:, prompt_len:].bool()
+    if lm is None:
+        logits = policy_logits(model, input_ids, attention_mask, prompt_len)
+        return response_logprobs(logits, response_ids, temperature)[0] * keep
+    backbone = getattr(lm, lm.base_model_prefix)
+    h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                 use_cache=False).last_hidden_state
+    logits = lm.get_output_embeddings()(h[:, prompt_len - 1:-1][keep]).float() / temperature
+    lp = logits.gather(-1, response_ids[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+    return lp.new_zeros(keep.shape).masked_scatter(keep, lp)
 
 
 def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int):

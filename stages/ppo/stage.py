@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from pipeline.artifacts import ArtifactWriter, resolve_model_source
+from pipeline.artifacts import ArtifactWriter, resolve_model_source, up_to_date
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
@@ -76,16 +76,13 @@ def read_score_stats(reward_source: str, ppo_cfg) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
-    from pipeline import artifacts
-
     cfg = stage_config("ppo", argv, description="PPO: optimise the SFT policy against the reward model.")
     p = cfg.ppo
     final = cfg.stage_dir("ppo")
     policy_src, policy_rec = resolve_model_source(p.policy, cfg.stage_dir("sft"), "make sft")
     reward_src, reward_rec = resolve_model_source(p.reward_model, cfg.stage_dir("reward"), "make reward")
     inputs = {"policy": policy_rec, "reward_model": reward_rec}
-    up_to_date = getattr(artifacts, "up_to_date", None)
-    if up_to_date and up_to_date(final, dependencies(cfg), inputs):
+    if up_to_date(final, dependencies(cfg), inputs):
         print(f"{final} is up to date (same config and inputs); nothing to do.")
         return 0
 

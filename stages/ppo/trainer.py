@@ -43,6 +43,7 @@ from stages.ppo.kl_controller import make_kl_controller
 from stages.ppo.losses import ppo_loss
 from stages.ppo.rollout import (
     RolloutBatch,
+    answer_token_logprobs,
     encode_prompts,
     generate,
     left_pad,
@@ -67,8 +68,7 @@ class PolicyAndValue(nn.Module):
     def forward(self, input_ids, attention_mask, response_ids, prompt_len: int, temperature: float):
         width = response_ids.size(1)
         ids, attn, p, kept = trim_padding(input_ids, attention_mask, prompt_len)
-        logits = policy_logits(self.policy, ids, attn, p)
-        logprobs, _ = response_logprobs(logits, response_ids[:, :kept], temperature)
+        logprobs = answer_token_logprobs(self.policy, ids, attn, response_ids[:, :kept], p, temperature)
         values = token_values(self.value, ids, attn, p)
         return pad_answer_columns(logprobs, width), pad_answer_columns(values, width)
 
@@ -105,7 +105,7 @@ class PPOTrainer:
         self.ref, self.rm, self.reward_fn = ref_policy, reward_model, reward_fn
         self.score_mean, self.score_std = float(reward_stats[0]), float(reward_stats[1]) or 1.0
         params = [p for m in (policy, value_model) for p in m.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
+        self.optimizer = make_adamw(params, lr=cfg.lr, eps=1e-5)
         total_opt_steps = max(1, self.num_updates * cfg.ppo_epochs * cfg.num_minibatches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: max(0.0, 1.0 - s / total_opt_steps))
@@ -238,6 +238,9 @@ class PPOTrainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+        # Statistics stay tensors inside the loop (no per-micro-batch sync); read out once here.
+        totals = {k: float(v) for k, v in totals.items()}
+        first_ratio = {k: float(v) for k, v in first_ratio.items()}
         t = max(totals["tokens"], 1.0)
         r0 = max(first_ratio["tokens"], 1.0)
         ratio_mean = totals["ratio"] / t
@@ -252,7 +255,8 @@ class PPOTrainer:
         }
 
     def accumulate_gradients(self, b: RolloutBatch, mb_idx: torch.Tensor, micro: int) -> dict:
-        """Backward of one minibatch in micro-batches of `micro` rows; returns summed loss statistics."""
+        """Backward of one minibatch in micro-batches of `micro` rows; returns summed loss statistics
+        (0-d tensors)."""
         cfg, totals = self.cfg, {}
         # Token count of the whole (global) minibatch: the divisor of every micro-batch's loss.
         n_tok = self.acc.reduce(b.response_mask[mb_idx].sum().float(), "sum") / self.world
@@ -268,7 +272,9 @@ class PPOTrainer:
                                  cliprange_value=cfg.cliprange_value, vf_coef=cfg.vf_coef)
                 self.acc.backward(terms.loss)
             for key, v in terms.stats.items():
-                totals[key] = totals.get(key, 0.0) + v.item()
+                # float64 sums, as Python floats were (the ratio variance is a difference); MPS has none.
+                v = v.to(torch.float32 if v.device.type == "mps" else torch.float64)
+                totals[key] = totals[key] + v if key in totals else v
         return totals
 
     # ---------------------------------------------------------------- helpers
@@ -331,6 +337,15 @@ class PPOTrainer:
         self.step_no, self.cursor, self.order = state["step"], state["cursor"], state["order"]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.sampler.set_state(state["sampler"])
+
+
+def make_adamw(params: list, **kw) -> torch.optim.Optimizer:
+    """AdamW with its fused kernel (one pass over all tensors instead of a Python loop per
+    tensor) where torch has one for these parameters' device and dtype; the same update rule."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **kw)
+    except (RuntimeError, ValueError):  # e.g. a device or dtype without a fused kernel
+        return torch.optim.AdamW(params, foreach=True, **kw)
 
 
 def full_weights_for_generation(acc, model):
