@@ -46,7 +46,7 @@ lint:  ## ruff
 
 bench:  ## benchmarks: pretrain loop vs nanoGPT, PPO vs TRL 1.12 (side by side, same run)
 	$(PY) -m benchmarks.pretrain
-	$(PY) -m benchmarks.ppo
+	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
 
 # Each stage target runs its stage, and each stage checks itself: when its artifact is complete for
 # the same config sections and input fingerprints it prints "up to date" and exits. So `make ppo`
