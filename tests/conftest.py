@@ -18,10 +18,13 @@ import pytest  # noqa: E402
 
 
 def tiny_text(n_chars: int = 200_000) -> str:
-    """Real prose for tests: the first n_chars of tinyshakespeare (or a stand-in if it is absent)."""
+    """Real prose for tests: the first n_chars of tinyshakespeare (or of Python's docs if it is absent)."""
     if SHAKESPEARE.exists():
         return SHAKESPEARE.read_text()[:n_chars]
-    return ("To be, or not to be, that is the question. " * (n_chars // 44 + 1))[:n_chars]
+    # Without ../shared (a bare clone), Python's own language reference is real prose on every machine.
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))[:n_chars]
 
 
 @pytest.fixture(scope="session")

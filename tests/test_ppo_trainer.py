@@ -115,9 +115,9 @@ def test_gradient_accumulation_equals_the_full_batch_token_mean_with_uneven_leng
 
 def test_ppo_raises_a_programmatic_reward(tiny_lm_dir):
     """Fails if the sign of the policy loss or of the advantages is wrong (the reward would fall)."""
-    tr = make_trainer(tiny_lm_dir, make_cfg(total_episodes=32 * 18, batch_size=32, max_new_tokens=16,
+    tr = make_trainer(tiny_lm_dir, make_cfg(total_episodes=32 * 27, batch_size=32, max_new_tokens=16,
                                             ppo_epochs=4, forward_batch_size=32))
-    scores = [tr.step()["score"] for _ in range(18)]
+    scores = [tr.step()["score"] for _ in range(27)]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     assert first < 0.2, scores
     assert last > first + 0.1, scores
