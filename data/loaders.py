@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from data import formats
 from data.formats import BadRecord, Drop
+from pipeline.artifacts import fingerprint
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -286,3 +288,17 @@ def iter_texts(sources: list[str] | str, text_field: str = "text") -> Iterator[s
             yield text
         if empty:
             raise UserError(f"{source} holds no text documents (empty file?).")
+
+
+def source_fingerprint(source: str) -> str:
+    """A content hash of a data source: a file, a folder or a glob; a hub dataset is recorded by
+    name (`hub:<name>`). Stages put it in their manifest so a changed dataset makes them stale."""
+    if Path(source).exists():
+        return fingerprint(source)
+    matches = sorted(glob.glob(source, recursive=True)) if glob.has_magic(source) else []
+    if matches:
+        h = hashlib.sha256()
+        for m in matches:
+            h.update(m.encode() + fingerprint(m).encode())
+        return h.hexdigest()[:16]
+    return f"hub:{source}"

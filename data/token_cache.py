@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import fingerprint
 from pipeline.errors import UserError
 
 _TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet", ".csv", ".gz", ".text")
@@ -52,23 +51,17 @@ class TokenSplit:
 
 
 def source_fingerprint(source: str) -> str:
-    """A content hash for a file, folder or glob; a hub dataset is recorded by name."""
-    path = Path(source)
-    if path.exists():
-        return fingerprint(path)
-    matches = sorted(glob.glob(source, recursive=True)) if glob.has_magic(source) else []
-    if matches:
-        h = hashlib.sha256()
-        for m in matches:
-            h.update(m.encode() + fingerprint(m).encode())
-        return h.hexdigest()[:16]
+    """data.loaders.source_fingerprint, refusing a path-like source that does not exist."""
+    from data.loaders import source_fingerprint as fingerprint_source
+
+    found = fingerprint_source(source)
     looks_local = source.startswith((".", "/", "~")) or source.endswith(_TEXT_SUFFIXES) or glob.has_magic(source)
-    if looks_local or os.sep in source and source.count("/") > 1:
+    if found.startswith("hub:") and (looks_local or os.sep in source and source.count("/") > 1):
         raise UserError(
             f"pretraining data '{source}' does not exist (no file, folder or glob match). Set train.data to "
             ".txt/.jsonl/.parquet files, folders or globs, a `datasets` hub name, or `demo`."
         )
-    return f"hub:{source}"
+    return found
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts import ArtifactWriter, fingerprint, resolve_model_source, up_to_date
+from data.loaders import source_fingerprint
+from pipeline.artifacts import ArtifactWriter, resolve_model_source, up_to_date
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
@@ -59,12 +60,6 @@ def dependencies(cfg) -> dict:
             "ppo": {"data": cfg.ppo.data, "temperature": cfg.ppo.temperature,
                     "max_new_tokens": cfg.ppo.max_new_tokens},
             "data": to_dict(cfg.data) if "demo" in (cfg.reward.data, cfg.ppo.data) else {}}
-
-
-def source_fingerprint(source: str | None) -> str | None:
-    if source is None:
-        return None
-    return fingerprint(source) if Path(source).exists() else "hub"
 
 
 def stats_prompts_source(cfg) -> str:

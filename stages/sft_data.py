@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from pipeline.artifacts import fingerprint
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -52,17 +50,15 @@ def _load(source: str) -> list[dict]:
 
 
 def _demo_file(cfg, stem: str) -> str:
-    from data.demo import FILES, demo_file
+    from data.demo import demo_file
 
-    # The contract names sets by stem ("sft_train"); data.demo lists them by file name.
-    return str(demo_file(cfg, f"{stem}.jsonl" if f"{stem}.jsonl" in FILES else stem))
+    return str(demo_file(cfg, stem))
 
 
 def _source_record(source: str) -> dict:
-    p = Path(source)
-    if p.exists():
-        return {"path": str(p), "fingerprint": fingerprint(p)}
-    return {"hub": source}
+    from data.loaders import source_fingerprint
+
+    return {"path": source, "fingerprint": source_fingerprint(source)}
 
 
 def load_sft_splits(cfg) -> tuple[list[dict], list[dict], dict]:
