@@ -43,7 +43,8 @@ FILES = (
 # Shares of the askable objects per question set (each object goes to exactly one).
 SPLITS = (("sft_train", 0.45), ("sft_val", 0.05), ("rank_train", 0.20), ("rank_heldout", 0.06),
           ("ppo", 0.12), ("eval", 0.12))
-PROMPTS_PER_OBJECT = 2  # differently phrased ranking, PPO and evaluation prompts per object
+PROMPTS_PER_OBJECT = 2  # differently phrased PPO and evaluation prompts per object
+RANKINGS_PER_OBJECT = 4  # differently phrased ranking prompts per object, each with fresh wrong answers
 
 
 def _split_objects(names: list[str], rng: random.Random) -> dict[str, list[str]]:
@@ -138,7 +139,7 @@ def _ranking_set(names: list[str], pool: list[str], by_name: dict, answers: dict
         d = by_name[name]
         siblings = [a for a in by_parent[d.parent] if a != answers[name]]
         others = [answers[n] for n in pool if by_name[n].parent != d.parent]
-        for prompt in _distinct_prompts(d, PROMPTS_PER_OBJECT, rng):
+        for prompt in _distinct_prompts(d, RANKINGS_PER_OBJECT, rng):
             best_first = candidates(d, answers[name], k, siblings, others, rng)
             order = list(range(k))
             rng.shuffle(order)  # order[i] = quality rank of the i-th shown response

@@ -2,8 +2,10 @@
 
 The gold answer is the docstring's summary paragraph, shortened to whole sentences so it fits a
 256-token SFT sequence and a 48-token PPO response. Ranking candidates are graded by construction:
-the right summary > the right object but truncated or vague > a sibling object's summary (same
-module or class: plausible but wrong) > an unrelated object's summary.
+the right summary > the right object but truncated (and, from K=5, vague) > a sibling object's
+summary (same module or class: plausible but wrong) > an unrelated object's summary.
+Vague answers rank below the truncated one only from K=5: at K=4 a templated vague answer would
+win two of its three pairs on its template alone, teaching the reward model a cue, not content.
 """
 
 from __future__ import annotations
@@ -120,9 +122,14 @@ def sft_conversations(doc: Doc, answer: str, rng: random.Random, n_questions: in
 
 
 def truncated(answer: str) -> str:
+    """The first half of the answer, ended like a whole answer.
+
+    No "..." or other mark of the cut: a mark would be a surface cue that the reward model learns
+    instead of the content (the truncated answer beats two of its three rivals, so the mark itself
+    would score as good, and PPO would learn to write it)."""
     words = answer.split()
     keep = max(2, len(words) // 2)
-    return " ".join(words[:keep]).rstrip(",;:.") + "..."
+    return " ".join(words[:keep]).rstrip(",;:.") + "."
 
 
 def vague(doc: Doc, rng: random.Random) -> str:
@@ -133,8 +140,8 @@ def candidate_plan(k: int) -> list[str]:
     """The quality ladder for K candidates, best first."""
     plans = {
         2: ["gold", "sibling"],
-        3: ["gold", "degraded", "unrelated"],
-        4: ["gold", "degraded", "sibling", "unrelated"],
+        3: ["gold", "truncated", "unrelated"],
+        4: ["gold", "truncated", "sibling", "unrelated"],
         5: ["gold", "truncated", "vague", "sibling", "unrelated"],
         6: ["gold", "truncated", "vague", "sibling", "sibling_truncated", "unrelated"],
     }
@@ -157,8 +164,6 @@ def candidates(doc: Doc, answer: str, k: int, siblings: list[str], others: list[
     for level in candidate_plan(k):
         if level == "gold":
             text = answer
-        elif level == "degraded":
-            text = truncated(answer) if rng.random() < 0.5 else vague(doc, rng)
         elif level == "truncated":
             text = truncated(answer)
         elif level == "vague":
@@ -171,5 +176,10 @@ def candidates(doc: Doc, answer: str, k: int, siblings: list[str], others: list[
             text = fresh(others)
         if not text or text in chosen:  # tiny pools: fall back to anything unused
             text = fresh(others) or f"I am not sure what `{doc.name}` does."
+        if level in ("sibling", "unrelated") and rng.random() < 0.5 and truncated(text) not in chosen:
+            # Wrong answers as short as the truncated one half of the time: otherwise "shorter wins"
+            # (the truncated answer beats two longer rivals) is a cue the reward model learns, and
+            # PPO then shortens answers instead of making them right.
+            text = truncated(text)
         chosen.append(text)
     return chosen
