@@ -15,6 +15,21 @@ def mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
 
 
+def paired_difference(candidate: Sequence[float], baseline: Sequence[float], z: float = 1.96) -> dict:
+    """Mean of candidate - baseline over paired items, with a normal-approximation interval.
+
+    Pairing (the same prompt answered by both models) removes the prompt-to-prompt spread, which
+    is most of the variance of a per-answer metric."""
+    if len(candidate) != len(baseline):
+        raise ValueError(f"paired_difference: {len(candidate)} candidate vs {len(baseline)} baseline values")
+    diffs = [a - b for a, b in zip(candidate, baseline)]
+    if not diffs:
+        return {"n": 0, "mean": None, "ci_low": None, "ci_high": None}
+    m, sd = mean_std(diffs)
+    half = z * sd * math.sqrt(len(diffs) / max(len(diffs) - 1, 1)) / math.sqrt(len(diffs))
+    return {"n": len(diffs), "mean": m, "ci_low": m - half, "ci_high": m + half}
+
+
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a proportion successes/n (95% for z=1.96).
 

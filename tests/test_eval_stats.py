@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from pipeline.generation import pick_tokens, shape_logits
-from pipeline.stats import kl_estimates, length_matched, mean_std, spearman, wilson_interval, win_rate
+from pipeline.stats import (
+    kl_estimates,
+    length_matched,
+    mean_std,
+    paired_difference,
+    spearman,
+    wilson_interval,
+    win_rate,
+)
 
 
 def test_win_rate_counts_ties_as_half_a_win():
@@ -70,6 +78,16 @@ def test_spearman_uses_average_ranks_for_ties():
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))
     assert spearman([1, 1], [1, 2]) is None
+
+
+def test_paired_difference_gives_the_mean_difference_with_a_normal_interval():
+    d = paired_difference([3.0, 5.0, 4.0, 6.0], [1.0, 2.0, 3.0, 2.0])  # differences 2, 3, 1, 4
+    sd = math.sqrt(sum((x - 2.5) ** 2 for x in (2, 3, 1, 4)) / 3)  # sample standard deviation
+    assert d["n"] == 4 and d["mean"] == pytest.approx(2.5)
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((2.5 - 1.96 * sd / 2, 2.5 + 1.96 * sd / 2))
+    assert paired_difference([], [])["mean"] is None
+    with pytest.raises(ValueError):
+        paired_difference([1.0], [1.0, 2.0])
 
 
 def test_mean_std():

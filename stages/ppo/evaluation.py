@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.stats import win_rate
+from pipeline.stats import paired_difference, win_rate
 from stages.ppo.rollout import (
     RolloutBatch,
     encode_prompts,
@@ -52,11 +52,15 @@ def texts(tokenizer, b: RolloutBatch) -> list[str]:
     return [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(b.response_ids, b.response_mask)]
 
 
-def gold_mean(answers: list[str], golds: list[str | None]) -> float | None:
+def gold_scores(answers: list[str], golds: list[str | None]) -> list[float | None]:
     from data.gold import gold_score
 
-    pairs = [(a, g) for a, g in zip(answers, golds) if g]
-    return sum(gold_score(a, g) for a, g in pairs) / len(pairs) if pairs else None
+    return [gold_score(a, g) if g else None for a, g in zip(answers, golds)]
+
+
+def gold_mean(answers: list[str], golds: list[str | None]) -> float | None:
+    scores = [s for s in gold_scores(answers, golds) if s is not None]
+    return sum(scores) / len(scores) if scores else None
 
 
 class SampleWriter:
@@ -121,11 +125,15 @@ def compare_to_reference(policy, ref, reward_model, tokenizer, prompts: list, go
           - sequence_logprobs(ref, ppo_b, temperature, batch_size)).sum(1)
     golds = golds or [None] * len(prompt_ids)
     wr = win_rate(ppo_s, sft_s)
+    gold_pairs = [(a, b) for a, b in zip(gold_scores(texts(tokenizer, ppo_b), golds),
+                                         gold_scores(texts(tokenizer, sft_b), golds)) if a is not None]
+    gold_diff = paired_difference([a for a, _ in gold_pairs], [b for _, b in gold_pairs])
     report = {
         "n_pairs": len(prompt_ids), "win_rate": wr["win_rate"], "win_rate_ci": [wr["ci_low"], wr["ci_high"]],
         "rm_score_ppo": sum(ppo_s) / len(ppo_s), "rm_score_sft": sum(sft_s) / len(sft_s),
         "kl_to_sft": kl.mean().item(), "kl_budget": kl_budget,
-        "gold_ppo": gold_mean(texts(tokenizer, ppo_b), golds), "gold_sft": gold_mean(texts(tokenizer, sft_b), golds),
+        "gold_ppo": _mean([a for a, _ in gold_pairs]), "gold_sft": _mean([b for _, b in gold_pairs]),
+        "gold_diff_ci": [gold_diff["ci_low"], gold_diff["ci_high"]] if gold_pairs else None,
         "length_ppo": ppo_b.response_mask.sum(1).float().mean().item(),
         "length_sft": sft_b.response_mask.sum(1).float().mean().item(),
     }
@@ -133,12 +141,24 @@ def compare_to_reference(policy, ref, reward_model, tokenizer, prompts: list, go
     return report
 
 
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
 def verdict(r: dict) -> str:
+    """Strict: any fall of the gold metric fails the bar, and the message says whether the fall is
+    beyond noise (the paired difference's 95% interval lies below 0) or within it."""
     rm_up = r["rm_score_ppo"] > r["rm_score_sft"]
     gold_known = r["gold_ppo"] is not None and r["gold_sft"] is not None
     if gold_known and rm_up and r["gold_ppo"] < r["gold_sft"]:
+        ci = r.get("gold_diff_ci")
+        noise = ""
+        if ci:
+            beyond = "beyond noise" if ci[1] < 0 else "within noise"
+            noise = f"; difference {r['gold_ppo'] - r['gold_sft']:+.3f}, 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}: {beyond}"
         return (f"reward over-optimisation: the reward model prefers PPO ({r['rm_score_ppo']:+.3f} vs "
-                f"{r['rm_score_sft']:+.3f}) but the gold metric fell ({r['gold_ppo']:.3f} vs {r['gold_sft']:.3f})")
+                f"{r['rm_score_sft']:+.3f}) but the gold metric fell ({r['gold_ppo']:.3f} vs {r['gold_sft']:.3f}"
+                f"{noise})")
     problems = []
     if (r["win_rate"] or 0) < 0.65:
         problems.append(f"win rate {r['win_rate']:.2f} < 0.65")

@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_report(r: dict, final) -> None:
-    gold = (f"gold {r['gold_ppo']:.3f} vs SFT {r['gold_sft']:.3f}" if r["gold_ppo"] is not None
-            else "no gold answers")
+    ci = r.get("gold_diff_ci")
+    gold = (f"gold {r['gold_ppo']:.3f} vs SFT {r['gold_sft']:.3f} (difference 95% CI {ci[0]:+.3f} to {ci[1]:+.3f})"
+            if r["gold_ppo"] is not None and ci else "no gold answers")
     print(f"ppo: on {r['n_pairs']} held-out answer pairs: RM win rate over SFT {r['win_rate']:.2f} "
           f"(95% CI {r['win_rate_ci'][0]:.2f}-{r['win_rate_ci'][1]:.2f}); RM score {r['rm_score_ppo']:+.3f} vs "
           f"SFT {r['rm_score_sft']:+.3f}; KL to SFT {r['kl_to_sft']:.2f} (budget {r['kl_budget']}); {gold}; "
