@@ -164,3 +164,29 @@ def build_token_cache(sources: list[tuple[str, str]], tokenizer, cache_root: str
         for name, s in meta["splits"].items()
     }
     return splits, root
+
+
+def prune_cache(cache_root: str | Path, in_use: list[Path], keep_others: int = 1, log=print) -> list[Path]:
+    """Delete old cache entries so `runs/<name>/cache/` does not grow with every data or tokenizer change.
+
+    Per kind (`tokens-*`, `tokenizer-*`), the entries in use stay, and so do the `keep_others` most
+    recently used others (switching a setting back and forth stays cheap). Entries in use are touched,
+    so "recently used" means used, not built. Returns the deleted paths."""
+    import shutil
+
+    root = Path(cache_root)
+    in_use = [Path(p).resolve() for p in in_use]
+    for p in in_use:
+        if p.exists():
+            os.utime(p)
+    removed: list[Path] = []
+    for kind in ("tokens-", "tokenizer-"):
+        others = sorted((p for p in root.glob(f"{kind}*") if p.is_dir() and p.resolve() not in in_use),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[keep_others:]:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    if removed:
+        log(f"cache: removed {len(removed)} old entr{'y' if len(removed) == 1 else 'ies'} from {root} "
+            f"({', '.join(p.name for p in removed)})")
+    return removed

@@ -21,6 +21,7 @@ from data.token_cache import (
     build_token_cache,
     cache_key,
     iter_documents,
+    prune_cache,
     source_fingerprint,
     tokenizer_fingerprint,
 )
@@ -61,11 +62,12 @@ def dependencies(cfg) -> dict:
 
 
 def get_tokenizer(cfg, sources, cache_root: Path, accelerator):
+    """(tokenizer, its cache directory or None when it comes from tokenizer.from)."""
     if cfg.tokenizer.from_:
         tok, changes = load_tokenizer(cfg.tokenizer.from_)
         for change in changes:
             accelerator.print(f"tokenizer: {change}")
-        return tok
+        return tok, None
     key = cache_key(sources, cfg.train.text_field, cfg.train.val_fraction,
                     f"bpe-{cfg.tokenizer.vocab_size}-{cfg.tokenizer.min_frequency}")
     cached = cache_root / f"tokenizer-{key}"
@@ -77,7 +79,7 @@ def get_tokenizer(cfg, sources, cache_root: Path, accelerator):
             tok.save_pretrained(cached.with_suffix(".tmp"))
             os.replace(cached.with_suffix(".tmp"), cached)
         tok, _ = load_tokenizer(str(cached))
-    return tok
+    return tok, cached
 
 
 def write_samples(model, tokenizer, val_tokens, cfg, path: Path) -> None:
@@ -136,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.wait_for_everyone()
 
     cache_root = cfg.run_dir / "cache"
-    tokenizer = get_tokenizer(cfg, sources, cache_root, accelerator)
+    tokenizer, tokenizer_dir = get_tokenizer(cfg, sources, cache_root, accelerator)
     with accelerator.main_process_first():
         splits, cache_dir = build_token_cache(sources, tokenizer, cache_root, text_field=cfg.train.text_field,
                                               val_fraction=cfg.train.val_fraction)
+    if accelerator.is_main_process:
+        prune_cache(cache_root, [p for p in (cache_dir, tokenizer_dir) if p], log=accelerator.print)
     train, val = splits["train"], splits["val"]
     accelerator.print(f"data: {train.n_tokens:,} train tokens ({train.n_docs} documents), {val.n_tokens:,} val "
                       f"tokens; {val.bytes_per_token:.2f} bytes/token; cache {cache_dir}")

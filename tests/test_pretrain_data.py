@@ -1,11 +1,12 @@
 """Pretraining data: text -> EOS-separated token files, cached by content, with a held-out split."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
-from data.token_cache import _is_val, build_token_cache, source_fingerprint
+from data.token_cache import _is_val, build_token_cache, prune_cache, source_fingerprint
 from pipeline.errors import UserError
 from pipeline.tokenizer import train_tokenizer
 from tests.conftest import tiny_text
@@ -88,3 +89,19 @@ def test_empty_data_is_refused(tmp_path, tok):
     empty.write_text("\n\n")
     with pytest.raises(UserError, match="no text"):
         build_token_cache([(str(empty), "split")], tok, tmp_path / "cache")
+
+
+def test_prune_cache_keeps_the_entries_in_use_and_the_most_recently_used_other(tmp_path):
+    for i, name in enumerate(["tokens-old", "tokens-recent", "tokens-now", "tokenizer-old", "tokenizer-now"]):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    messages = []
+    removed = prune_cache(tmp_path, [tmp_path / "tokens-now", tmp_path / "tokenizer-old"], log=messages.append)
+    assert sorted(p.name for p in removed) == ["tokens-old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer-now", "tokenizer-old", "tokens-now",
+                                                          "tokens-recent"]
+    assert "removed 1 old entry" in messages[0]
+    # tokenizer-old was touched as in use, so it is now the most recent; with nothing kept besides
+    # what is in use, every other entry goes.
+    removed = prune_cache(tmp_path, [tmp_path / "tokens-now"], keep_others=0, log=messages.append)
+    assert sorted(p.name for p in removed) == ["tokenizer-now", "tokenizer-old", "tokens-recent"]
