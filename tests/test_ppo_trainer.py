@@ -165,6 +165,7 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_lm_dir):
     with torch.no_grad():
         sft_logp = response_logprobs(policy_logits(sft, b.input_ids, b.attention_mask, b.prompt_len),
                                      b.response_ids, cfg.temperature)[0]
-    torch.testing.assert_close(b.ref_logprobs, sft_logp, atol=1e-5, rtol=1e-5)  # reference = frozen SFT
+    mask = b.response_mask
+    torch.testing.assert_close(b.ref_logprobs, sft_logp * mask, atol=1e-5, rtol=1e-5)  # reference = frozen SFT
     assert not torch.allclose(b.logprobs, b.ref_logprobs, atol=1e-4)  # the adapters did learn
     assert dataclasses.is_dataclass(cfg)

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from pipeline.errors import UserError
+from pipeline.lm_forward import lean_llama_body, llama_hidden_states
+from pipeline.lm_forward import positions_from_mask as position_ids
+from pipeline.token_logprobs import token_logprobs
 
 
 @dataclass
@@ -85,10 +88,6 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
         mask[i, width - len(s):] = True
     return ids, mask
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int):
@@ -208,11 +207,13 @@ def answer_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
     if lm is None:
         logits = policy_logits(model, input_ids, attention_mask, prompt_len)
         return response_logprobs(logits, response_ids, temperature)[0] * keep
-    backbone = getattr(lm, lm.base_model_prefix)
-    h = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                 use_cache=False).last_hidden_state
-    logits = lm.get_output_embeddings()(h[:, prompt_len - 1:-1][keep]).float() / temperature
-    lp = logits.gather(-1, response_ids[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+    h = hidden_states(lm, input_ids, attention_mask, first=prompt_len - 1)[:, :-1][keep]
+    head = lm.get_output_embeddings()
+    if type(head) is torch.nn.Linear and head.bias is None and not (head._forward_hooks or head._forward_pre_hooks):
+        lp = token_logprobs(h, head.weight, response_ids[keep], temperature)
+    else:  # e.g. an adapter on the output layer
+        logits = head(h).float() / temperature
+        lp = logits.gather(-1, response_ids[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
     return lp.new_zeros(keep.shape).masked_scatter(keep, lp)
 
 
@@ -238,24 +239,30 @@ def policy_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return out.logits[:, :-1]
 
 
-def hidden_states(seq_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    backbone = getattr(seq_model, seq_model.base_model_prefix)
+def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, first: int = 0) -> torch.Tensor:
+    """Final hidden states [B, T - first, D] of a causal LM's or sequence classifier's backbone,
+    positions from the mask; the lean forward for a plain Llama, HF's for anything else."""
+    body = lean_llama_body(model)
+    if body is not None:
+        return llama_hidden_states(body, input_ids, attention_mask, first=first)
+    backbone = getattr(model, model.base_model_prefix)
     return backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                    use_cache=False).last_hidden_state
+                    use_cache=False).last_hidden_state[:, first:]
 
 
 def token_values(value_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """V(state before response token t) for every t: the scalar head on every position."""
-    h = hidden_states(value_model, input_ids, attention_mask)[:, prompt_len - 1:-1]
+    h = hidden_states(value_model, input_ids, attention_mask, first=prompt_len - 1)[:, :-1]
     return value_model.score(h).squeeze(-1).float()
 
 
 def sequence_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The reward model's score read at the last real token (the answer's EOS), as it was trained:
     last-token pooling over `<|user|>q<|end|><|assistant|>answer<|end|>`."""
-    h = hidden_states(reward_model, input_ids, attention_mask)
     last = attention_mask.long().cumsum(1).argmax(1)  # rightmost position whose mask is 1
-    pooled = h[torch.arange(h.size(0), device=h.device), last]
+    first = int(last.min())
+    h = hidden_states(reward_model, input_ids, attention_mask, first=first)
+    pooled = h[torch.arange(h.size(0), device=h.device), last - first]
     return reward_model.score(pooled).squeeze(-1).float()
 
 

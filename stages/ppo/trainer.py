@@ -49,8 +49,6 @@ from stages.ppo.rollout import (
     left_pad,
     micro_batched,
     pad_answer_columns,
-    policy_logits,
-    response_logprobs,
     sampling_config,
     sequence_scores,
     token_values,
@@ -186,7 +184,7 @@ class PPOTrainer:
         def logprobs_of(model):
             def piece(s):
                 i, a, p, kept = trim_padding(ids[s], attn[s], P)
-                lp = response_logprobs(policy_logits(model, i, a, p), resp[s, :kept], cfg.temperature)[0]
+                lp = answer_token_logprobs(model, i, a, resp[s, :kept], p, cfg.temperature)
                 return pad_answer_columns(lp, resp.size(1))
             return micro_batched(piece, n, fb)
 
