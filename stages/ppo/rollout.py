@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
+from pipeline import generation
 from pipeline.errors import UserError
 from pipeline.lm_forward import lean_llama_body, llama_hidden_states
 from pipeline.lm_forward import positions_from_mask as position_ids
@@ -81,13 +82,8 @@ def encode_prompts(tokenizer, prompts: list, max_prompt_length: int) -> tuple[li
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = True
-    return ids, mask
+    ids, mask = generation.left_pad(seqs, pad_id)
+    return ids, mask.bool()
 
 
 def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int):
@@ -111,60 +107,18 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float, top_k: i
     )
 
 
-@torch.no_grad()
 def generate(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, gen_config: GenerationConfig,
              eos_id: int, pad_id: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample one answer per prompt, `chunk` prompts at a time, with the KV cache.
-
-    Plain temperature sampling (PPO's case: no top-k/top-p) runs our own token loop, which is
-    about twice as fast as `model.generate` on small models (its per-token bookkeeping and
-    `torch.multinomial` over the vocabulary dominate there); truncated sampling keeps HF's."""
-    plain = not (gen_config.top_k or 0) > 0 and not (gen_config.top_p or 1.0) < 1.0
-    pieces = []
-    for s in range(0, query_ids.size(0), chunk):
-        q, m = query_ids[s:s + chunk], query_mask[s:s + chunk]
-        if plain:
-            pieces.append(sample_answers(policy, q, m, gen_config.max_new_tokens, gen_config.temperature,
-                                         eos_id, pad_id))
-        else:
-            out = policy.generate(input_ids=q, attention_mask=m.long(), generation_config=gen_config)
-            pieces.append(out[:, q.size(1):])
+    """Sample one answer per prompt, `chunk` prompts at a time, with the KV cache; returns
+    (answers with PAD after EOS, mask up to and including EOS, has_eos per row)."""
+    pieces = [generation.sample(policy, query_ids[s:s + chunk], query_mask[s:s + chunk],
+                                max_new_tokens=gen_config.max_new_tokens, eos_ids={eos_id}, pad_id=pad_id,
+                                temperature=gen_config.temperature, top_k=gen_config.top_k or 0,
+                                top_p=gen_config.top_p or 1.0)
+              for s in range(0, query_ids.size(0), chunk)]
     width = max(p.size(1) for p in pieces)
     responses = torch.cat([F.pad(p, (0, width - p.size(1)), value=pad_id) for p in pieces])
     return truncate_after_eos(responses, eos_id, pad_id)
-
-
-def sample_from_logits(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
-    """One draw per row from exactly softmax(logits / T), by inverting the cumulative distribution
-    with one uniform number per row: ~20x cheaper than `torch.multinomial` over a 4k vocabulary.
-    A token of probability 0 is never drawn (its cumulative sum equals its predecessor's)."""
-    cdf = torch.softmax(logits.float() / temperature, -1).cumsum(-1)
-    u = torch.rand(cdf.size(0), 1, device=cdf.device, generator=generator) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1).squeeze(-1)
-
-
-@torch.no_grad()
-def sample_answers(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
-                   temperature: float, eos_id: int, pad_id: int) -> torch.Tensor:
-    """[B, <= max_new_tokens] sampled answers to left-padded prompts; PAD after a row's EOS.
-    Stops as soon as every row has ended. Positions come from the mask, as in every forward."""
-    b, p = query_ids.shape
-    mask = torch.ones(b, p + max_new_tokens, dtype=torch.long, device=query_ids.device)
-    mask[:, :p] = query_mask.long()
-    out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=query_ids.device)
-    done = torch.zeros(b, dtype=torch.bool, device=query_ids.device)
-    step_ids, step_pos, past = query_ids, position_ids(query_mask), None
-    for t in range(max_new_tokens):
-        res = policy(input_ids=step_ids, attention_mask=mask[:, :p + t], position_ids=step_pos,
-                     past_key_values=past, use_cache=True, logits_to_keep=1)
-        past = res.past_key_values
-        tokens = sample_from_logits(res.logits[:, -1], temperature).masked_fill_(done, pad_id)
-        out[:, t] = tokens
-        done |= tokens == eos_id
-        if bool(done.all()):
-            return out[:, :t + 1]
-        step_ids, step_pos = tokens[:, None], step_pos[:, -1:] + 1
-    return out
 
 
 def response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperature: float,

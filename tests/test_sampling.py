@@ -1,12 +1,14 @@
-"""The rollout's own sampling loop: draws follow exactly softmax(logits / T), and the KV-cache loop
-over left-padded prompts continues each prompt as a full forward of that prompt alone would."""
+"""The one sampling loop (PPO rollouts, evaluation, chat): draws follow exactly softmax(logits / T),
+and the KV-cache loop over left-padded prompts continues each prompt as a full forward of that
+prompt alone would."""
 
 import math
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from stages.ppo.rollout import left_pad, position_ids, sample_answers, sample_from_logits
+from pipeline.generation import draw, left_pad, sample
+from pipeline.lm_forward import positions_from_mask
 
 
 def test_inverse_cdf_sampling_matches_the_tempered_softmax():
@@ -14,7 +16,7 @@ def test_inverse_cdf_sampling_matches_the_tempered_softmax():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5, 3.0, -2.0],
                            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0]])
     temperature, n = 1.7, 40_000
-    draws = torch.stack([sample_from_logits(logits, temperature, generator=gen) for _ in range(n)])  # [n, 2]
+    draws = torch.stack([draw(logits / temperature, generator=gen) for _ in range(n)])  # [n, 2]
     for row in range(2):
         expected = torch.softmax(logits[row] / temperature, -1) * n
         counts = torch.bincount(draws[:, row], minlength=8).float()
@@ -36,14 +38,14 @@ def test_cached_loop_continues_left_padded_prompts_like_full_forwards(tiny_lm_di
     prompts = [tok.encode("To be, or not to be"), tok.encode("Now"), tok.encode("What light through yonder")]
     q, m = left_pad(prompts, tok.pad_token_id)
     # A tiny temperature makes the draw the argmax: comparable to a greedy reference.
-    out = sample_answers(model, q, m, 6, 1e-4, eos_id=-1, pad_id=tok.pad_token_id)
+    out = sample(model, q, m, max_new_tokens=6, temperature=1e-4, eos_ids={-1}, pad_id=tok.pad_token_id)
     assert out.shape == (3, 6)
     for row, p in enumerate(prompts):
         seq = list(p)
         with torch.no_grad():
             for _ in range(6):
                 ids = torch.tensor([seq])
-                seq.append(int(model(input_ids=ids, position_ids=position_ids(torch.ones_like(ids))).logits[0, -1]
+                seq.append(int(model(input_ids=ids, position_ids=positions_from_mask(torch.ones_like(ids))).logits[0, -1]
                                .argmax()))
         assert out[row].tolist() == seq[len(p):]
 
@@ -53,9 +55,9 @@ def test_loop_stops_when_every_row_has_ended_and_pads_after_eos(tiny_lm_dir):
     tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
     q, m = left_pad([tok.encode("Now"), tok.encode("To be, or not")], tok.pad_token_id)
-    greedy = sample_answers(model, q, m, 5, 1e-4, eos_id=-1, pad_id=tok.pad_token_id)
+    greedy = sample(model, q, m, max_new_tokens=5, temperature=1e-4, eos_ids={-1}, pad_id=tok.pad_token_id)
     stop = int(greedy[0, 1])  # treat row 0's second token as the end of turn
-    out = sample_answers(model, q, m, 5, 1e-4, eos_id=stop, pad_id=tok.pad_token_id)
+    out = sample(model, q, m, max_new_tokens=5, temperature=1e-4, eos_ids={stop}, pad_id=tok.pad_token_id)
     ends = [row.tolist().index(stop) if stop in row.tolist() else None for row in greedy]
     assert ends[0] is not None and ends[0] <= 1
     if ends[1] is not None and ends[1] < 4:  # both rows ended early: the loop stopped there
