@@ -2,6 +2,7 @@
 left-padding invariance, learning a programmatic reward, resume after a kill, LoRA reference."""
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -169,3 +170,12 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_lm_dir):
     torch.testing.assert_close(b.ref_logprobs, sft_logp * mask, atol=1e-5, rtol=1e-5)  # reference = frozen SFT
     assert not torch.allclose(b.logprobs, b.ref_logprobs, atol=1e-4)  # the adapters did learn
     assert dataclasses.is_dataclass(cfg)
+
+
+def test_reusing_freed_cpu_memory_takes_effect_on_linux_and_fresh_tensors_stay_zeroed():
+    from pipeline.runtime import reuse_freed_cpu_memory
+
+    assert reuse_freed_cpu_memory() == sys.platform.startswith("linux")
+    a = torch.full((4 << 20,), 7.0)  # 16 MB: now served from the heap, and freed back to it
+    del a
+    assert not torch.zeros(4 << 20).any()  # a reused block is still zeroed where torch asks for it

@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.metrics import MetricsLogger, progress
+from pipeline.runtime import reuse_freed_cpu_memory
 from stages.ppo import checkpointing
 from stages.ppo.advantages import (
     compute_gae,
@@ -94,6 +95,8 @@ class PPOTrainer:
             print(f"ppo: dropped {dropped} of {len(prompts)} prompts longer than ppo.max_prompt_length tokens")
 
         device = self.acc.device
+        if device.type == "cpu":
+            reuse_freed_cpu_memory()  # every update frees and re-allocates the same large blocks
         for m in (policy, ref_policy, reward_model, value_model):
             if m is not None:
                 m.eval()  # dropout off in all four: the ratio and the KL must not be noise
