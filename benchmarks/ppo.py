@@ -68,11 +68,12 @@ def _peer_ok() -> bool:
     return subprocess.run([str(PEER_PY), "-c", PEER_CHECK], env=env, capture_output=True).returncode == 0
 
 
-def run_side(side: str, models: Path, threads: int, out: Path, log=print) -> dict:
+def run_side(side: str, models: Path, threads: int, out: Path, seed: int | None = None, log=print) -> dict:
     """One training run of one side, in a fresh process pinned to `threads` threads."""
     cmd = ([str(PEER_PY), str(ROOT / "benchmarks" / "trl_ppo_peer.py")] if side == "trl"
            else [sys.executable, "-m", "benchmarks.ppo_ours"])
     cmd += ["--models", str(models), "--out", str(out), "--threads", str(threads)]
+    cmd += ["--seed", str(seed)] if seed is not None else []
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                TRL_EXPERIMENTAL_SILENCE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     load = os.getloadavg()[0]
@@ -107,6 +108,8 @@ def summarise(runs: list[dict]) -> dict:
         "kl_last_step": med([r["steps"][-1]["kl"] for r in runs]),
         "heldout_score_after": med([r["heldout_after"]["score_mean"] for r in runs]),
         "heldout_score_se": med([r["heldout_after"]["score_std"] / r["heldout_after"]["n"] ** 0.5 for r in runs]),
+        "heldout_score_mean_over_seeds": statistics.fmean(r["heldout_after"]["score_mean"] for r in runs),
+        "heldout_score_by_seed": [round(r["heldout_after"]["score_mean"], 3) for r in runs],
         "load_avg": med([(r["load_before"] + r["load_after"]) / 2 for r in runs]),
     }
 
@@ -124,6 +127,7 @@ def table(summary: dict, before: dict) -> str:
         ("KL, last rollout", "kl_last_step", "{:.2f}"),
         ("held-out score after", "heldout_score_after", "{:+.3f}"),
         ("  (standard error)", "heldout_score_se", "{:.3f}"),
+        ("  mean over seeds", "heldout_score_mean_over_seeds", "{:+.3f}"),
         ("load average", "load_avg", "{:.1f}"),
     ]
     lines = [f"{'':26s}{'ours':>12s}{'TRL 1.12':>12s}{'ours/TRL':>10s}"]
@@ -132,6 +136,7 @@ def table(summary: dict, before: dict) -> str:
         lines.append(f"{label:26s}{fmt.format(ours[key]):>12s}{fmt.format(trl[key]):>12s}"
                      f"{'' if ratio is None else f'{ratio:.2f}x':>10s}")
     lines.append(f"{'held-out score before':26s}{before['score_mean']:>+12.3f}  (the shared starting policy)")
+    lines.append(f"{'held-out after, by seed':26s}ours {ours['heldout_score_by_seed']}, TRL {trl['heldout_score_by_seed']}")
     return "\n".join(lines)
 
 
@@ -207,7 +212,10 @@ def compare(a, setup: BenchSetup, sides: list[str], models: Path, label: str) ->
     for r in range(a.repeats):
         order = sides if r % 2 == 0 else sides[::-1]  # alternate, so a load change hits both sides alike
         for side in order:
-            runs[side].append(run_side(side, models, a.threads, work / f"{side}_{r}.json"))
+            # Repeat r trains with seed + r on both sides: the learning comparison then spans seeds
+            # (ours is deterministic for a seed, so equal seeds would only repeat one trajectory).
+            runs[side].append(run_side(side, models, a.threads, work / f"{side}_{r}.json",
+                                       seed=setup_saved["seed"] + r))
     summary = {s: summarise(rs) for s, rs in runs.items()}
     result = {"setting": label, "setup": setup_saved, "threads": a.threads, "cpus": os.cpu_count(),
               "repeats": a.repeats, "heldout_before": before, "summary": summary, "runs": runs,

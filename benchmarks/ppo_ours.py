@@ -67,7 +67,7 @@ def train_ours(models: Path, setup: dict) -> dict:
     episodes = trainer.step_no * setup["batch_size"]
     rss = peak_rss_mib()
     after = heldout_score(policy, reward, tok, eval_prompts, setup["max_new_tokens"], setup["temperature"],
-                          seed=setup["seed"])
+                          seed=setup["eval_seed"])
     return {"side": "ours", "episodes": episodes, "train_s": train_s, "episodes_per_s": episodes / train_s,
             "steps": steps, "peak_rss_mib": rss, "heldout_after": after,
             "mixed_precision": trainer.acc.mixed_precision, "dtype": str(policy.dtype)}
@@ -78,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default: the setup's); the held-out "
+                    "evaluation keeps the setup's seed")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     setup = json.loads((a.models / "setup.json").read_text())
-    torch.manual_seed(setup["seed"])
-    result = train_ours(a.models, setup)
+    train_setup = dict(setup, seed=setup["seed"] if a.seed is None else a.seed, eval_seed=setup["seed"])
+    torch.manual_seed(train_setup["seed"])
+    result = train_ours(a.models, train_setup)
     import transformers
     result["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
     result["threads"] = torch.get_num_threads()

@@ -182,7 +182,7 @@ def train_trl(models: Path, setup: dict, work: Path) -> dict:
 
     trained = trainer.accelerator.unwrap_model(trainer.model).policy
     after = heldout_score(trained, reward, tok, eval_prompts, setup["max_new_tokens"], setup["temperature"],
-                          seed=setup["seed"])
+                          seed=setup["eval_seed"])
     return {
         "side": "trl", "episodes": episodes, "train_s": train_s, "episodes_per_s": episodes / train_s,
         "steps": [dict(t, score=log["objective/scores"], kl=log["objective/kl"]) for t, log in zip(clock.steps, logged)],
@@ -196,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, required=True, help="the dir benchmarks/ppo_setup.py wrote")
     ap.add_argument("--out", type=Path, required=True, help="where to write the JSON result")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default: the setup's); the held-out "
+                    "evaluation keeps the setup's seed")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     setup = json.loads((a.models / "setup.json").read_text())
-    torch.manual_seed(setup["seed"])
-    result = train_trl(a.models, setup, a.out.parent / "trl_work")
+    train_setup = dict(setup, seed=setup["seed"] if a.seed is None else a.seed, eval_seed=setup["seed"])
+    torch.manual_seed(train_setup["seed"])
+    result = train_trl(a.models, train_setup, a.out.parent / "trl_work")
     import transformers
     import trl
     result["versions"] = {"trl": trl.__version__, "transformers": transformers.__version__,
