@@ -29,7 +29,7 @@ from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.stats import spearman
-from stages.eval_compare import Evaluated, compare, headline, samples, summarise_model
+from stages.eval_compare import Evaluated, compare, headline, quality_bar, samples, summarise_model
 from stages.eval_lm import heldout_texts, lm_metrics
 from stages.eval_plots import plot_all
 from stages.eval_report import render_report
@@ -242,6 +242,8 @@ def evaluate(cfg) -> Path:
     comparisons = [compare(candidate, base, e.length_tolerance) for base in evaluated[:-1]]
     if not comparisons:
         skipped.append("win rates and KL: only one model (name two or more with eval.models=[a,b])")
+    # The bar compares the candidate with the model just before it (by default PPO with SFT).
+    bar = quality_bar(candidate, evaluated[-2], comparisons[-1], cfg.ppo.kl_budget) if comparisons else None
 
     rm_gold = None
     if rm_path and evaluated[0].gold_scores is not None:
@@ -267,6 +269,7 @@ def evaluate(cfg) -> Path:
         "lm_data": {"source": text_source, "documents": len(texts or [])},
         "models": {ev.name: summarise_model(ev) for ev in evaluated},
         "comparisons": comparisons,
+        "quality_bar": bar,
         "rm_gold_spearman": rm_gold,
         "reward_model": rm_info,
         "samples": samples(evaluated, prompts, e.num_side_by_side),
@@ -311,6 +314,9 @@ def main(argv=None) -> None:
     print(f"\neval: wrote {final / 'report.md'}")
     for key, value in headline(report).items():
         print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    if report.get("quality_bar"):
+        q = report["quality_bar"]
+        print(f"  {q['candidate']} vs {q['baseline']}: {q['verdict']}")
     for s in report["skipped"]:
         print(f"  skipped: {s}")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.stats import kl_estimates, length_matched, mean_std, win_rate
+from pipeline.quality_bar import MIN_WIN_RATE, quality_verdict
+from pipeline.stats import kl_estimates, length_matched, mean_std, paired_difference, win_rate
 
 
 @dataclass
@@ -48,6 +49,24 @@ def compare(candidate: Evaluated, baseline: Evaluated, tolerance: float) -> dict
     else:
         out["kl_skipped"] = "the two models use different tokenizers, so their log-probabilities do not compare"
     return out
+
+
+def quality_bar(candidate: Evaluated, baseline: Evaluated, comparison: dict, kl_budget: float) -> dict | None:
+    """The PPO stage's quality bar, judged again on the evaluation's own prompts (None without an RM)."""
+    if candidate.rm_scores is None or baseline.rm_scores is None or "win_rate_rm" not in comparison:
+        return None
+    gold = None
+    if candidate.gold_scores is not None and baseline.gold_scores is not None:
+        gold = paired_difference(candidate.gold_scores, baseline.gold_scores)
+    kl = comparison["kl"]["k1_mean"] if "kl" in comparison else None
+    verdict = quality_verdict(
+        win_rate=comparison["win_rate_rm"]["win_rate"], rm_candidate=mean_std(candidate.rm_scores)[0],
+        rm_baseline=mean_std(baseline.rm_scores)[0], kl=kl, kl_budget=kl_budget,
+        gold_candidate=mean_std(candidate.gold_scores)[0] if gold else None,
+        gold_baseline=mean_std(baseline.gold_scores)[0] if gold else None,
+        gold_diff_ci=[gold["ci_low"], gold["ci_high"]] if gold else None, baseline=baseline.name)
+    return {"candidate": candidate.name, "baseline": baseline.name, "min_win_rate": MIN_WIN_RATE,
+            "kl_budget": kl_budget, "gold_difference": gold, "verdict": verdict}
 
 
 def summarise_model(ev: Evaluated) -> dict:

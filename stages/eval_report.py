@@ -76,6 +76,13 @@ def section_preference(report: dict) -> list[str]:
         lines += _table(["comparison", "by reward model", "by gold metric", "RM, matched length",
                          "gold, matched length", "matched pairs"], rows)
         lines += _img(report, "win_rates", "win rates")
+        bar = report.get("quality_bar")
+        if bar:
+            gold = bar.get("gold_difference")
+            gold_text = (f"; gold difference {gold['mean']:+.3f} [{gold['ci_low']:+.3f}, {gold['ci_high']:+.3f}] "
+                         "(paired, 95%)" if gold and gold.get("mean") is not None else "")
+            lines += [f"**Quality bar**, {bar['candidate']} vs {bar['baseline']} (RM win rate ≥ {bar['min_win_rate']}, "
+                      f"KL ≤ {bar['kl_budget']} nats, gold not lower): **{bar['verdict']}**{gold_text}.", ""]
         lines += ["### KL divergence from each baseline", "",
                   "KL(candidate ‖ baseline) per answer, in nats, estimated on the candidate's own samples: "
                   "k1 = Σ log p/q (unbiased, noisy), k3 = Σ (q/p − 1 − log q/p) (unbiased, never negative), "

@@ -8,6 +8,7 @@ from eval_fixtures import fake_run, lively_copy, prompt_files
 
 from pipeline.artifacts import is_complete
 from pipeline.errors import UserError
+from pipeline.quality_bar import quality_verdict
 from stages.eval import main
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "test.yaml")
@@ -62,6 +63,22 @@ def test_report_numbers(full):
     assert "| heldout_accuracy | 0.810 |" in md
     assert report["curves"]["ppo"] == ["gold", "kl", "score"]
     assert len(report["samples"]) == 3  # eval.num_side_by_side in configs/test.yaml
+
+
+def test_report_judges_the_quality_bar_of_ppo_against_sft_as_the_ppo_stage_does(full):
+    _, report, md = full
+    bar = report["quality_bar"]
+    assert (bar["candidate"], bar["baseline"]) == ("ppo", "sft")
+    gold = bar["gold_difference"]
+    assert gold["n"] == 6 and gold["ci_low"] <= gold["mean"] <= gold["ci_high"]
+    ppo, sft = report["models"]["ppo"], report["models"]["sft"]
+    assert gold["mean"] == pytest.approx(ppo["gold_mean"] - sft["gold_mean"])
+    c = report["comparisons"][-1]
+    assert bar["verdict"] == quality_verdict(
+        win_rate=c["win_rate_rm"]["win_rate"], rm_candidate=ppo["rm_mean"], rm_baseline=sft["rm_mean"],
+        kl=c["kl"]["k1_mean"], kl_budget=10.0, gold_candidate=ppo["gold_mean"], gold_baseline=sft["gold_mean"],
+        gold_diff_ci=[gold["ci_low"], gold["ci_high"]], baseline="sft")
+    assert "**Quality bar**, ppo vs sft" in md and bar["verdict"] in md
 
 
 def test_without_reward_model_or_gold_it_reports_what_it_can_and_says_what_it_skipped(full, tiny_lm_dir, tmp_path):

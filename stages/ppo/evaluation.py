@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.quality_bar import quality_verdict
 from pipeline.stats import paired_difference, win_rate
 from stages.ppo.rollout import (
     RolloutBatch,
@@ -146,24 +147,6 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def verdict(r: dict) -> str:
-    """Strict: any fall of the gold metric fails the bar, and the message says whether the fall is
-    beyond noise (the paired difference's 95% interval lies below 0) or within it."""
-    rm_up = r["rm_score_ppo"] > r["rm_score_sft"]
-    gold_known = r["gold_ppo"] is not None and r["gold_sft"] is not None
-    if gold_known and rm_up and r["gold_ppo"] < r["gold_sft"]:
-        ci = r.get("gold_diff_ci")
-        noise = ""
-        if ci:
-            beyond = "beyond noise" if ci[1] < 0 else "within noise"
-            noise = f"; difference {r['gold_ppo'] - r['gold_sft']:+.3f}, 95% CI {ci[0]:+.3f} to {ci[1]:+.3f}: {beyond}"
-        return (f"reward over-optimisation: the reward model prefers PPO ({r['rm_score_ppo']:+.3f} vs "
-                f"{r['rm_score_sft']:+.3f}) but the gold metric fell ({r['gold_ppo']:.3f} vs {r['gold_sft']:.3f}"
-                f"{noise})")
-    problems = []
-    if (r["win_rate"] or 0) < 0.65:
-        problems.append(f"win rate {r['win_rate']:.2f} < 0.65")
-    if r["kl_to_sft"] > r["kl_budget"]:
-        problems.append(f"KL {r['kl_to_sft']:.2f} over the budget {r['kl_budget']}")
-    if gold_known and r["gold_ppo"] < r["gold_sft"]:
-        problems.append(f"gold {r['gold_ppo']:.3f} below SFT's {r['gold_sft']:.3f}")
-    return "quality bar met" if not problems else "quality bar NOT met: " + "; ".join(problems)
+    return quality_verdict(win_rate=r["win_rate"], rm_candidate=r["rm_score_ppo"], rm_baseline=r["rm_score_sft"],
+                           kl=r["kl_to_sft"], kl_budget=r["kl_budget"], gold_candidate=r["gold_ppo"],
+                           gold_baseline=r["gold_sft"], gold_diff_ci=r.get("gold_diff_ci"))
