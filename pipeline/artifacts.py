@@ -181,6 +181,24 @@ def up_to_date(final_dir: str | Path, config: dict, inputs: dict) -> bool:
     return _is_subset(as_json(config), manifest.get("config") or {}) and as_json(inputs) == manifest.get("inputs")
 
 
+def already_done(final_dir: str | Path, config: dict, inputs: dict) -> bool:
+    """`up_to_date`, said out loud: a stage calls this first and exits when it is True."""
+    if not up_to_date(final_dir, config, inputs):
+        return False
+    print(f"{final_dir} is up to date (same config and inputs); nothing to do.")
+    return True
+
+
+def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, is_main: bool = True) -> ArtifactWriter:
+    """The writer of a stage's artifact; without `resume`, unfinished work (checkpoints) is discarded
+    first, by the main process only."""
+    writer = ArtifactWriter(final_dir, stage)
+    if not resume and is_main:
+        writer.discard()
+        writer = ArtifactWriter(final_dir, stage)
+    return writer
+
+
 def _is_subset(wanted, have) -> bool:
     if isinstance(wanted, dict):
         return isinstance(have, dict) and all(k in have and _is_subset(v, have[k]) for k, v in wanted.items())

@@ -55,3 +55,12 @@ def reuse_freed_cpu_memory(block_bytes: int = 32 << 20, keep_bytes: int = 256 <<
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, block_bytes)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, keep_bytes))
     except (OSError, AttributeError):  # musl and other C libraries have no mallopt
         return False
+
+
+def share_cpu_threads(device_type: str, processes_here: int | None = None) -> None:
+    """On the CPU, give each process on this machine an equal share of its cores (unless
+    OMP_NUM_THREADS says otherwise): oversubscribed cores cost more than they give."""
+    if device_type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    local = processes_here or int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))

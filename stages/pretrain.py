@@ -25,13 +25,13 @@ from data.token_cache import (
     source_fingerprint,
     tokenizer_fingerprint,
 )
-from pipeline.artifacts import ArtifactWriter, fingerprint, up_to_date
+from pipeline.artifacts import already_done, fingerprint, start_artifact
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.lm_loop import state_key, train_lm
 from pipeline.model import build_model, describe
-from pipeline.runtime import mixed_precision, pick_device, seed_everything
+from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from pipeline.tokenizer import load_tokenizer, train_tokenizer
 
 # Keys that change nothing in the trained model: editing them must not make the artifact stale.
@@ -117,24 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.tokenizer.from_:
         inputs["tokenizer"] = {
             cfg.tokenizer.from_: fingerprint(cfg.tokenizer.from_) if Path(cfg.tokenizer.from_).exists() else "hub"}
-    if up_to_date(final, dependencies(cfg), inputs):
-        print(f"{final} is up to date (same config and inputs); nothing to do.")
-        (final / "manifest.json").touch()  # newer than the preset, so make's file target is satisfied too
+    if already_done(final, dependencies(cfg), inputs):
         return 0
 
     from accelerate import Accelerator
 
     device_type = pick_device(cfg.run.device).type
     accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(cfg.run.dtype, device_type))
-    if device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # Processes on one machine share its cores; oversubscription costs more than it gives.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    share_cpu_threads(device_type, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
     seed_everything(cfg.run.seed)
-    writer = ArtifactWriter(final, "pretrain")
-    if not cfg.train.resume and accelerator.is_main_process:
-        writer.discard()
-        writer = ArtifactWriter(final, "pretrain")
+    writer = start_artifact(final, "pretrain", resume=cfg.train.resume, is_main=accelerator.is_main_process)
     accelerator.wait_for_everyone()
 
     cache_root = cfg.run_dir / "cache"

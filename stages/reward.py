@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from data.loaders import source_fingerprint
-from pipeline.artifacts import ArtifactWriter, resolve_model_source, up_to_date
+from pipeline.artifacts import already_done, resolve_model_source, start_artifact
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
@@ -37,7 +37,7 @@ from pipeline.hf_glue import (
 )
 from pipeline.metrics import read_metrics
 from pipeline.reward_scoring import STATS_FILE, score_conversations
-from pipeline.runtime import pick_device, seed_everything
+from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
 from stages.reward_data import (
     GroupedPairSampler,
     heldout_source,
@@ -156,17 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     train_src, held_src = training_source(cfg), heldout_source(cfg)
     inputs = {"init": init_record, "data": {"train": {train_src: source_fingerprint(train_src)},
                                             "heldout": {held_src: source_fingerprint(held_src)} if held_src else {}}}
-    if up_to_date(final, dependencies(cfg), inputs):
-        print(f"{final} is up to date (same config and inputs); nothing to do.")
+    if already_done(final, dependencies(cfg), inputs):
         return 0
 
     from datasets import Dataset
     from trl import RewardConfig
 
     device = pick_device(cfg.run.device)
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    share_cpu_threads(device.type)
     seed_everything(cfg.run.seed)
 
     model, tokenizer = load_reward_init(init_source, cfg)
@@ -183,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         heldout = heldout_from_pairs(held_pairs)
     data = tokenize_pairs(pairs, tokenizer, max_length, use_margin=r.use_margin, source=train_src)
     # the work directory only once the inputs are known to be usable: bad data leaves nothing behind
-    writer = ArtifactWriter(final, "reward")
-    if not r.resume and int(os.environ.get("RANK", "0")) == 0:
-        writer.discard()
-        writer = ArtifactWriter(final, "reward")
+    writer = start_artifact(final, "reward", resume=r.resume, is_main=int(os.environ.get("RANK", "0")) == 0)
     per_prompt = data.counts["kept"] / max(1, data.counts["prompts"])
     print(f"reward data: {data.counts['kept']} pairs from {data.counts['prompts']} prompts ({per_prompt:.1f} per "
           f"prompt); held out: {len(heldout)} pairs ({len(heldout.rankings)} rankings) from {held_src or 'a split'}")

@@ -18,7 +18,7 @@ import sys
 
 from accelerate import PartialState
 
-from pipeline.artifacts import ArtifactWriter, resolve_model_source, up_to_date
+from pipeline.artifacts import ArtifactWriter, already_done, resolve_model_source
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import main_guard
@@ -176,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         train_raw, val_raw, data_record = load_sft_splits(cfg)
     inputs = {"model": source_record, "data": data_record}
     signature = stage_signature(cfg)
-    if up_to_date(final_dir, signature, inputs):
-        print(f"{final_dir} is up to date (same config and inputs); nothing to do.")
+    if already_done(final_dir, signature, inputs):
         return 0
 
     quant = quantization_config(s.lora)

@@ -14,11 +14,11 @@ import os
 
 import torch
 
-from pipeline.artifacts import ArtifactWriter, resolve_model_source, up_to_date
+from pipeline.artifacts import already_done, resolve_model_source, start_artifact
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.runtime import mixed_precision, pick_device, seed_everything
+from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from stages.ppo.evaluation import compare_to_reference
 from stages.ppo.models import load_models
 from stages.ppo.trainer import PPOTrainer
@@ -82,20 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     policy_src, policy_rec = resolve_model_source(p.policy, cfg.stage_dir("sft"), "make sft")
     reward_src, reward_rec = resolve_model_source(p.reward_model, cfg.stage_dir("reward"), "make reward")
     inputs = {"policy": policy_rec, "reward_model": reward_rec}
-    if up_to_date(final, dependencies(cfg), inputs):
-        print(f"{final} is up to date (same config and inputs); nothing to do.")
+    if already_done(final, dependencies(cfg), inputs):
         return 0
 
     device = pick_device(cfg.run.device)
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    share_cpu_threads(device.type)
     acc = Accelerator(mixed_precision=mixed_precision(cfg.run.dtype, device.type), cpu=device.type == "cpu")
     seed_everything(cfg.run.seed + acc.process_index)  # a different sample stream on each rank
-    writer = ArtifactWriter(final, "ppo")
-    if not p.resume and acc.is_main_process:
-        writer.discard()
-        writer = ArtifactWriter(final, "ppo")
+    writer = start_artifact(final, "ppo", resume=p.resume, is_main=acc.is_main_process)
     acc.wait_for_everyone()
 
     models = load_models(p, policy_src, reward_src)
