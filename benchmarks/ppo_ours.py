@@ -7,7 +7,6 @@ process so its peak memory is its own:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.trl_ppo_peer import heldout_score, peak_rss_mib, read_prompts
+from benchmarks.trl_ppo_peer import heldout_score, peak_rss_mib, read_prompts, side_arguments
 from pipeline.schema import PPOSection
 
 
@@ -74,19 +73,8 @@ def train_ours(models: Path, setup: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=None, help="training seed (default: the setup's); the held-out "
-                    "evaluation keeps the setup's seed")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    setup = json.loads((a.models / "setup.json").read_text())
-    train_setup = dict(setup, seed=setup["seed"] if a.seed is None else a.seed, eval_seed=setup["seed"])
-    torch.manual_seed(train_setup["seed"])
-    result = train_ours(a.models, train_setup)
+    a, setup = side_arguments(argv, __doc__.split("\n\n")[0])
+    result = train_ours(a.models, setup)
     import transformers
     result["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
     result["threads"] = torch.get_num_threads()

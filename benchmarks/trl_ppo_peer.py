@@ -191,20 +191,26 @@ def train_trl(models: Path, setup: dict, work: Path) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def side_arguments(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, dict]:
+    """The command line both sides share: (arguments, the setup to train with). Threads are set and
+    the training seed is applied; the held-out evaluation keeps the setup's seed (`eval_seed`)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--models", type=Path, required=True, help="the dir benchmarks/ppo_setup.py wrote")
     ap.add_argument("--out", type=Path, required=True, help="where to write the JSON result")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=None, help="training seed (default: the setup's); the held-out "
-                    "evaluation keeps the setup's seed")
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default: the setup's)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     setup = json.loads((a.models / "setup.json").read_text())
     train_setup = dict(setup, seed=setup["seed"] if a.seed is None else a.seed, eval_seed=setup["seed"])
     torch.manual_seed(train_setup["seed"])
-    result = train_trl(a.models, train_setup, a.out.parent / "trl_work")
+    return a, train_setup
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, setup = side_arguments(argv, __doc__.split("\n\n")[0])
+    result = train_trl(a.models, setup, a.out.parent / "trl_work")
     import transformers
     import trl
     result["versions"] = {"trl": trl.__version__, "transformers": transformers.__version__,
