@@ -43,7 +43,7 @@ def test_lean_policy_value_and_reward_forwards_match_hf(tiny_lm_dir):
     keep = attn[:, p:].bool()
 
     ours = answer_token_logprobs(policy, ids, attn, resp, p, 0.7)
-    hf = response_logprobs(policy_logits(policy, ids, attn, p), resp, 0.7)[0] * keep
+    hf = response_logprobs(policy_logits(policy, ids, attn, p), resp, 0.7) * keep
     torch.testing.assert_close(ours, hf, rtol=1e-5, atol=1e-5)
     assert (ours[~keep] == 0).all()
     params = list(policy.parameters())
@@ -71,7 +71,7 @@ def test_lora_policy_logprobs_take_the_hf_path_with_the_adapters(tiny_lm_dir):
     keep = attn[:, p:].bool()
     with torch.no_grad():
         ours = answer_token_logprobs(policy, ids, attn, resp, p, 0.7)
-        hf = response_logprobs(policy_logits(policy, ids, attn, p), resp, 0.7)[0] * keep
+        hf = response_logprobs(policy_logits(policy, ids, attn, p), resp, 0.7) * keep
         with policy.disable_adapter():
             base = answer_token_logprobs(policy, ids, attn, resp, p, 0.7)
     torch.testing.assert_close(ours, hf, rtol=1e-5, atol=1e-5)

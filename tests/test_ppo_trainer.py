@@ -76,7 +76,7 @@ def test_logprobs_do_not_depend_on_left_padding(tiny_lm_dir):
         ids = torch.cat([q, answer], 1)
         attn = torch.cat([m, torch.ones_like(answer, dtype=torch.bool)], 1).long()
         with torch.no_grad():
-            outs.append(response_logprobs(policy_logits(policy, ids, attn, q.size(1)), answer, 0.7)[0])
+            outs.append(response_logprobs(policy_logits(policy, ids, attn, q.size(1)), answer, 0.7))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
 
 
@@ -165,7 +165,7 @@ def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_lm_dir):
     b = uneven_batch(tr)
     with torch.no_grad():
         sft_logp = response_logprobs(policy_logits(sft, b.input_ids, b.attention_mask, b.prompt_len),
-                                     b.response_ids, cfg.temperature)[0]
+                                     b.response_ids, cfg.temperature)
     mask = b.response_mask
     torch.testing.assert_close(b.ref_logprobs, sft_logp * mask, atol=1e-5, rtol=1e-5)  # reference = frozen SFT
     assert not torch.allclose(b.logprobs, b.ref_logprobs, atol=1e-4)  # the adapters did learn

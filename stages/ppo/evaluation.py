@@ -9,15 +9,14 @@ from pathlib import Path
 import torch
 
 from pipeline.quality_bar import quality_verdict
-from pipeline.stats import paired_difference, win_rate
+from pipeline.stats import mean_std, paired_difference, win_rate
 from stages.ppo.rollout import (
     RolloutBatch,
+    answer_token_logprobs,
     encode_prompts,
     generate,
     left_pad,
     micro_batched,
-    policy_logits,
-    response_logprobs,
     sequence_scores,
 )
 
@@ -44,9 +43,8 @@ def rm_scores(reward_model, b: RolloutBatch, batch_size: int) -> torch.Tensor:
 @torch.no_grad()
 def sequence_logprobs(model, b: RolloutBatch, temperature: float, batch_size: int) -> torch.Tensor:
     ids, attn = b.input_ids, b.attention_mask
-    lp = micro_batched(lambda s: response_logprobs(policy_logits(model, ids[s], attn[s], b.prompt_len),
-                                                   b.response_ids[s], temperature)[0], len(b), batch_size)
-    return lp * b.response_mask
+    return micro_batched(lambda s: answer_token_logprobs(model, ids[s], attn[s], b.response_ids[s], b.prompt_len,
+                                                         temperature), len(b), batch_size)
 
 
 def texts(tokenizer, b: RolloutBatch) -> list[str]:
@@ -60,8 +58,7 @@ def gold_scores(answers: list[str], golds: list[str | None]) -> list[float | Non
 
 
 def gold_mean(answers: list[str], golds: list[str | None]) -> float | None:
-    scores = [s for s in gold_scores(answers, golds) if s is not None]
-    return sum(scores) / len(scores) if scores else None
+    return mean_std([s for s in gold_scores(answers, golds) if s is not None])[0]
 
 
 class SampleWriter:
@@ -133,17 +130,13 @@ def compare_to_reference(policy, ref, reward_model, tokenizer, prompts: list, go
         "n_pairs": len(prompt_ids), "win_rate": wr["win_rate"], "win_rate_ci": [wr["ci_low"], wr["ci_high"]],
         "rm_score_ppo": sum(ppo_s) / len(ppo_s), "rm_score_sft": sum(sft_s) / len(sft_s),
         "kl_to_sft": kl.mean().item(), "kl_budget": kl_budget,
-        "gold_ppo": _mean([a for a, _ in gold_pairs]), "gold_sft": _mean([b for _, b in gold_pairs]),
+        "gold_ppo": mean_std([a for a, _ in gold_pairs])[0], "gold_sft": mean_std([b for _, b in gold_pairs])[0],
         "gold_diff_ci": [gold_diff["ci_low"], gold_diff["ci_high"]] if gold_pairs else None,
         "length_ppo": ppo_b.response_mask.sum(1).float().mean().item(),
         "length_sft": sft_b.response_mask.sum(1).float().mean().item(),
     }
     report["verdict"] = verdict(report)
     return report
-
-
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
 
 
 def verdict(r: dict) -> str:

@@ -121,17 +121,11 @@ def generate(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, gen_conf
     return truncate_after_eos(responses, eos_id, pad_id)
 
 
-def response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperature: float,
-                      with_entropy: bool = False):
-    """log pi(token) under the temperature-scaled distribution that sampled it (and its entropy)."""
+def response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(token) under the temperature-scaled distribution that sampled it."""
     logits = logits.float() / temperature
     # gather - logsumexp: no [B, R, V] log_softmax tensor is kept for the backward.
-    lse = torch.logsumexp(logits, -1)
-    logp = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) - lse
-    if not with_entropy:
-        return logp, None
-    entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
-    return logp, entropy
+    return logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
 
 
 # Causal LMs whose logits are exactly lm_head(last hidden state): no soft-capping or scaling.
@@ -160,14 +154,13 @@ def answer_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
     keep = attention_mask[:, prompt_len:].bool()
     if lm is None:
         logits = policy_logits(model, input_ids, attention_mask, prompt_len)
-        return response_logprobs(logits, response_ids, temperature)[0] * keep
+        return response_logprobs(logits, response_ids, temperature) * keep
     h = hidden_states(lm, input_ids, attention_mask, first=prompt_len - 1)[:, :-1][keep]
     head = lm.get_output_embeddings()
     if type(head) is torch.nn.Linear and head.bias is None and not (head._forward_hooks or head._forward_pre_hooks):
         lp = token_logprobs(h, head.weight, response_ids[keep], temperature)
     else:  # e.g. an adapter on the output layer
-        logits = head(h).float() / temperature
-        lp = logits.gather(-1, response_ids[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        lp = response_logprobs(head(h), response_ids[keep], temperature)
     return lp.new_zeros(keep.shape).masked_scatter(keep, lp)
 
 
