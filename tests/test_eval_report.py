@@ -9,7 +9,7 @@ from eval_fixtures import fake_run, lively_copy, prompt_files
 from pipeline.artifacts import is_complete
 from pipeline.errors import UserError
 from pipeline.quality_bar import quality_verdict
-from stages.eval import main
+from stages.eval.stage import main
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "test.yaml")
 SECTIONS = ["## 1. Language modelling", "## 2. Answers to held-out prompts", "## 3. Reward model",
@@ -110,7 +110,7 @@ def test_no_model_to_evaluate_names_the_make_targets(tmp_path):
 
 def test_model_refs_error_message(tmp_path):
     from pipeline.config import load_config
-    from stages.eval import model_refs
+    from stages.eval.stage import model_refs
 
     cfg = load_config(CONFIG, ["run.name=empty", f"run.out_dir={tmp_path}"])
     with pytest.raises(UserError, match="make pretrain"):
@@ -122,7 +122,7 @@ def test_model_refs_error_message(tmp_path):
 
 def test_this_runs_models_can_be_named_by_stage(full):
     from pipeline.config import load_config
-    from stages.eval import model_refs
+    from stages.eval.stage import model_refs
 
     runs = full[0].parent.parent
     cfg = load_config(CONFIG, ["run.name=fx", f"run.out_dir={runs}", "eval.models=[sft,ppo]"])
@@ -131,7 +131,7 @@ def test_this_runs_models_can_be_named_by_stage(full):
 
 
 def test_comparison_of_hand_made_answers():
-    from stages.eval_compare import Evaluated, compare
+    from stages.eval.compare import Evaluated, compare
 
     cand = Evaluated("ppo", "p", {}, answers=["a b c", "a b c d e f g h", "x"], rm_scores=[2.0, 3.0, 0.0],
                      gold_scores=[0.1, 0.1, 0.5], own_logprobs=[[-1.0], [-1.0, -1.0], [-2.0]])

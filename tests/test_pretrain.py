@@ -15,7 +15,7 @@ from pipeline.lm_forward import NextTokenLoss
 from pipeline.metrics import read_metrics
 from pipeline.model import build_model
 from pipeline.schema import ModelSection
-from stages.pretrain import main
+from stages.pretrain.stage import main
 from tests.conftest import ROOT, tiny_text
 
 # 2 layers, 40 steps of 2 x 8 sequences of 32 tokens (gradient accumulation 2): a few seconds on a CPU.

@@ -7,8 +7,8 @@ from transformers import AutoTokenizer
 
 from pipeline.errors import UserError
 from pipeline.reward_scoring import encode_conversation
-from stages.reward_data import GroupedPairSampler, split_by_group, tokenize_pairs
-from stages.reward_eval import heldout_from_pairs, heldout_from_rankings, heldout_metrics, kendall_tau
+from stages.reward.dataset import GroupedPairSampler, split_by_group, tokenize_pairs
+from stages.reward.heldout import heldout_from_pairs, heldout_from_rankings, heldout_metrics, kendall_tau
 
 USER = [{"role": "user", "content": "What does len() return?"}]
 

@@ -38,7 +38,7 @@ def _rankings(n, seed):
 
 @pytest.fixture(scope="module")
 def reward_run(tiny_lm_dir, tmp_path_factory):
-    from stages.reward import main
+    from stages.reward.stage import main
 
     d = tmp_path_factory.mktemp("reward")
     train = _write_jsonl(d / "rank_train.jsonl", _rankings(48, 1))
@@ -76,7 +76,7 @@ def test_the_artifact_scores_a_conversation_exactly_as_the_trainer_did(reward_ru
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     from pipeline.reward_scoring import load_reward_model, score_conversations
-    from stages.reward_data import tokenize_pairs
+    from stages.reward.dataset import tokenize_pairs
 
     out, _ = reward_run
     model, tok, stats = load_reward_model(out)
@@ -95,7 +95,7 @@ def test_the_artifact_scores_a_conversation_exactly_as_the_trainer_did(reward_ru
 
 
 def test_a_finished_reward_run_is_up_to_date(reward_run, tiny_lm_dir, capsys):
-    from stages.reward import main
+    from stages.reward.stage import main
 
     out, held = reward_run
     d = out.parent.parent
@@ -110,8 +110,8 @@ def test_a_finished_reward_run_is_up_to_date(reward_run, tiny_lm_dir, capsys):
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_and_reports_its_whole_history(
         reward_run, tiny_lm_dir, tmp_path, monkeypatch, capsys):
-    from stages import reward_eval
-    from stages.reward import main
+    from stages.reward import heldout as reward_eval
+    from stages.reward.stage import main
 
     _, held = reward_run
     d = held.parent
@@ -142,7 +142,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_reports_its_whole_hi
 
 def test_a_file_without_a_usable_pair_stops_with_a_message_naming_it_and_leaves_nothing(
         tiny_lm_dir, tmp_path, capsys):
-    from stages.reward import main
+    from stages.reward.stage import main
 
     bad = _write_jsonl(tmp_path / "same.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "a"}])
     with pytest.raises(SystemExit) as stopped:

@@ -48,7 +48,7 @@ def sft_args(out_dir, lm_dir, files, *extra):
 
 
 def run_sft(argv):
-    from stages.sft import main
+    from stages.sft.stage import main
 
     torch.manual_seed(0)
     return main(argv)
@@ -65,7 +65,7 @@ def test_only_assistant_tokens_carry_loss(tmp_path, tiny_lm_dir, chat_files):
     from pipeline.artifacts import ArtifactWriter
     from pipeline.hf_glue import MetricsCallback
     from pipeline.model import load_causal_lm
-    from stages.sft import build_trainer
+    from stages.sft.stage import build_trainer
 
     cfg = load_config("configs/test.yaml", [f"run.out_dir={tmp_path}"])
     tok, _ = load_tokenizer(str(tiny_lm_dir))
@@ -85,7 +85,7 @@ def test_only_assistant_tokens_carry_loss(tmp_path, tiny_lm_dir, chat_files):
 
 
 def test_screening_counts_truncated_and_dropped_conversations(tiny_lm_dir):
-    from stages.sft_data import screen, screen_splits
+    from stages.sft.dataset import screen, screen_splits
 
     tok, _ = load_tokenizer(str(tiny_lm_dir))
     long_answer = {"messages": [{"role": "user", "content": "Tell me."},
@@ -155,7 +155,7 @@ def test_lora_saves_adapter_and_merged_model_with_the_same_logits(tmp_path, tiny
 
 
 def test_missing_pretrain_artifact_names_the_make_target(tmp_path, chat_files, capsys):
-    from stages.sft import main
+    from stages.sft.stage import main
 
     train, val = chat_files
     with pytest.raises(SystemExit) as exit_info:
@@ -165,7 +165,7 @@ def test_missing_pretrain_artifact_names_the_make_target(tmp_path, chat_files, c
 
 
 def test_data_without_usable_conversations_is_a_clear_error(tmp_path, tiny_lm_dir, chat_files, capsys):
-    from stages.sft import main
+    from stages.sft.stage import main
 
     too_long = {"messages": [{"role": "user", "content": "why " * 300}, {"role": "assistant", "content": "No."}]}
     bad = write_jsonl(tmp_path / "bad.jsonl", [too_long] * 3)
@@ -181,7 +181,7 @@ def test_packing_keeps_attention_inside_each_conversation(tmp_path, tiny_lm_dir,
     from pipeline.artifacts import ArtifactWriter
     from pipeline.hf_glue import MetricsCallback
     from pipeline.model import load_causal_lm
-    from stages.sft import build_trainer
+    from stages.sft.stage import build_trainer
 
     cfg = load_config("configs/test.yaml", [f"run.out_dir={tmp_path}", "sft.packing=true"])
     tok, _ = load_tokenizer(str(tiny_lm_dir))
@@ -256,7 +256,7 @@ def test_a_foreign_model_without_chat_template_is_made_chat_ready(tmp_path, chat
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_lm_dir, chat_files, monkeypatch, capsys):
     from transformers import TrainerCallback
 
-    import stages.sft as sft
+    import stages.sft.stage as sft
 
     class KillAtStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -300,7 +300,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_lm_dir, ch
 
 
 def test_checkpoints_from_other_inputs_are_not_resumed(tmp_path):
-    from stages.sft import start_writer
+    from stages.sft.stage import start_writer
 
     writer = start_writer(tmp_path / "sft", {"model": {"fingerprint": "a"}}, fresh=False)
     (writer.checkpoint_dir / "checkpoint-5").mkdir()
@@ -311,7 +311,7 @@ def test_checkpoints_from_other_inputs_are_not_resumed(tmp_path):
 
 
 def test_without_val_data_a_seeded_share_of_the_data_is_held_out(tmp_path, chat_files):
-    from stages.sft_data import load_sft_splits
+    from stages.sft.dataset import load_sft_splits
 
     cfg = load_config("configs/test.yaml", [f"run.out_dir={tmp_path}", f"sft.data={chat_files[0]}",
                                             "sft.val_fraction=0.1"])

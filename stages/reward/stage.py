@@ -38,7 +38,7 @@ from pipeline.hf_glue import (
 from pipeline.metrics import read_metrics
 from pipeline.reward_scoring import STATS_FILE, score_conversations
 from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
-from stages.reward_data import (
+from stages.reward.dataset import (
     GroupedPairSampler,
     heldout_source,
     load_heldout,
@@ -47,8 +47,8 @@ from stages.reward_data import (
     tokenize_pairs,
     training_source,
 )
-from stages.reward_eval import HeldoutEvalCallback, evaluate_heldout, heldout_from_pairs
-from stages.reward_report import write_report
+from stages.reward.heldout import HeldoutEvalCallback, evaluate_heldout, heldout_from_pairs
+from stages.reward.report import write_report
 
 log = logging.getLogger("stages.reward")
 

@@ -18,7 +18,7 @@ from torch.utils.data import Sampler
 
 from pipeline.errors import UserError
 from pipeline.reward_scoring import encode_conversation
-from stages.reward_eval import Heldout, heldout_from_pairs, heldout_from_rankings
+from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from stages.reward_eval import Heldout
+from stages.reward.heldout import Heldout
 
 
 def _fmt(v) -> str:

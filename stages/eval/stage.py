@@ -29,10 +29,10 @@ from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.stats import spearman
-from stages.eval_compare import Evaluated, compare, headline, quality_bar, samples, summarise_model
-from stages.eval_lm import heldout_texts, lm_metrics
-from stages.eval_plots import plot_all
-from stages.eval_report import render_report
+from stages.eval.compare import Evaluated, compare, headline, quality_bar, samples, summarise_model
+from stages.eval.lm import heldout_texts, lm_metrics
+from stages.eval.plots import plot_all
+from stages.eval.report import render_report
 
 RUN_MODELS = ("pretrain", "sft", "ppo")
 

@@ -36,8 +36,8 @@ from pipeline.hf_glue import (
 from pipeline.model import count_parameters, load_causal_lm, set_generation_defaults
 from pipeline.runtime import seed_everything
 from pipeline.tokenizer import load_tokenizer
-from stages.sft_data import heldout_prompts, load_sft_splits, screen_splits
-from stages.sft_report import answer, gold_eval, write_samples
+from stages.sft.dataset import heldout_prompts, load_sft_splits, screen_splits
+from stages.sft.report import answer, gold_eval, write_samples
 
 log = logging.getLogger("stages.sft")
 

@@ -1,0 +1,5 @@
+import sys
+
+from stages.eval.stage import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from stages.pretrain.stage import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reward stage: a scalar-head model trained on rankings with TRL RewardTrainer."""

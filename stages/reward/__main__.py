@@ -1,0 +1,5 @@
+import sys
+
+from stages.reward.stage import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""SFT stage: instruction tuning with TRL SFTTrainer, loss on the assistant tokens."""

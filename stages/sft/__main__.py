@@ -1,0 +1,5 @@
+import sys
+
+from stages.sft.stage import main
+
+sys.exit(main())
