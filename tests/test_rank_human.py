@@ -8,6 +8,7 @@ headless Chromium (keys, drag, ties, all bad, back, finish) and the terminal mod
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -19,8 +20,15 @@ from pathlib import Path
 import pytest
 
 from stages.rank.human import label_in_browser, label_in_terminal
-from stages.rank.labels import (BadRanking, agreement, append_label, kendall_tau, label_record, ranking_groups,
-                                read_labels)
+from stages.rank.labels import (
+    BadRanking,
+    agreement,
+    append_label,
+    kendall_tau,
+    label_record,
+    ranking_groups,
+    read_labels,
+)
 from stages.rank.session import LabelingSession, display_order
 from stages.rank.web import MAX_BODY_BYTES, is_loopback
 
@@ -214,7 +222,7 @@ def start_server(tmp_path: Path, labels: Path):
     cands = tmp_path / "candidates.json"
     cands.write_text(json.dumps(CANDIDATES))
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(cands), str(labels)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     for line in proc.stdout:
         if "open http://" in line:
             return proc, line.split("open ")[1].split()[0]
@@ -304,3 +312,87 @@ def test_page_ranks_three_prompts_by_keys_drag_and_tie_and_a_killed_server_loses
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def test_page_goes_back_re_ranks_with_a_tie_skips_and_finish_stops_the_server(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    labels = tmp_path / "labels.jsonl"  # one file shared by two people: only alice's rankings are alice's progress
+    for n, who in [(0, "alice"), (1, "alice"), (2, "bob")]:
+        append_label(labels, label_record(CANDIDATES[n], [[0], [1], [2], [3]], labeler=who))
+    proc, url = start_server(tmp_path, labels)
+    try:
+        browser.get(url)
+        wait_for(browser, showing("p000002"), "alice's first unranked prompt")
+        assert browser.find_element(By.ID, "progress-text").text == "2 of 5 ranked · 3 left"
+
+        press(browser, "b")
+        wait_for(browser, showing("p000001"), "the previous prompt")
+        shown = [int(c.get_attribute("data-index")) for c in browser.find_elements(By.CSS_SELECTOR, ".answer.ranked")]
+        assert shown == [0, 1, 2, 3] and "ranked this prompt before" in browser.find_element(By.ID, "notice").text
+        _, _, key = page(browser)
+        browser.find_element(By.ID, "clear").click()
+        press(browser, "4", "=", "2", "1", Keys.ENTER)  # 4 and 2 tied best, then 1, then 3
+        wait_for(browser, showing("p000002"), "the next unranked prompt after re-ranking")
+        assert browser.find_element(By.ID, "progress-text").text == "2 of 5 ranked · 3 left"  # a re-rank is no new prompt
+
+        press(browser, "b")
+        wait_for(browser, showing("p000001"), "back once")
+        press(browser, "b")
+        wait_for(browser, showing("p000000"), "back twice")
+        press(browser, "s")
+        wait_for(browser, showing("p000002"), "skip to the next unranked prompt")
+        browser.find_element(By.ID, "finish").click()
+        wait_for(browser, lambda d: "Saved" in d.find_element(By.ID, "done-title").text, "the finish message")
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert 'RESULT {"ranked": 2, "remaining": 3, "url": "' + url + '"}' in out
+    latest = {(r["prompt_id"], r["labeler"]): r["ranking"] for r in read_labels(labels).records}
+    assert latest[("p000001", "alice")] == [[key[4], key[2]], [key[1]], [key[3]]]
+    assert len(labels.read_text().splitlines()) == 4  # the earlier ranking is kept; the latest wins
+
+
+# ---------------------------------------------------------------- the terminal mode
+
+def test_terminal_mode_ranks_ties_marks_all_bad_skips_goes_back_and_resumes(tmp_path):
+    labels = tmp_path / "alice.jsonl"
+    cands = CANDIDATES[:3]
+    typed = iter(["1 1 2 3", "5 1 2", "2 1=3 4",   # two refused, then p0 with answers 1 and 3 tied
+                  "s",                             # skip p1
+                  "x",                             # p2: all bad (no order given: all tied)
+                  "b", "b",                        # from p1 back to p2, then to p0
+                  "4 3 2",                         # re-rank p0 (answer 1 falls last)
+                  "q"])
+    printed = []
+    result = label_in_terminal(cands, labels, labeler="alice", input_fn=lambda prompt: next(typed),
+                               print_fn=lambda *a: printed.append(" ".join(map(str, a))))
+    assert result == {"ranked": 2, "remaining": 1}
+    text = "\n".join(printed)
+    assert "not saved: a number appears twice" in text and "there is no answer 5" in text
+    assert "you ranked this before: 2 1=3 4" in text
+
+    def shown_numbers(pid):  # on-screen number -> original answer index, from what was printed
+        responses = next(c["responses"] for c in cands if c["prompt_id"] == pid)
+        lines = "\n".join(printed).splitlines()
+        start = next(i for i, line in enumerate(lines) if pid in line)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("── ")), len(lines))
+        return {int(lines[i][1:-1]): responses.index(lines[i + 1].strip())
+                for i in range(start, end) if lines[i].startswith("[")}
+
+    n = shown_numbers("p000000")
+    latest = {r["prompt_id"]: r for r in read_labels(labels).records}
+    assert latest["p000000"]["ranking"] == [n[4], n[3], n[2], n[1]] and "all_bad" not in latest["p000000"]
+    assert len(latest["p000002"]["ranking"]) == 1 and sorted(latest["p000002"]["ranking"][0]) == [0, 1, 2, 3]
+    assert latest["p000002"]["all_bad"] is True and "p000001" not in latest
+
+    printed.clear()
+    again = label_in_terminal(cands, labels, labeler="alice", input_fn=lambda prompt: "q", print_fn=printed.append)
+    assert again == {"ranked": 2, "remaining": 1}
+    assert any("p000001 · 2 of 3 ranked, 1 left" in line for line in printed)  # resumes at the unranked one
+
+    def closed(prompt):
+        raise EOFError  # stdin closed (e.g. piped input ran out): stop cleanly, everything saved stays saved
+    assert label_in_terminal(cands, labels, labeler="alice", input_fn=closed, print_fn=printed.append)["ranked"] == 2

@@ -61,9 +61,12 @@ def show(session: LabelingSession, prompt_id: str, print_fn) -> None:
 def run_terminal(session: LabelingSession, input_fn, print_fn) -> None:
     history = session.recent()  # prompts ranked, oldest first: where "back" goes
     current = session.next_unranked()
+    shown = None
     print_fn(HELP)
     while current is not None:
-        show(session, current, print_fn)
+        if current != shown:  # after a refused line, ask again without repeating the whole page
+            show(session, current, print_fn)
+            shown = current
         k = len(session.candidates[current]["responses"])
         answer = input_fn("order> ").strip()
         command, _, rest = answer.partition(" ")

@@ -61,7 +61,9 @@ function render() {
                                       : "Not ranked yet";
       list.append(divider);
     }
-    const tied = it.ranked && it.tie && pos > 0;
+    const tied = it.ranked && it.tie && pos > 0;  // tied with the one above: shares its place
+    const next = items[pos + 1];
+    const inTie = tied || (it.ranked && next !== undefined && next.ranked && next.tie);
     if (it.ranked && !tied) place += 1;
     const li = document.createElement("li");
     li.className = "answer" + (it.ranked ? " ranked" : "") + (tied ? " tied" : "");
@@ -79,7 +81,7 @@ function render() {
     key.textContent = it.key;
     const label = document.createElement("span");
     label.className = "place";
-    label.textContent = it.ranked ? ordinal(place) + (tied ? " (tied)" : "") : "not ranked";
+    label.textContent = it.ranked ? ordinal(place) + (inTie ? " (tied)" : "") : "not ranked";
     head.append(handle, key, label);
     if (it.ranked && pos > 0) {
       const toggle = document.createElement("button");
