@@ -112,6 +112,18 @@ def test_answers_show_in_a_random_order_fixed_per_seed_and_prompt():
     assert any(display_order(1, pid, 4) != o for pid, o in orders.items())
 
 
+def test_a_multi_turn_prompt_shows_as_its_turns_and_its_label_keeps_the_messages(tmp_path):
+    turns = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What does zip do?"}]
+    chat = {**CANDIDATES[1], "messages": turns}
+    del chat["prompt"]
+    session = LabelingSession([chat], tmp_path / "alice.jsonl", labeler="alice")
+    view = session.view(chat["prompt_id"])
+    assert view["turns"] == turns and [a["index"] for a in view["answers"]] == display_order(0, chat["prompt_id"], 4)
+    assert [a["text"] for a in view["answers"]] == [chat["responses"][a["index"]] for a in view["answers"]]
+    assert session.submit(chat["prompt_id"], [3, 2, 1, 0])["messages"] == turns
+    assert read_labels(tmp_path / "alice.jsonl").records[0]["messages"] == turns
+
+
 def test_resume_counts_a_prompt_only_when_this_labeler_ranked_these_same_answers(tmp_path):
     path = tmp_path / "alice.jsonl"
     old_round = {**CANDIDATES[0], "responses": ["an older", "round's", "answers", "here"]}
@@ -131,10 +143,10 @@ def test_the_page_is_served_on_loopback_unless_asked():
 
 # ---------------------------------------------------------------- the server refuses bad submissions
 
-def _post(url: str, body: bytes, content_type="application/json", chunked=False):
+def _post(url: str, body: bytes, content_type="application/json", chunked=False, host_header=None):
     host, port = url.split("//")[1].strip("/").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    headers = {"Content-Type": content_type}
+    headers = {"Content-Type": content_type, **({"Host": host_header} if host_header else {})}
     if chunked:
         conn.request("POST", "/api/rank", body=iter([body[i:i + 4096] for i in range(0, len(body), 4096)]),
                      headers=headers, encode_chunked=True)
@@ -171,6 +183,7 @@ def test_bad_submissions_get_a_4xx_with_a_clear_message_change_nothing_and_the_s
         (json.dumps(good).encode(), {"content_type": "text/plain"}, 415, "application/json"),
         (json.dumps({**good, "all_bad": "yes"}).encode(), {}, 422, "all_bad"),
         (json.dumps({"ranking": [1, 0, 2, 3]}).encode(), {}, 422, "expected"),
+        (json.dumps(good).encode(), {"host_header": "attacker.example:80"}, 400, "unexpected Host"),  # DNS rebinding
     ]
     for body, options, status, phrase in bad:
         got, data = _post(url, body, **options)

@@ -61,9 +61,18 @@ async def json_body(request: Request) -> dict:
     return data
 
 
-def build_app(session: LabelingSession, stop) -> FastAPI:
+def build_app(session: LabelingSession, stop, loopback_only: bool = True) -> FastAPI:
     """The app; `stop()` ends serving (finish button, or every prompt ranked)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    if loopback_only:
+        @app.middleware("http")
+        async def only_this_machine(request: Request, call_next):
+            # a web page whose name is re-pointed at 127.0.0.1 (DNS rebinding) must not read or write labels
+            name = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]")
+            if name not in ("127.0.0.1", "localhost", "::1"):
+                return refuse(400, f"unexpected Host {name!r}: this page answers only to 127.0.0.1/localhost")
+            return await call_next(request)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused):
@@ -163,6 +172,6 @@ def serve(session: LabelingSession, sock: socket.socket) -> None:
     def stop():
         server.should_exit = True
 
-    app = build_app(session, stop)
+    app = build_app(session, stop, loopback_only=is_loopback(sock.getsockname()[0]))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     server.run(sockets=[sock])
