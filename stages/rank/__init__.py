@@ -1,0 +1,1 @@
+"""Rank stage: the model answers each prompt K times and a labeler ranks the answers."""
