@@ -71,7 +71,7 @@ def test_wrong_types_fail_at_once(override, words):
 @pytest.mark.parametrize("override, words", [
     ("model.n_head=3", "not divisible"),
     ("model.max_position_embeddings=64", "block_size"),
-    ("model.n_layer=0", "positive"),
+    ("model.n_layer=0", "must be > 0"),
 ])
 def test_impossible_model_shapes_are_refused(override, words):
     with pytest.raises(UserError, match=words):
