@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 from pipeline.artifacts import resolve_model_source
 from pipeline.errors import UserError, main_guard
 from pipeline.generation import context_length, eos_ids_of, generate, shape_logits
+from pipeline.loading import loading
 from pipeline.model import count_parameters, load_causal_lm
 from pipeline.runtime import pick_device
 from pipeline.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS, ensure_chat_ready
@@ -61,20 +62,16 @@ def load_chat_model(path: str, device: torch.device):
         raise UserError(f"{p} does not exist. --model needs a model directory: runs/<preset>/sft after "
                         "`make sft`, runs/<preset>/ppo after `make ppo`, or any Hugging Face model directory.")
     source, _ = resolve_model_source(path, p, "make sft")
-    try:
+    with loading(source, "model config"):
         config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not read a model config from '{source}': {e}") from None
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise UserError(
             f"{source} holds a {archs[0]}, not a language model that writes text (a reward model scores "
             "answers, it cannot chat). Point --model at runs/<preset>/sft or runs/<preset>/ppo."
         )
-    try:
+    with loading(source, "tokenizer", model=False, tokenizer=True):
         tok = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load the tokenizer of '{source}': {e}") from None
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     model = load_causal_lm(source, dtype=dtype)
     if not tok.chat_template:

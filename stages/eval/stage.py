@@ -25,6 +25,7 @@ from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
+from pipeline.loading import loading
 from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
@@ -86,10 +87,8 @@ def eval_prompts(cfg) -> tuple[list[dict], str]:
 
 def _load(path: str, device, dtype):
     model = load_causal_lm(path, dtype=dtype if device.type == "cuda" else None).to(device).eval()
-    try:
+    with loading(path, "tokenizer", model=False, tokenizer=True):
         tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load the tokenizer of '{path}': {e}") from None
     if not tok.chat_template:
         from pipeline.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS
 
