@@ -13,6 +13,7 @@ answer; Ctrl-C or end of input at the prompt leaves. Answers go to stdout, every
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +273,13 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=None, help="fix the sampling seed (reproducible answers)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens < 1:
-        raise UserError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0 and --max-new-tokens >= 1.")
+    checks = (("--temperature", args.temperature, args.temperature >= 0, ">= 0 (0 = greedy)"),
+              ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
+              ("--top-k", args.top_k, args.top_k >= 0, ">= 0 (0 = off)"),
+              ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, ">= 1"))
+    for flag, value, ok, allowed in checks:
+        if not ok or not math.isfinite(value):  # nan fails every comparison, so it is named here too
+            raise UserError(f"{flag} {value}: must be {allowed}.")
     return args
 
 
