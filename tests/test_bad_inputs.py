@@ -74,6 +74,8 @@ CASES = [
     ("data-k-abc", "data", ["data.k=abc"], ["data.k", "integer"]),
     ("data-val-docs-nan", "data", ["data.val_docs=nan"], ["data.val_docs", "finite"]),
     ("override-without-value", "data", ["data.k"], ["data.k", "key.sub=value"]),
+    ("data-dir-is-a-users-file", "data", ["data.dir={d}/notes.txt"], ["data.dir", "notes.txt", "existing file"]),
+    ("data-dir-is-a-users-folder", "data", ["data.dir={d}/thesis"], ["data.dir", "thesis", "did not make"]),
     # ---- the preset file itself
     ("config-binary", "pretrain", ["--config", "{d}/binary.bin"], ["binary.bin", "not a text file"]),
     ("config-empty", "sft", ["--config", "{d}/empty.yaml"], ["empty.yaml", "empty"]),
@@ -192,6 +194,9 @@ def _write_data(d: Path) -> None:
     (d / "truncated.jsonl").write_text("\n".join((d / "sft.jsonl").read_text().splitlines()[:2]) + '\n{"messages": [{"ro')
     (d / "wrong.csv").write_text("question,reply\nWhat is 1+1?,2\n")
     (d / "empty.jsonl").write_text("")
+    (d / "notes.txt").write_text("a user's own file\n")
+    (d / "thesis").mkdir()
+    (d / "thesis" / "chapter1.md").write_text("a user's own work\n")
     (d / "empty.txt").write_text("")
     (d / "empty.yaml").write_text("# nothing but a comment\n")
     (d / "broken.yaml").write_text("train:\n  lr: [1e-3\n  batch_size: 4\n")
@@ -253,6 +258,8 @@ def test_bad_input_gets_one_clear_line_a_failing_exit_and_no_artifact(case, stag
     assert len(errors) == 1, f"expected one error line, got: {errors or err[-500:]}"
     for word in words:
         assert word.lower() in errors[0].lower(), f"{word!r} not named in: {errors[0]}"
+    if stage == "data":  # data.dir may name a user's file or folder: refused, never replaced
+        assert (Path(world["d"]) / "thesis" / "chapter1.md").is_file() and (Path(world["d"]) / "notes.txt").is_file()
     artifact = ENTRY[stage][1]
     if artifact:
         assert not (world["runs"] / case / artifact / "manifest.json").exists(), "an artifact was committed"

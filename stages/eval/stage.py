@@ -115,8 +115,13 @@ def run_model(ev: Evaluated, prompts: list[dict], texts: list[str] | None, cfg, 
         ev.lm = lm_metrics(model, tok, texts, max_tokens=e.lm_max_tokens, batch_size=max(1, e.batch_size // 4))
     ctx = context_length(model)
     keep = max(1, ctx - e.max_new_tokens)
-    ev.prompt_ids = [list(tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True,
-                                                  return_dict=False))[-keep:] for p in prompts]
+    full = [list(tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
+            for p in prompts]
+    cut = sum(len(ids) > keep for ids in full)
+    if cut:  # the question's start is lost: said and counted, never silent
+        print(f"eval {ev.name}: {cut} of {len(full)} prompts are over the context ({ctx} positions less "
+              f"eval.max_new_tokens={e.max_new_tokens}); kept their last {keep} tokens")
+    ev.prompt_ids = [ids[-keep:] for ids in full]
     generator = torch.Generator(device=device).manual_seed(e.seed)
     eos = eos_ids_of(model, tok)
     bar = progress(total=len(prompts), desc=f"eval {ev.name}: answering")
