@@ -106,6 +106,8 @@ CASES = [
     ("chat-empty-weights", "chat", ["--model", "{bad}/empty_weights"], ["model.safetensors", "empty"]),
     ("chat-no-config", "chat", ["--model", "{bad}/no_config"], ["config.json"]),
     ("chat-no-tokenizer", "chat", ["--model", "{bad}/no_tokenizer"], ["tokenizer.json"]),
+    ("chat-corrupt-tokenizer", "chat", ["--model", "{bad}/corrupt_tokenizer"], ["tokenizer.json", "corrupt"]),
+    ("eval-model-corrupt-config", "eval", ["eval.models=[{bad}/corrupt_config]"], ["config.json", "corrupt"]),
     ("chat-missing-folder", "chat", ["--model", "{bad}/nothing_here"], ["nothing_here", "does not exist"]),
     ("chat-model-is-a-file", "chat", ["--model", "{d}/good.txt"], ["good.txt", "file"]),
     ("chat-temperature-abc", "chat", ["--temperature", "abc"], ["--temperature", "abc"]),
@@ -136,6 +138,10 @@ CASES = [
      ["wrong_column.parquet", "no known preference fields"]),
     ("reward-binary-data", "reward", ["reward.data={d}/binary.jsonl"], ["binary.jsonl", "binary"]),
     ("reward-corrupt-gzip", "reward", ["reward.data={d}/corrupt.jsonl.gz"], ["corrupt.jsonl.gz", "gzip"]),
+    ("sft-conversations-over-context", "sft", ["sft.data={d}/long_sft.jsonl", "sft.max_length=16"],
+     ["no usable SFT conversations", "sft.max_length"]),
+    ("reward-pairs-over-context", "reward", ["reward.data={d}/long_pairs.jsonl", "reward.max_length=16"],
+     ["long_pairs.jsonl", "reward.max_length"]),
     ("ppo-prompts-over-context", "ppo", ["ppo.data={d}/long_prompts.jsonl", "ppo.max_prompt_length=16"],
      ["ppo.max_prompt_length"]),
     ("ppo-prompts-wrong-fields", "ppo", ["ppo.data={d}/wrong.csv"], ["wrong.csv", "no known prompt fields"]),
@@ -161,6 +167,7 @@ def _save_model_copies(lm: Path, bad: Path) -> Path:
     (copy("no_config") / "config.json").unlink()
     (copy("corrupt_config") / "config.json").write_text('{"model_type": "llama", "hidden')
     (copy("no_tokenizer") / "tokenizer.json").unlink()
+    (copy("corrupt_tokenizer") / "tokenizer.json").write_text('{"version": "1.0", "model": {"ty')
     (copy("corrupt_manifest") / "manifest.json").write_text('{"stage": "sft", "status": ')
     torch.manual_seed(0)
     rm_dir = bad.parent / "reward_model"
@@ -186,6 +193,9 @@ def _write_data(d: Path) -> None:
                         for q in questions])
     jsonl("pairs.jsonl", [{"prompt": q, "chosen": "A clear answer.", "rejected": "No."} for q in questions])
     jsonl("prompts.jsonl", [{"prompt": q, "gold": "It works."} for q in questions])
+    long_answer = "A very long answer that goes on and on. " * 20
+    jsonl("long_sft.jsonl", [{"prompt": q, "completion": long_answer} for q in questions])
+    jsonl("long_pairs.jsonl", [{"prompt": q, "chosen": long_answer, "rejected": long_answer + "No."} for q in questions])
     jsonl("long_prompts.jsonl", [{"prompt": q + " Please explain at length." * 20} for q in questions])
     jsonl("repeated_rank.jsonl", [{"prompt": "Q?", "responses": ["a", "b", "c", "d"], "ranking": [0, 0, 1, 2]}])
     jsonl("same_pairs.jsonl", [{"prompt": q, "chosen": "Same.", "rejected": "Same."} for q in questions])
