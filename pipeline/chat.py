@@ -219,7 +219,7 @@ class Chat:
         attr, kind, low, high = setters[name]
         try:
             value = kind(arg)
-            if value < low or (high is not None and value > high):
+            if not math.isfinite(value) or value < low or (high is not None and value > high):
                 raise ValueError
         except ValueError:
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
