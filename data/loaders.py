@@ -256,7 +256,10 @@ def load_prompts(source: str) -> list[dict]:
 class _Piece(str):
     """A piece of a document over MAX_DOCUMENT_CHARS; `first` marks the first piece of each."""
 
-    first = False
+    def __new__(cls, text: str, first: bool):
+        piece = super().__new__(cls, text)
+        piece.first = first
+        return piece
 
 
 def _txt_documents(path: Path) -> Iterator[str]:
@@ -265,7 +268,7 @@ def _txt_documents(path: Path) -> Iterator[str]:
     for _, line in _lines(path):
         if not line.strip() or line.strip() == _DOC_SEPARATOR:
             if block:
-                yield _piece("".join(block).strip("\n"), first=False) if cut else "".join(block).strip("\n")
+                yield _Piece("".join(block).strip("\n"), False) if cut else "".join(block).strip("\n")
             block, size, cut = [], 0, False
         else:
             block.append(line)
@@ -273,17 +276,11 @@ def _txt_documents(path: Path) -> Iterator[str]:
             if size > MAX_DOCUMENT_CHARS:  # no blank line for a long while: never hold the whole document
                 *pieces, rest = bounded_pieces("".join(block))
                 for piece in pieces:
-                    yield _piece(piece, first=not cut)
+                    yield _Piece(piece, first=not cut)
                     cut = True
                 block, size = [rest], len(rest)
     if block:
-        yield _piece("".join(block).strip("\n"), first=False) if cut else "".join(block).strip("\n")
-
-
-def _piece(text: str, *, first: bool) -> _Piece:
-    piece = _Piece(text)
-    piece.first = first
-    return piece
+        yield _Piece("".join(block).strip("\n"), False) if cut else "".join(block).strip("\n")
 
 
 def bounded_pieces(text: str, limit: int | None = None) -> list[str]:

@@ -193,14 +193,13 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise UserError(f"config file {path} {what}. Presets live in configs/ (e.g. configs/tiny.yaml).")
-    raw = path.read_bytes()
     try:
-        if b"\x00" in raw[:8192]:
-            raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "NUL byte")
-        text = raw.decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text[:8192]:
         raise UserError(f"config file {path} is not a text file (binary or not UTF-8); --config needs a YAML "
-                        "preset such as configs/tiny.yaml.") from None
+                        "preset such as configs/tiny.yaml.")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -285,10 +284,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema=Non
     try:
         return _build(schema, data, "")
     except UserError as e:
-        # Name where the bad value came from: the command line or the preset file.
+        # Say where the bad value came from: the command line or the preset file.
         keys = [text.split("=", 1)[0].strip() for text in overrides]
-        came_from = "command-line override" if any(re.match(rf"{re.escape(k)}\b", str(e)) for k in keys) else path
-        raise UserError(f"{came_from} {e}" if came_from != path else f"{path}: {e}") from None
+        overridden = any(re.match(rf"{re.escape(k)}\b", str(e)) for k in keys)
+        raise UserError(f"command-line override {e}" if overridden else f"{path}: {e}") from None
 
 
 def to_dict(cfg) -> dict:
