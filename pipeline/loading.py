@@ -115,12 +115,47 @@ def loading(source: str | Path, what: str, *, model: bool = True, tokenizer: boo
         raise UserError(f"could not load the {what} from '{source}': {one_line(e)}") from None
 
 
+_HEADS = ("score", "classifier")  # where AutoModelForSequenceClassification keeps the scalar head
+
+
+def _safetensors_keys(d: Path) -> set[str] | None:
+    """The tensor names of a local safetensors checkpoint, read from its headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    if (d / "model.safetensors.index.json").is_file():
+        return set(_json_file(d / "model.safetensors.index.json", "the shard index").get("weight_map") or {})
+    if (d / "model.safetensors").is_file():
+        with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+            return set(f.keys())
+    return None
+
+
+def _refuse_headless(source, what: str, head: str, archs: list[str] | None) -> None:
+    raise UserError(f"{source} is not a trained reward model: its checkpoint ({', '.join(archs or ['?'])}) has no "
+                    f"score head ({head}), so the {what} would score with random weights. Give a folder written by "
+                    "`make reward` (runs/<preset>/reward).")
+
+
+def require_score_head(source: str | Path, what: str = "reward model") -> None:
+    """Refuse, before anything is loaded or generated, a local checkpoint without a trained scalar head."""
+    d = Path(source)
+    if not d.is_dir():
+        return  # a hub name: load_sequence_scorer checks what the library reports missing
+    check_model_dir(d)
+    keys = _safetensors_keys(d)
+    if keys is not None and not any(part in _HEADS for k in keys for part in k.split(".")[:-1]):
+        archs = _json_file(d / "config.json", "config.json").get("architectures")
+        _refuse_headless(source, what, "score.weight", archs)
+
+
 def load_sequence_scorer(source: str | Path, what: str, *, trained_head: bool, **kwargs):
     """AutoModelForSequenceClassification with one output; with `trained_head`, refuse a checkpoint
     whose score head is missing (a causal LM, say): the library would silently start a random one."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    if trained_head:
+        require_score_head(source, what)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the library's load report of a missing head: judged below instead
     try:
@@ -129,10 +164,7 @@ def load_sequence_scorer(source: str | Path, what: str, *, trained_head: bool, *
                 str(source), num_labels=1, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-    head = [k for k in info.get("missing_keys", ()) if k.split(".")[0] in ("score", "classifier")]
-    if trained_head and head:
-        archs = ", ".join(getattr(model.config, "architectures", None) or ["an unknown architecture"])
-        raise UserError(f"{source} is not a trained reward model: its checkpoint ({archs}) has no score head "
-                        f"({head[0]}), so the {what} would score with random weights. Give a folder written by "
-                        "`make reward` (runs/<preset>/reward).")
+    head = [k for k in info.get("missing_keys", ()) if k.split(".")[0] in _HEADS]
+    if trained_head and head:  # a hub checkpoint: only the library can say what it lacked
+        _refuse_headless(source, what, head[0], getattr(model.config, "architectures", None))
     return model

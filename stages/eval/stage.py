@@ -25,7 +25,7 @@ from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
-from pipeline.loading import loading
+from pipeline.loading import loading, require_score_head
 from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
@@ -223,6 +223,9 @@ def evaluate(cfg) -> Path:
     device = pick_device(cfg.run.device)
     dtype = model_dtype(cfg.run.dtype, device)
     refs = model_refs(cfg)
+    rm_path, why = reward_model_path(cfg)
+    if rm_path:
+        require_score_head(rm_path)  # before minutes of answering, not after
     skipped: list[str] = []
     prompts, prompt_source = eval_prompts(cfg)
     texts, text_source = heldout_texts(cfg)
@@ -235,7 +238,6 @@ def evaluate(cfg) -> Path:
         print(f"eval: {ev.name} ({ev.path})")
         run_model(ev, prompts, texts, cfg, device, dtype, None if ev is candidate else candidate)
 
-    rm_path, why = reward_model_path(cfg)
     if rm_path:
         score_with_rm(rm_path, evaluated, prompts, e.batch_size, device)
     else:
