@@ -103,16 +103,16 @@ def loading(source: str | Path, what: str, *, model: bool = True, tokenizer: boo
         yield
     except UserError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError, ImportError) as e:
+    except (OSError, ValueError, RuntimeError, EOFError) as e:  # a missing, unreadable or malformed file
         import torch
 
         if isinstance(e, torch.OutOfMemoryError):
             raise
-        raise UserError(f"could not load the {what} from '{source}': {one_line(e)}") from None
+        raise UserError(f"could not load the {what} from '{source}': {one_line(e)}") from e  # RLHF_DEBUG shows e
     except Exception as e:  # safetensors' and pickle's own error types: still the user's file
-        if type(e).__module__.split(".")[0] not in ("safetensors", "pickle", "_pickle", "json"):
+        if type(e).__module__.split(".")[0] not in ("safetensors", "pickle", "_pickle"):
             raise
-        raise UserError(f"could not load the {what} from '{source}': {one_line(e)}") from None
+        raise UserError(f"could not load the {what} from '{source}': {one_line(e)}") from e
 
 
 _HEADS = ("score", "classifier")  # where AutoModelForSequenceClassification keeps the scalar head
