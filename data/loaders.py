@@ -43,6 +43,7 @@ SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+(\[[\w%:+-]*\])?)?$")
 _DOC_SEPARATOR = "<|endoftext|>"
 MAX_DOCUMENT_CHARS = 1 << 20
+_MAX_CSV_FIELD = 1 << 26
 
 
 def _suffix(path: Path) -> tuple[str, bool]:
@@ -148,9 +149,13 @@ def _maybe_json(value):
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return value
     return value
+
+
+def _json_problem(e: Exception) -> str:
+    return e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
 
 
 def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int, dict]]:
@@ -160,16 +165,18 @@ def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int,
         for n, line in _lines(path):
             if line.strip():
                 try:
-                    yield where, n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where}, line {n}: not valid JSON ({e.msg}). Each line must be one JSON object.") \
-                        from None
+                    rec = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as e:
+                    raise UserError(f"{where}, line {n}: not valid JSON ({_json_problem(e)}). Each line must be one "
+                                    "JSON object.") from None
+                yield where, n, rec
     elif kind == ".json":
         text = "".join(line for _, line in _lines(path))
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            at = f", line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise UserError(f"{where}{at}: not valid JSON ({_json_problem(e)}).") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -178,8 +185,15 @@ def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int,
             yield f"{where} (record {i})", i, rec
     elif kind == ".csv":
         rows = (line for _, line in _lines(path))
+        csv.field_size_limit(max(csv.field_size_limit(), _MAX_CSV_FIELD))  # long answers are fine; 128 KiB is not
         reader = csv.DictReader(rows)
-        for rec in reader:
+        while True:
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise UserError(f"{where}, line {reader.line_num}: not valid CSV ({e}).") from None
             yield where, reader.line_num, {k: _maybe_json(v) for k, v in rec.items() if k is not None}
     elif kind == ".parquet":
         import pyarrow.parquet as pq

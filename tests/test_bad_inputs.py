@@ -136,6 +136,7 @@ CASES = [
      ["same_pairs.jsonl", "chosen == rejected"]),
     ("reward-parquet-wrong-schema", "reward", ["reward.data={d}/wrong_column.parquet"],
      ["wrong_column.parquet", "no known preference fields"]),
+    ("reward-deeply-nested-json", "reward", ["reward.data={d}/deep.jsonl"], ["deep.jsonl", "line 1", "nested"]),
     ("reward-binary-data", "reward", ["reward.data={d}/binary.jsonl"], ["binary.jsonl", "binary"]),
     ("reward-corrupt-gzip", "reward", ["reward.data={d}/corrupt.jsonl.gz"], ["corrupt.jsonl.gz", "gzip"]),
     ("sft-conversations-over-context", "sft", ["sft.data={d}/long_sft.jsonl", "sft.max_length=16"],
@@ -218,6 +219,7 @@ def _write_data(d: Path) -> None:
         (d / name).write_bytes(noise)
     (d / "latin1.txt").write_bytes("A first line.\nCaf\u00e9 cr\u00e8me, d\u00e9j\u00e0 vu.\n".encode("latin-1"))
     (d / "latin1.jsonl").write_bytes('{"prompt": "Caf\u00e9?"}\n'.encode("latin-1"))
+    (d / "deep.jsonl").write_text("[" * 100_000 + "\n")
     (d / "huge_line.jsonl").write_text('{"messages": "' + "x" * 5_000_000)  # one 5 MB line, never closed
     pq.write_table(pa.table({"body": ["some text"] * 3, "score": [1, 2, 3]}), d / "wrong_column.parquet")
     (d / "corrupt.parquet").write_bytes(b"PAR1" + noise[:500])

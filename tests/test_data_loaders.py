@@ -257,3 +257,9 @@ def test_a_line_that_is_not_utf8_is_named_by_its_number(tmp_path):
     (tmp_path / "mixed.txt").write_bytes(b"line one\n" * 3000 + "caf\u00e9\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"mixed\.txt, line 3001: not UTF-8"):
         list(iter_texts([str(tmp_path / "mixed.txt")]))
+
+
+def test_a_csv_cell_longer_than_the_csv_module_default_still_loads(tmp_path):
+    answer = "word " * 40_000  # 200 KB: over csv's 128 KiB default field limit
+    (tmp_path / "long.csv").write_text(f'prompt,chosen,rejected\nWhy?,"{answer}",No.\n')
+    assert load_pairs(str(tmp_path / "long.csv"))[0]["chosen"][0]["content"] == answer
