@@ -95,6 +95,9 @@ def one_line(e: BaseException, limit: int = 300) -> str:
 @contextlib.contextmanager
 def loading(source: str | Path, what: str, *, model: bool = True, tokenizer: bool = False):
     """Check a local folder first, then turn any library failure while loading into one UserError line."""
+    if Path(source).is_file():
+        raise UserError(f"{source} is a file; the {what} is loaded from the folder that holds it and its "
+                        f"companions (e.g. {Path(source).parent}).")
     if model:
         check_model_dir(source)
     if tokenizer:

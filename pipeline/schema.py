@@ -24,6 +24,13 @@ class RunSection:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on capable GPUs, fp32 on CPU
     compile: bool = False  # torch.compile the model (pays off on GPU; nothing on CPU)
 
+    def validate(self) -> None:
+        if Path(self.out_dir).is_file():
+            raise UserError(f"run.out_dir={self.out_dir}: an existing file; the runs go in a folder there.")
+        if (Path(self.out_dir) / self.name).is_file():
+            raise UserError(f"run.name={self.name}: {Path(self.out_dir) / self.name} is an existing file; the run "
+                            "goes in a folder there.")
+
 
 @dataclass
 class DataSection:
