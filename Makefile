@@ -26,7 +26,7 @@ STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test lint bench data pretrain sft reward ppo eval chat clean
+.PHONY: help setup test faults lint bench data pretrain sft reward ppo eval chat clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ setup:  ## create .venv with every dependency (CPU torch unless TORCH_INDEX is s
 
 test:  ## run the test suite (offline)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests
+
+faults:  ## fault-injection suite: bad inputs get one clear line, no traceback, no artifact
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_bad_inputs.py -q
 
 lint:  ## ruff
 	$(VENV)/bin/ruff check pipeline stages data tests benchmarks

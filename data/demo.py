@@ -188,10 +188,22 @@ def _builder_hash() -> str:
     return h.hexdigest()[:12]
 
 
+def refuse_foreign_target(target: Path) -> None:
+    """The build replaces data.dir: only ever a folder it built before (or nothing), never a user's file."""
+    if target.is_file() or target.is_symlink():
+        raise UserError(f"data.dir={target} is an existing file; the demo data needs a folder (a new one, or "
+                        "one it built before).")
+    manifest = read_manifest(target) if target.is_dir() else None
+    if target.is_dir() and any(target.iterdir()) and (manifest or {}).get("stage") != "data":
+        raise UserError(f"data.dir={target} is a folder the demo builder did not make (no demo manifest.json); "
+                        "building there would replace its contents. Pick a new folder.")
+
+
 def build(cfg, quiet: bool = False) -> Path:
     """Build every demo set into cfg.data_dir; returns the directory."""
     started = time.time()
     d = cfg.data
+    refuse_foreign_target(cfg.data_dir)
     sets, stats = build_sets(d.subset, d.k, d.seed, d.answer_words, d.val_docs)
     writer = ArtifactWriter(cfg.data_dir, "data")
     for name, records in sets.items():

@@ -13,7 +13,10 @@ the file, the line and the accepted formats; usable-but-empty records are droppe
 
 Plain-text pretraining files (.txt) are split into documents at blank lines (one paragraph or
 block = one document), and at lines that are exactly `<|endoftext|>` (the TinyStories convention),
-so a corpus in one file still has many documents to hold some out for validation.
+so a corpus in one file still has many documents to hold some out for validation. A document over
+MAX_DOCUMENT_CHARS (a file with no blank lines, a huge record) is cut into pieces of at most that
+size, at line or word breaks, and the cuts are counted and reported: tokenizing one 50 MB string
+takes gigabytes of memory, pieces keep it bounded.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+(\[[\w%:+-]*\])?)?$")
 _DOC_SEPARATOR = "<|endoftext|>"
+MAX_DOCUMENT_CHARS = 1 << 20
+_MAX_CSV_FIELD = 1 << 26
 
 
 def _suffix(path: Path) -> tuple[str, bool]:
@@ -50,7 +55,8 @@ def _suffix(path: Path) -> tuple[str, bool]:
     return (suffixes[-1] if suffixes else ""), gz
 
 
-def _open_text(path: Path):
+def _open_bytes(path: Path):
+    """The file as a binary stream (gunzipped), refused at once if its start looks binary."""
     _, gz = _suffix(path)
     raw = gzip.open(path, "rb") if gz else open(path, "rb")
     try:
@@ -62,18 +68,21 @@ def _open_text(path: Path):
         raw.close()
         raise UserError(f"{path} looks like a binary file, not UTF-8 text; give a text, JSON, CSV or Parquet file.")
     raw.seek(0)
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+    return raw
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines of a (possibly gzipped) UTF-8 file; a decoding error is a UserError."""
-    n = 0
+    """Numbered lines of a (possibly gzipped) UTF-8 file; a line that is not UTF-8 is a UserError
+    naming it (each line is decoded on its own, so the number is exact)."""
     try:
-        with _open_text(path) as f:
-            for n, line in enumerate(f, 1):
+        with _open_bytes(path) as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}, line {n}: not UTF-8 text (byte {raw[e.start]:#04x} at position "
+                                    f"{e.start + 1} of the line). Convert the file to UTF-8.") from None
                 yield n, line
-    except UnicodeDecodeError:
-        raise UserError(f"{path}, line {n + 1}: not UTF-8 text (a binary file?). Convert it to UTF-8.") from None
     except (OSError, EOFError) as e:
         raise UserError(f"{path}: cannot read it ({e}); a .gz file must be valid gzip.") from None
 
@@ -140,9 +149,13 @@ def _maybe_json(value):
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return value
     return value
+
+
+def _json_problem(e: Exception) -> str:
+    return e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
 
 
 def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int, dict]]:
@@ -152,16 +165,18 @@ def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int,
         for n, line in _lines(path):
             if line.strip():
                 try:
-                    yield where, n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where}, line {n}: not valid JSON ({e.msg}). Each line must be one JSON object.") \
-                        from None
+                    rec = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as e:
+                    raise UserError(f"{where}, line {n}: not valid JSON ({_json_problem(e)}). Each line must be one "
+                                    "JSON object.") from None
+                yield where, n, rec
     elif kind == ".json":
         text = "".join(line for _, line in _lines(path))
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            at = f", line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise UserError(f"{where}{at}: not valid JSON ({_json_problem(e)}).") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -170,8 +185,15 @@ def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int,
             yield f"{where} (record {i})", i, rec
     elif kind == ".csv":
         rows = (line for _, line in _lines(path))
+        csv.field_size_limit(max(csv.field_size_limit(), _MAX_CSV_FIELD))  # long answers are fine; 128 KiB is not
         reader = csv.DictReader(rows)
-        for rec in reader:
+        while True:
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise UserError(f"{where}, line {reader.line_num}: not valid CSV ({e}).") from None
             yield where, reader.line_num, {k: _maybe_json(v) for k, v in rec.items() if k is not None}
     elif kind == ".parquet":
         import pyarrow.parquet as pq
@@ -245,17 +267,50 @@ def load_prompts(source: str) -> list[dict]:
     return _load(source, formats.prompt, formats.PROMPT_FORMATS, "prompt", txt_field="prompt")
 
 
+class _Piece(str):
+    """A piece of a document over MAX_DOCUMENT_CHARS; `first` marks the first piece of each."""
+
+    def __new__(cls, text: str, first: bool):
+        piece = super().__new__(cls, text)
+        piece.first = first
+        return piece
+
+
 def _txt_documents(path: Path) -> Iterator[str]:
     block: list[str] = []
+    size, cut = 0, False
     for _, line in _lines(path):
         if not line.strip() or line.strip() == _DOC_SEPARATOR:
             if block:
-                yield "".join(block).strip("\n")
-            block = []
+                yield _Piece("".join(block).strip("\n"), False) if cut else "".join(block).strip("\n")
+            block, size, cut = [], 0, False
         else:
             block.append(line)
+            size += len(line)
+            if size > MAX_DOCUMENT_CHARS:  # no blank line for a long while: never hold the whole document
+                *pieces, rest = bounded_pieces("".join(block))
+                for piece in pieces:
+                    yield _Piece(piece, first=not cut)
+                    cut = True
+                block, size = [rest], len(rest)
     if block:
-        yield "".join(block).strip("\n")
+        yield _Piece("".join(block).strip("\n"), False) if cut else "".join(block).strip("\n")
+
+
+def bounded_pieces(text: str, limit: int | None = None) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters (default MAX_DOCUMENT_CHARS), at the last
+    line break (else space) before the limit when there is one in its second half."""
+    limit = limit or MAX_DOCUMENT_CHARS
+    pieces = []
+    while len(text) > limit:
+        cut = text.rfind("\n", limit // 2, limit)
+        if cut < 0:
+            cut = text.rfind(" ", limit // 2, limit)
+        cut = cut + 1 if cut >= 0 else limit
+        pieces.append(text[:cut])
+        text = text[cut:]
+    pieces.append(text)
+    return pieces
 
 
 def _source_texts(source: str, text_field: str) -> Iterator[str]:
@@ -282,12 +337,25 @@ def _source_texts(source: str, text_field: str) -> Iterator[str]:
 def iter_texts(sources: list[str] | str, text_field: str = "text") -> Iterator[str]:
     """Pretraining documents from files, folders, globs or hub names, in order."""
     for source in [sources] if isinstance(sources, str) else sources:
-        empty = True
+        empty, long_docs, pieces = True, 0, 0
         for text in _source_texts(str(source), text_field):
             empty = False
-            yield text
+            if isinstance(text, _Piece):  # already cut while reading a .txt file
+                long_docs += text.first
+                pieces += 1
+                yield str(text)
+            elif len(text) <= MAX_DOCUMENT_CHARS:
+                yield text
+            else:
+                long_docs += 1
+                for piece in bounded_pieces(text):
+                    pieces += 1
+                    yield piece
         if empty:
             raise UserError(f"{source} holds no text documents (empty file?).")
+        if long_docs:
+            log.warning("%s: cut %d text%s over %s characters (no blank lines?) into %d pieces, to bound memory",
+                        source, long_docs, "s" if long_docs > 1 else "", f"{MAX_DOCUMENT_CHARS:,}", pieces)
 
 
 def source_fingerprint(source: str) -> str:

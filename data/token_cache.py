@@ -25,6 +25,7 @@ from pipeline.errors import UserError
 
 _TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet", ".csv", ".gz", ".text")
 _BATCH_DOCS = 256
+_BATCH_CHARS = 1 << 22  # documents tokenized together: bounded in characters too, so memory stays bounded
 
 
 @dataclass
@@ -111,15 +112,17 @@ def _write_tokens(docs: Iterator[str], tokenizer, path: Path, dtype: str) -> tup
 
     with open(tmp, "wb") as fh:
         batch: list[str] = []
+        chars = 0
         for doc in docs:
             if not doc:
                 continue
             batch.append(doc)
+            chars += len(doc)
             n_bytes += len(doc.encode("utf-8"))
             n_docs += 1
-            if len(batch) == _BATCH_DOCS:
+            if len(batch) == _BATCH_DOCS or chars >= _BATCH_CHARS:
                 n_tokens += flush(batch, fh)
-                batch = []
+                batch, chars = [], 0
         if batch:
             n_tokens += flush(batch, fh)
     os.replace(tmp, path)

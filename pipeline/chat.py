@@ -13,6 +13,7 @@ answer; Ctrl-C or end of input at the prompt leaves. Answers go to stdout, every
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from transformers.utils import logging as hf_logging
 from pipeline.artifacts import resolve_model_source
 from pipeline.errors import UserError, main_guard
 from pipeline.generation import context_length, eos_ids_of, generate, shape_logits
+from pipeline.loading import loading
 from pipeline.model import count_parameters, load_causal_lm
 from pipeline.runtime import pick_device
 from pipeline.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS, ensure_chat_ready
@@ -61,20 +63,16 @@ def load_chat_model(path: str, device: torch.device):
         raise UserError(f"{p} does not exist. --model needs a model directory: runs/<preset>/sft after "
                         "`make sft`, runs/<preset>/ppo after `make ppo`, or any Hugging Face model directory.")
     source, _ = resolve_model_source(path, p, "make sft")
-    try:
+    with loading(source, "model config"):
         config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not read a model config from '{source}': {e}") from None
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise UserError(
             f"{source} holds a {archs[0]}, not a language model that writes text (a reward model scores "
             "answers, it cannot chat). Point --model at runs/<preset>/sft or runs/<preset>/ppo."
         )
-    try:
+    with loading(source, "tokenizer", model=False, tokenizer=True):
         tok = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load the tokenizer of '{source}': {e}") from None
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     model = load_causal_lm(source, dtype=dtype)
     if not tok.chat_template:
@@ -221,7 +219,7 @@ class Chat:
         attr, kind, low, high = setters[name]
         try:
             value = kind(arg)
-            if value < low or (high is not None and value > high):
+            if not math.isfinite(value) or value < low or (high is not None and value > high):
                 raise ValueError
         except ValueError:
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
@@ -275,8 +273,13 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=None, help="fix the sampling seed (reproducible answers)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.max_new_tokens < 1:
-        raise UserError("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0 and --max-new-tokens >= 1.")
+    checks = (("--temperature", args.temperature, args.temperature >= 0, ">= 0 (0 = greedy)"),
+              ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
+              ("--top-k", args.top_k, args.top_k >= 0, ">= 0 (0 = off)"),
+              ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, ">= 1"))
+    for flag, value, ok, allowed in checks:
+        if not ok or not math.isfinite(value):  # nan fails every comparison, so it is named here too
+            raise UserError(f"{flag} {value}: must be {allowed}.")
     return args
 
 

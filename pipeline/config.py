@@ -1,6 +1,8 @@
 """Presets as plain data: YAML -> typed dataclasses, with `key.sub=value` overrides.
 
 Unknown keys and wrong types fail at once with the key, the file, and the closest valid key.
+Every number must be finite, and a section declares the range of its keys with `@limits(...)`:
+a value out of range fails with the key, the value and what is allowed.
 A preset may start from another with `base: other.yaml` (resolved next to the file).
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import keyword
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -106,6 +110,65 @@ def _coerce(value: Any, tp, where: str) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- ranges
+
+_BOUND = re.compile(r"^\s*(>=|>|<=|<)\s*(-?[\d.e+-]+)\s*$")
+_INTERVAL = re.compile(r"^\s*([\[(])\s*(-?[\d.e+-]+)\s*,\s*(-?[\d.e+-]+)\s*([\])])\s*$")
+
+
+def limits(**ranges: str):
+    """Declare the allowed range of a section's numeric keys, as plain data next to the fields:
+
+        @limits(batch_size="> 0", lr="> 0", dropout="[0, 1)", max_steps="> 0 | -1")
+
+    A spec is a bound (`> 0`, `>= 0`, `< 1`), an interval (`[0, 1]`, `(0, 1]`), an exact value (`-1`),
+    or alternatives joined with `|`. None (for optional keys) is always allowed; lists are checked
+    element by element. Checked before the section's own `validate()`."""
+    for spec in ranges.values():
+        for alternative in spec.split("|"):
+            _in_range(0.0, alternative)  # a malformed spec fails at import, not on a user's run
+
+    def decorate(cls):
+        cls.__limits__ = {**getattr(cls, "__limits__", {}), **ranges}
+        return cls
+
+    return decorate
+
+
+def _in_range(value: float, spec: str) -> bool:
+    if m := _BOUND.match(spec):
+        op, bound = m.group(1), float(m.group(2))
+        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    if m := _INTERVAL.match(spec):
+        lo, hi = float(m.group(2)), float(m.group(3))
+        above = value >= lo if m.group(1) == "[" else value > lo
+        below = value <= hi if m.group(4) == "]" else value < hi
+        return above and below
+    try:
+        return value == float(spec)
+    except ValueError:
+        raise ValueError(f"malformed range spec {spec!r}") from None
+
+
+def _check_ranges(obj, where: str) -> None:
+    """Every number finite; every key with a declared range inside it. One line per failure."""
+    ranges = getattr(type(obj), "__limits__", {})
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{where}.{_key_name(f.name)}" if where else _key_name(f.name)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            shown = value if isinstance(value, list) else v
+            if not math.isfinite(v):
+                raise UserError(f"{path}={shown}: must be a finite number.")
+            spec = ranges.get(f.name) or ranges.get(_key_name(f.name))
+            if spec and not any(_in_range(v, alt) for alt in spec.split("|")):
+                allowed = " or ".join(f"in {a}" if a[:1] in "[(" else a for a in map(str.strip, spec.split("|")))
+                raise UserError(f"{path}={shown}: must be {allowed}.")
+
+
 def _build(cls, data: dict, where: str):
     hints = typing.get_type_hints(cls)
     names = {_key_name(f.name): f.name for f in dataclasses.fields(cls)}
@@ -120,6 +183,7 @@ def _build(cls, data: dict, where: str):
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise UserError(f"{where or 'config'}: {e}") from None
+    _check_ranges(obj, where)
     if hasattr(obj, "validate"):
         obj.validate()
     return obj
@@ -127,13 +191,28 @@ def _build(cls, data: dict, where: str):
 
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist. Presets live in configs/ (e.g. configs/tiny.yaml).")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"config file {path} {what}. Presets live in configs/ (e.g. configs/tiny.yaml).")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text[:8192]:
+        raise UserError(f"config file {path} is not a text file (binary or not UTF-8); --config needs a YAML "
+                        "preset such as configs/tiny.yaml.")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"config file {path}{at}: not valid YAML ({problem}).") from None
+    if data is None:
+        raise UserError(f"config file {path} is empty; a preset is a YAML mapping of sections "
+                        "(run:, model:, train:, ...), e.g. `base: tiny.yaml` plus what differs.")
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of sections (run:, model:, train:, ...).")
+        raise UserError(f"config file {path}: the top level must be a mapping of sections (run:, model:, train:, "
+                        f"...), not a {type(data).__name__}.")
     base = data.pop("base", None)
     if base:
         merged = read_yaml((path.parent / base).resolve())
@@ -200,11 +279,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema=Non
     path = Path(path)
     data = read_yaml(path)
     data.setdefault("run", {}).setdefault("name", path.stem)
-    apply_overrides(data, list(overrides or []), schema)
+    overrides = list(overrides or [])
+    apply_overrides(data, overrides, schema)
     try:
         return _build(schema, data, "")
     except UserError as e:
-        raise UserError(f"{path}: {e}") from None
+        # Say where the bad value came from: the command line or the preset file.
+        keys = [text.split("=", 1)[0].strip() for text in overrides]
+        overridden = any(re.match(rf"{re.escape(k)}\b", str(e)) for k in keys)
+        raise UserError(f"command-line override {e}" if overridden else f"{path}: {e}") from None
 
 
 def to_dict(cfg) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from pipeline.errors import UserError
+from pipeline.loading import loading
 from pipeline.schema import ModelSection
 
 
@@ -53,13 +53,11 @@ def build_model(cfg: ModelSection, tokenizer, attn_implementation: str | None = 
 
 def load_causal_lm(name_or_path: str, *, dtype=None, attn_implementation: str | None = "sdpa",
                    trust_remote_code: bool = False):
-    try:
+    with loading(name_or_path, "causal LM"):
         return AutoModelForCausalLM.from_pretrained(
             name_or_path, dtype=dtype, attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
         )
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load a causal LM from '{name_or_path}': {e}") from None
 
 
 def set_generation_defaults(model, tokenizer) -> None:

@@ -116,13 +116,13 @@ def read_reward_stats(path: str | Path) -> dict:
 
 def load_reward_model(path: str | Path, *, dtype=None, device=None):
     """(model, tokenizer, stats) of a reward artifact; stats is {} for a foreign reward model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
+    from pipeline.loading import load_sequence_scorer, loading
+
+    model = load_sequence_scorer(path, "reward model", trained_head=True, dtype=dtype)
+    with loading(path, "reward model's tokenizer", model=False, tokenizer=True):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load a reward model from '{path}': {e}") from None
     if device is not None:
         model.to(device)
     model.eval()

@@ -2,6 +2,7 @@
 
 Every stage reads the same `RunConfig`; a preset (configs/*.yaml) sets only what differs.
 Paths left empty are derived from `run.out_dir/run.name/<stage>` so stages chain by default.
+`@limits` above a section declares the allowed range of its numbers (every number must also be finite).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pipeline.config import limits
 from pipeline.errors import UserError
 
 
@@ -21,6 +23,13 @@ class RunSection:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on capable GPUs, fp32 on CPU
     compile: bool = False  # torch.compile the model (pays off on GPU; nothing on CPU)
+
+    def validate(self) -> None:
+        if Path(self.out_dir).is_file():
+            raise UserError(f"run.out_dir={self.out_dir}: an existing file; the runs go in a folder there.")
+        if (Path(self.out_dir) / self.name).is_file():
+            raise UserError(f"run.name={self.name}: {Path(self.out_dir) / self.name} is an existing file; the run "
+                            "goes in a folder there.")
 
 
 @dataclass
@@ -43,6 +52,7 @@ class DataSection:
             raise UserError(f"data.val_docs={self.val_docs} must be between 0 and 0.5.")
 
 
+@limits(vocab_size="> 0", min_frequency=">= 0")
 @dataclass
 class TokenizerSection:
     vocab_size: int = 4096
@@ -50,6 +60,8 @@ class TokenizerSection:
     from_: str | None = None  # reuse an existing tokenizer (path or hub name) instead of training one
 
 
+@limits(n_layer="> 0", n_head="> 0", n_kv_head="> 0", n_embd="> 0", intermediate_size="> 0",
+        block_size="> 0", max_position_embeddings="> 0", rope_theta="> 0", dropout="[0, 1)")
 @dataclass
 class ModelSection:
     n_layer: int = 4
@@ -81,11 +93,12 @@ class ModelSection:
                 f"model.block_size={self.block_size} is over model.max_position_embeddings="
                 f"{self.max_position_embeddings}; lower block_size or raise the maximum."
             )
-        for key in ("n_layer", "n_head", "n_embd", "block_size"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"model.{key} must be positive, got {getattr(self, key)}.")
 
 
+@limits(val_fraction="[0, 1)", batch_size="> 0", tokens_per_step="> 0", max_steps="> 0", lr="> 0",
+        min_lr=">= 0", warmup_steps=">= 0", weight_decay=">= 0", beta1="[0, 1)", beta2="[0, 1)", grad_clip="> 0",
+        eval_every="> 0", eval_batches="> 0", log_every="> 0", checkpoint_every="> 0", sample_temperatures=">= 0",
+        sample_tokens=">= 0")
 @dataclass
 class TrainSection:
     """Pretraining: next-token prediction on raw text."""
@@ -112,6 +125,7 @@ class TrainSection:
     sample_tokens: int = 120
 
 
+@limits(r="> 0", alpha="> 0", dropout="[0, 1)")
 @dataclass
 class LoraSection:
     enabled: bool = False
@@ -124,6 +138,10 @@ class LoraSection:
     qlora: bool = False  # 4-bit base weights; needs bitsandbytes and a CUDA GPU
 
 
+@limits(val_fraction="[0, 1)", max_length="> 0", lr="> 0", epochs="> 0", max_steps="> 0 | -1", batch_size="> 0",
+        grad_accum="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", eval_every="> 0", log_every="> 0",
+        save_every="> 0", num_samples=">= 0", gold_prompts=">= 0",
+        max_new_tokens="> 0")
 @dataclass
 class SFTSection:
     init_from: str | None = None  # default runs/<name>/pretrain; any HF causal LM dir or hub name
@@ -149,6 +167,10 @@ class SFTSection:
     lora: LoraSection = field(default_factory=LoraSection)
 
 
+@limits(val_fraction="[0, 1)", max_length="> 0", lr="> 0", epochs="> 0", max_steps="> 0 | -1", batch_size="> 0",
+        grad_accum="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", eval_every="> 0", log_every="> 0",
+        save_every="> 0", center_rewards_coefficient=">= 0",
+        stats_prompts=">= 0")
 @dataclass
 class RewardSection:
     init_from: str | None = None  # default runs/<name>/sft
@@ -174,6 +196,12 @@ class RewardSection:
     lora: LoraSection = field(default_factory=LoraSection)
 
 
+@limits(num_eval_prompts=">= 0", report_prompts="> 0", report_samples="> 0", total_episodes="> 0",
+        batch_size="> 0", num_minibatches="> 0", ppo_epochs="> 0", grad_accum="> 0", lr="> 0", max_new_tokens="> 0",
+        max_prompt_length="> 0", temperature="> 0", top_k=">= 0", top_p="(0, 1]", kl_coef=">= 0", target_kl="> 0",
+        kl_horizon="> 0", kl_budget=">= 0", gamma="[0, 1]", lam="[0, 1]", cliprange="> 0", cliprange_value="> 0",
+        vf_coef=">= 0", reward_clip="> 0", max_grad_norm="> 0", forward_batch_size="> 0",
+        generation_batch_size="> 0", sample_every="> 0", log_every="> 0", save_every="> 0")
 @dataclass
 class PPOSection:
     policy: str | None = None  # default runs/<name>/sft (also the frozen reference)
@@ -220,6 +248,8 @@ class PPOSection:
     lora: LoraSection = field(default_factory=LoraSection)
 
 
+@limits(lm_max_tokens="> 0", num_prompts="> 0", max_new_tokens="> 0", temperature=">= 0", top_k=">= 0",
+        top_p="(0, 1]", batch_size="> 0", num_side_by_side=">= 0", length_tolerance=">= 0")
 @dataclass
 class EvalSection:
     """Compare models on held-out data; the last model listed is compared against the others."""
@@ -239,12 +269,6 @@ class EvalSection:
     length_tolerance: float = 0.2  # "matched length": answers within 20% of each other's word count
     seed: int = 0
 
-    def validate(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise UserError("eval: need temperature >= 0, 0 < top_p <= 1 and top_k >= 0.")
-        for key in ("num_prompts", "max_new_tokens", "batch_size", "lm_max_tokens"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"eval.{key} must be positive, got {getattr(self, key)}.")
 
 
 @dataclass

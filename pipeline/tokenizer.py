@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from pipeline.errors import UserError
+from pipeline.loading import loading
 
 PAD, EOS = "<|pad|>", "<|end|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -63,10 +63,8 @@ def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, list[str]]:
     """Load any tokenizer and make it chat-ready; returns it with a list of what was changed."""
-    try:
+    with loading(name_or_path, "tokenizer", model=False, tokenizer=True):
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load a tokenizer from '{name_or_path}': {e}") from None
     return tok, ensure_chat_ready(tok)
 
 

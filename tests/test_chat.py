@@ -112,6 +112,7 @@ def test_commands_change_sampling_and_reject_bad_values(loaded):
     assert chat.command("/top_k 7") and chat.sampling.top_k == 7
     assert chat.command("/max 9") and chat.sampling.max_new_tokens == 9
     assert chat.command("/top_k -1") and chat.sampling.top_k == 7
+    assert chat.command("/temp nan") and chat.sampling.temperature == 1.3  # nan passes every comparison
     assert chat.command("/nonsense") and "unknown command" in err.getvalue()
     assert chat.command("/quit") is False
 

@@ -71,7 +71,7 @@ def test_wrong_types_fail_at_once(override, words):
 @pytest.mark.parametrize("override, words", [
     ("model.n_head=3", "not divisible"),
     ("model.max_position_embeddings=64", "block_size"),
-    ("model.n_layer=0", "positive"),
+    ("model.n_layer=0", "must be > 0"),
 ])
 def test_impossible_model_shapes_are_refused(override, words):
     with pytest.raises(UserError, match=words):
@@ -83,3 +83,49 @@ def test_missing_preset_and_malformed_override_say_what_to_do(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(UserError, match="key.sub=value"):
         load_config("configs/tiny.yaml", ["train.max_steps"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size=0: must be > 0."),
+    ("train.max_steps=-5", "train.max_steps=-5: must be > 0."),
+    ("train.lr=.inf", "train.lr=inf: must be a finite number."),
+    ("ppo.kl_coef=nan", "ppo.kl_coef=nan: must be a finite number."),
+    ("ppo.top_p=1.5", "ppo.top_p=1.5: must be in (0, 1]."),
+    ("sft.max_steps=0", "sft.max_steps=0: must be > 0 or -1."),
+    ("reward.lora.dropout=1", "reward.lora.dropout=1.0: must be in [0, 1)."),
+    ("train.sample_temperatures=[0.7,-1]", "train.sample_temperatures=[0.7, -1.0]: must be >= 0."),
+])
+def test_a_number_out_of_its_declared_range_names_key_value_and_what_is_allowed(override, message):
+    with pytest.raises(UserError) as e:
+        load_config("configs/tiny.yaml", [override])
+    assert str(e.value) == f"command-line override {message}"
+
+
+def test_legal_if_silly_values_pass_and_a_value_from_a_file_names_the_file(tmp_path):
+    cfg = load_config("configs/tiny.yaml", ["train.lr=1e6", "sft.max_steps=-1", "ppo.kl_coef=0", "ppo.reward_clip=null"])
+    assert (cfg.train.lr, cfg.sft.max_steps, cfg.ppo.kl_coef, cfg.ppo.reward_clip) == (1e6, -1, 0.0, None)
+    path = write(tmp_path, "ppo:\n  gamma: 1.01\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: ppo.gamma=1.01: must be in [0, 1]."
+
+
+def test_a_malformed_range_fails_when_the_schema_is_written_not_when_a_user_runs_it():
+    from pipeline.config import limits
+
+    with pytest.raises(ValueError, match="malformed range"):
+        limits(lr="> zero")
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x00\x01binary\xff", "not a text file"),
+    (b"# only a comment\n", "is empty"),
+    (b"- run\n- model\n", "mapping of sections"),
+    (b"train:\n  lr: [1\n", "line 3: not valid YAML"),
+])
+def test_a_preset_that_is_binary_empty_a_list_or_not_yaml_is_refused_in_one_line(tmp_path, content, words):
+    path = tmp_path / "preset.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and words in str(e.value) and "\n" not in str(e.value)

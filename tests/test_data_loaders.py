@@ -232,3 +232,34 @@ def test_iter_texts_rejects_missing_empty_and_binary_inputs(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(UserError, match="folder without data files"):
         list(iter_texts([str(tmp_path / "empty_dir")]))
+
+
+def test_a_document_over_the_size_bound_is_cut_into_bounded_pieces_counted_and_nothing_lost(
+        tmp_path, monkeypatch, caplog):
+    import data.loaders as loaders
+
+    monkeypatch.setattr(loaders, "MAX_DOCUMENT_CHARS", 200)
+    lines = [f"line {i} of a file with no blank lines {'word ' * (i % 9)}\n" for i in range(80)]
+    (tmp_path / "one.txt").write_text("A short document.\n\n" + "".join(lines) + "\nThe last one.\n")
+    write_jsonl(tmp_path / "one.jsonl", [{"text": "x" * 450}, {"text": "short"}])
+    with caplog.at_level("WARNING"):
+        docs = list(iter_texts([str(tmp_path / "one.txt")]))
+        records = list(iter_texts([str(tmp_path / "one.jsonl")]))
+    assert docs[0] == "A short document." and docs[-1] == "The last one."
+    assert all(len(d) <= 200 for d in docs) and len(docs) > 10
+    assert "".join(docs[1:-1]) == "".join(lines).rstrip("\n")  # cut at line breaks, not a character lost
+    assert records == ["x" * 200, "x" * 200, "x" * 50, "short"]  # no break to cut at: cut at the bound
+    assert f"one.txt: cut 1 text over 200 characters (no blank lines?) into {len(docs) - 2} pieces" in caplog.text
+    assert "one.jsonl: cut 1 text over 200 characters (no blank lines?) into 3 pieces" in caplog.text
+
+
+def test_a_line_that_is_not_utf8_is_named_by_its_number(tmp_path):
+    (tmp_path / "mixed.txt").write_bytes(b"line one\n" * 3000 + "caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"mixed\.txt, line 3001: not UTF-8"):
+        list(iter_texts([str(tmp_path / "mixed.txt")]))
+
+
+def test_a_csv_cell_longer_than_the_csv_module_default_still_loads(tmp_path):
+    answer = "word " * 40_000  # 200 KB: over csv's 128 KiB default field limit
+    (tmp_path / "long.csv").write_text(f'prompt,chosen,rejected\nWhy?,"{answer}",No.\n')
+    assert load_pairs(str(tmp_path / "long.csv"))[0]["chosen"][0]["content"] == answer

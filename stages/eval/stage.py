@@ -25,6 +25,7 @@ from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
+from pipeline.loading import loading, require_score_head
 from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
@@ -86,10 +87,8 @@ def eval_prompts(cfg) -> tuple[list[dict], str]:
 
 def _load(path: str, device, dtype):
     model = load_causal_lm(path, dtype=dtype if device.type == "cuda" else None).to(device).eval()
-    try:
+    with loading(path, "tokenizer", model=False, tokenizer=True):
         tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load the tokenizer of '{path}': {e}") from None
     if not tok.chat_template:
         from pipeline.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS
 
@@ -116,8 +115,13 @@ def run_model(ev: Evaluated, prompts: list[dict], texts: list[str] | None, cfg, 
         ev.lm = lm_metrics(model, tok, texts, max_tokens=e.lm_max_tokens, batch_size=max(1, e.batch_size // 4))
     ctx = context_length(model)
     keep = max(1, ctx - e.max_new_tokens)
-    ev.prompt_ids = [list(tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True,
-                                                  return_dict=False))[-keep:] for p in prompts]
+    full = [list(tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
+            for p in prompts]
+    cut = sum(len(ids) > keep for ids in full)
+    if cut:  # the question's start is lost: said and counted, never silent
+        print(f"eval {ev.name}: {cut} of {len(full)} prompts are over the context ({ctx} positions less "
+              f"eval.max_new_tokens={e.max_new_tokens}); kept their last {keep} tokens")
+    ev.prompt_ids = [ids[-keep:] for ids in full]
     generator = torch.Generator(device=device).manual_seed(e.seed)
     eos = eos_ids_of(model, tok)
     bar = progress(total=len(prompts), desc=f"eval {ev.name}: answering")
@@ -219,6 +223,9 @@ def evaluate(cfg) -> Path:
     device = pick_device(cfg.run.device)
     dtype = model_dtype(cfg.run.dtype, device)
     refs = model_refs(cfg)
+    rm_path, why = reward_model_path(cfg)
+    if rm_path:
+        require_score_head(rm_path)  # before minutes of answering, not after
     skipped: list[str] = []
     prompts, prompt_source = eval_prompts(cfg)
     texts, text_source = heldout_texts(cfg)
@@ -231,7 +238,6 @@ def evaluate(cfg) -> Path:
         print(f"eval: {ev.name} ({ev.path})")
         run_model(ev, prompts, texts, cfg, device, dtype, None if ev is candidate else candidate)
 
-    rm_path, why = reward_model_path(cfg)
     if rm_path:
         score_with_rm(rm_path, evaluated, prompts, e.batch_size, device)
     else:

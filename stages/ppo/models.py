@@ -13,9 +13,9 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from pipeline.errors import UserError
+from pipeline.loading import load_sequence_scorer
 from pipeline.model import load_causal_lm, set_generation_defaults
 from pipeline.tokenizer import load_tokenizer
 
@@ -29,12 +29,10 @@ class PPOModels:
     tokenizer: object
 
 
-def load_scalar_model(source: str, what: str):
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load the {what} from '{source}' as a sequence classifier: {e}") from None
-    return model
+def load_scalar_model(source: str, what: str, *, trained_head: bool):
+    """A one-output sequence classifier; the reward model must bring its trained score head (the value
+    model may start a fresh one)."""
+    return load_sequence_scorer(source, what, trained_head=trained_head, dtype=torch.float32)
 
 
 def load_models(ppo_cfg, policy_source: str, reward_source: str) -> PPOModels:
@@ -58,8 +56,8 @@ def load_models(ppo_cfg, policy_source: str, reward_source: str) -> PPOModels:
         policy = get_peft_model(policy, lora_config(dataclasses.replace(ppo_cfg.lora, dropout=0.0)))
     else:
         ref = load_causal_lm(policy_source, dtype=torch.float32)
-    reward = load_scalar_model(reward_source, "reward model")
-    value = load_scalar_model(ppo_cfg.value_model or reward_source, "value model")
+    reward = load_scalar_model(reward_source, "reward model", trained_head=True)
+    value = load_scalar_model(ppo_cfg.value_model or reward_source, "value model", trained_head=False)
     for m in (reward, value):
         m.config.pad_token_id = tokenizer.pad_token_id
     return PPOModels(policy, ref, reward, value, tokenizer)

@@ -89,16 +89,16 @@ def make_trainer_class():
 
 def load_reward_init(source: str, cfg):
     """The SFT model with a fresh scalar head (num_labels=1), tokenizer made chat-ready."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    try:
+    from pipeline.loading import load_sequence_scorer, loading
+
+    with loading(source, "tokenizer", model=False, tokenizer=True):
         tokenizer = AutoTokenizer.from_pretrained(source)
-        with suppress_seqcls_warning():  # the new `score` head and the unused lm_head are expected
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source, num_labels=1, dtype=torch.float32, quantization_config=quantization_config(cfg.reward.lora))
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load a reward model from '{source}': {e}") from None
+    with suppress_seqcls_warning():  # the new `score` head and the unused lm_head are expected
+        model = load_sequence_scorer(source, "model to start the reward model from", trained_head=False,
+                                     dtype=torch.float32, quantization_config=quantization_config(cfg.reward.lora))
     make_chat_ready(model, tokenizer, source=source)
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
