@@ -94,6 +94,7 @@ class Scheduler:
     # --- called from the web server's event loop -------------------------------------------------
     def submit(self, job: Job) -> None:
         with self.wake:
+            self.waiting = [j for j in self.waiting if not j.cancelled]  # their clients left
             queued = sum(j.request.n for j in self.waiting)
             if queued + job.request.n > self.max_waiting:
                 raise ApiError(429, f"the server is busy ({len(self.rows)} answers in progress, {queued} waiting); "
