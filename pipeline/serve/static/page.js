@@ -111,6 +111,7 @@ async function answer(column, settings, controller) {
         if (choice.delta && choice.delta.content) {
           content += choice.delta.content;
           text.textContent = content;
+          box.dataset.updates = (parseInt(box.dataset.updates || "0", 10) + 1).toString();
         }
         if (choice.candidates) {
           tokens += 1;
