@@ -84,7 +84,9 @@ async def one_request(http, url: str, body: dict) -> tuple[float, float, int]:
     return first if first is not None else end, end, tokens
 
 
-async def measure(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
+async def measure(url: str, clients: int, seconds: float, max_tokens: int) -> tuple[list, float]:
+    """Each client sends streaming requests back to back until `seconds` have passed:
+    ([(ttft, latency, tokens) per request], wall seconds)."""
     model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
     body = {"model": model, "messages": [{"role": "user", "content": "Explain what len does in Python."}],
             "max_tokens": max_tokens, "temperature": 1.0, "stream": True, "stream_options": {"include_usage": True}}
@@ -99,7 +101,10 @@ async def measure(url: str, clients: int, seconds: float, max_tokens: int) -> di
         await one_request(http, url, {**body, "max_tokens": 2})  # warm-up
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-        wall = time.perf_counter() - start
+        return results, time.perf_counter() - start
+
+
+def summary(clients: int, results: list, wall: float) -> dict:
     ttft, latency = [r[0] for r in results], [r[1] for r in results]
     return {"clients": clients, "requests": len(results), "seconds": wall,
             "requests_per_s": len(results) / wall, "tokens_per_s": sum(r[2] for r in results) / wall,
@@ -117,7 +122,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="model directory (default: a random model at the tiny preset's size)")
     ap.add_argument("--clients", default="1,8,32", help="concurrent streaming clients, comma-separated")
-    ap.add_argument("--seconds", type=float, default=8.0, help="per measurement: no new requests after this")
+    ap.add_argument("--seconds", type=float, default=8.0,
+                    help="per measurement, over its rounds: no new requests after this")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per measurement (default 2)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
@@ -126,8 +133,14 @@ def main(argv=None) -> None:
         rows = []
         with server(model, "--max-batch", "32") as batched, server(model, "--max-batch", "1") as sequential:
             for clients in [int(c) for c in args.clients.split(",")]:
-                for name, url in (("batched", batched), ("one at a time", sequential)):
-                    row = {"server": name, **asyncio.run(measure(url, clients, args.seconds, args.max_tokens))}
+                runs = {"batched": ([], 0.0), "one at a time": ([], 0.0)}
+                for _ in range(args.rounds):  # the two servers take turns: shared-machine load hits both
+                    for name, url in (("batched", batched), ("one at a time", sequential)):
+                        results, wall = asyncio.run(measure(url, clients, args.seconds / args.rounds,
+                                                            args.max_tokens))
+                        runs[name] = (runs[name][0] + results, runs[name][1] + wall)
+                for name, (results, wall) in runs.items():
+                    row = {"server": name, **summary(clients, results, wall)}
                     rows.append(row)
                     print(f"{clients:3d} clients  {name:13s} {row['requests']:4d} requests  "
                           f"{row['requests_per_s']:6.1f} req/s  {row['tokens_per_s']:7.0f} tokens/s  "

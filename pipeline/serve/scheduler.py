@@ -126,7 +126,7 @@ class Scheduler:
                     self._prefill(admitted)
                 self._step()
             except Exception as e:  # a failure ends the requests in flight, not the server
-                for job in {id(r.job): r.job for r in self.rows}.values():
+                for job in {id(r.job): r.job for r in self.rows + admitted}.values():
                     self._send(job, {"error": f"generation failed: {type(e).__name__}: {e}"})
                 self.rows, self.state = [], None
 
