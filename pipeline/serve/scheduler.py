@@ -4,8 +4,8 @@ One thread per model runs `pipeline.generation.Decoding`, the state of the proje
 loop. Between two steps it drops the rows that ended (EOS, a stop string, their token budget, or a
 client that went away) and appends the rows of requests that arrived meanwhile, prefilled
 together; so a new request waits for one step, not for the answers in flight. Each row keeps its
-own temperature, top_p and random generator (a seeded request gets the same answer however it is
-batched). Results go back to each request's asyncio queue, one message per step.
+own temperature, top_p and random generator (a seeded request draws the same random numbers whatever
+it is batched with). Results go back to each request's asyncio queue, one message per step.
 """
 
 from __future__ import annotations
