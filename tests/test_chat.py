@@ -68,13 +68,6 @@ def test_one_shot_prompt_prints_one_answer_and_temperature_zero_repeats_it(model
     assert first.strip() and first == second
 
 
-def test_the_conversation_carries_no_library_warnings(model_dir):
-    # e.g. transformers' "`past_key_values` is deprecated ... Use `cache` instead" in the first answer
-    res = run_chat(model_dir, "--prompt", "Hello", "--max-new-tokens", "5", "--seed", "0")
-    assert res.returncode == 0 and res.stdout.strip()
-    assert "Warning" not in res.stderr and "deprecated" not in res.stderr, res.stderr
-
-
 def test_piped_conversation_with_commands(model_dir, capsys):
     greedy_hello, _ = one_shot(capsys, model_dir, "--prompt", "Hello", "--temperature", "0", "--max-new-tokens", "10")
     script = "/temp 0\n/max 10\nHello\nAnd then?\n/reset\nHello\n/top_p 2\n/quit\nnever answered\n"
@@ -82,6 +75,8 @@ def test_piped_conversation_with_commands(model_dir, capsys):
     assert res.returncode == 0, res.stderr
     assert "temperature 0 (greedy)" in res.stderr and "conversation cleared" in res.stderr
     assert "/top_p needs a number between 0.0 and 1.0" in res.stderr
+    # No library noise in the conversation, e.g. transformers' "`past_key_values` is deprecated ... Use `cache`".
+    assert "Warning" not in res.stderr and "deprecated" not in res.stderr, res.stderr
     # Greedy, and the conversation restarted by /reset: "Hello" gets the one-shot answer both times.
     assert greedy_hello.strip() and res.stdout.count(greedy_hello) == 2
     assert res.stdout.startswith(greedy_hello) and res.stdout.endswith(greedy_hello)  # nothing after /quit
