@@ -145,14 +145,7 @@ def test_wrong_paths_and_methods_are_json_errors_and_the_server_keeps_answering(
     assert ask(client, model="sft", max_tokens=3).choices[0].finish_reason in ("stop", "length")
 
 
-def test_a_client_that_leaves_mid_stream_stops_its_generation(server):
-    before = health(server)["ppo"]
-    body = {"model": "ppo", "messages": [{"role": "user", "content": "go on"}], "max_tokens": MAX_TOKENS_LIMIT,
-            "temperature": 0, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
-        for n, _ in enumerate(r.iter_lines()):
-            if n > 6:
-                break  # leaving the block closes the connection
+def wait_until_dropped(server, before: dict) -> dict:
     deadline = time.time() + 10
     while time.time() < deadline and (health(server)["ppo"]["active"] or
                                       health(server)["ppo"]["disconnected"] == before["disconnected"]):
@@ -161,6 +154,21 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(server):
     assert after["active"] == 0 and after["disconnected"] == before["disconnected"] + 1
     time.sleep(0.3)
     assert health(server)["ppo"]["tokens"] == after["tokens"] < before["tokens"] + MAX_TOKENS_LIMIT // 2
+    return after
+
+
+def test_a_client_that_leaves_stops_its_generation_streamed_or_not(server):
+    before = health(server)["ppo"]
+    body = {"model": "ppo", "messages": [{"role": "user", "content": "go on"}], "max_tokens": MAX_TOKENS_LIMIT,
+            "temperature": 0, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
+        for n, _ in enumerate(r.iter_lines()):
+            if n > 6:
+                break  # leaving the block closes the connection
+    before = wait_until_dropped(server, before)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and hangs up
+        httpx.post(server.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=1.0)
+    wait_until_dropped(server, before)
 
 
 def test_32_concurrent_streaming_clients_for_ten_seconds_get_no_errors_and_share_steps(server):

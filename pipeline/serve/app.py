@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
@@ -100,26 +100,33 @@ async def stream(job: Job, base: dict):
 
 
 async def collect(job: Job, base: dict, request: Request) -> JSONResponse:
-    """Wait for every choice, checking that the client is still there."""
+    """Wait for every choice; a client that hangs up meanwhile cancels the job."""
     n = job.request.n
     texts, reasons = [""] * n, [None] * n
     logprobs: list[list] = [[] for _ in range(n)]
-    while True:
-        try:
-            message = await asyncio.wait_for(job.queue.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancelled = True
-                return JSONResponse({}, status_code=499)
-            continue
-        if "error" in message:
-            raise ApiError(500, message["error"], kind="server_error")
-        if "done" in message:
-            break
-        for u in message["choices"]:
-            texts[u["index"]] += u["text"]
-            logprobs[u["index"]] += u.get("logprobs", [])
-            reasons[u["index"]] = u.get("finish_reason") or reasons[u["index"]]
+
+    async def watch():
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.25)
+        job.cancelled = True
+        job.queue.put_nowait({"disconnected": True})
+
+    watcher = asyncio.create_task(watch())
+    try:
+        while True:
+            message = await job.queue.get()
+            if "disconnected" in message:
+                return JSONResponse({}, status_code=499)  # nobody reads it
+            if "error" in message:
+                raise ApiError(500, message["error"], kind="server_error")
+            if "done" in message:
+                break
+            for u in message["choices"]:
+                texts[u["index"]] += u["text"]
+                logprobs[u["index"]] += u.get("logprobs", [])
+                reasons[u["index"]] = u.get("finish_reason") or reasons[u["index"]]
+    finally:
+        watcher.cancel()
     choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
                 "logprobs": {"content": logprobs[i]} if job.request.logprobs else None,
                 "finish_reason": reasons[i]} for i in range(n)]
@@ -154,15 +161,13 @@ def create_app(served: list[Served], limits: Limits | None = None, api_key: str 
         message = f"{request.method} {request.url.path}: {e.detail}"
         return JSONResponse(ApiError(e.status_code, message).body(), status_code=e.status_code)
 
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
+    def require_key(request: Request) -> None:
+        """With an API key set, every /v1 route needs it (the page and /health do not)."""
+        if api_key:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(given.encode(), api_key.encode()):
-                e = ApiError(401, "missing or wrong API key: send the header Authorization: Bearer <key>",
-                             code="invalid_api_key")
-                return JSONResponse(e.body(), status_code=401)
-        return await call_next(request)
+                raise ApiError(401, "missing or wrong API key: send the header Authorization: Bearer <key>",
+                               code="invalid_api_key")
 
     @app.get("/")
     async def page():
@@ -172,12 +177,12 @@ def create_app(served: list[Served], limits: Limits | None = None, api_key: str 
     async def health():
         return {"status": "ok", "auth": bool(api_key), "models": {s.name: s.scheduler.load() for s in served}}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
     async def list_models():
         return {"object": "list", "data": [{"id": s.name, "object": "model", "created": 0, "owned_by": "local",
                                             "root": s.path, "context_length": s.context} for s in served]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request):
         req: ChatRequest = parse_chat_request(await read_json(request, limits.max_body_bytes), limits)
         if req.model not in models:
