@@ -4,10 +4,10 @@ The one sampling loop of the project: PPO's rollouts, evaluation, the stages' sa
 all call `sample` (or `generate`, its token-list form); the server (`pipeline/serve`) steps the same
 loop's state, `Decoding`, itself, so that requests can join and leave a batch between steps.
 Written out instead of calling `model.generate` so that every step is visible (temperature, top-k,
-top-p are three lines each), a
-seeded `torch.Generator` makes results reproducible, callers can watch each token as it is sampled
-(the chat streams them; `--show-probs` reads the distribution), and it is about twice as fast as
-`model.generate` on small models, whose per-token bookkeeping and `torch.multinomial` dominate there.
+top-p are three lines each), a seeded `torch.Generator` makes results reproducible, callers can
+watch each token as it is sampled (the chat streams them; `--show-probs` reads the distribution),
+and it is about twice as fast as `model.generate` on small models, whose per-token bookkeeping and
+`torch.multinomial` dominate there.
 Also: the log-probabilities of given answers, for KL estimates.
 """
 
