@@ -16,6 +16,9 @@ TORCH_INDEX ?=
 MODEL ?= $(if $(wildcard $(RUN)/ppo/manifest.json),$(RUN)/ppo,$(RUN)/sft)
 TEMPERATURE ?= 0.7
 MODELS ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+COMPARE ?=
 comma := ,
 empty :=
 space := $(empty) $(empty)
@@ -26,7 +29,7 @@ STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test faults lint bench data pretrain sft reward ppo eval chat clean
+.PHONY: help setup test faults lint bench data pretrain sft reward ppo eval chat serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,9 +50,10 @@ faults:  ## fault-injection suite: bad inputs get one clear line, no traceback, 
 lint:  ## ruff
 	$(VENV)/bin/ruff check pipeline stages data tests benchmarks
 
-bench:  ## benchmarks: pretrain loop vs nanoGPT, PPO vs TRL 1.12 (side by side, same run)
+bench:  ## benchmarks: pretrain loop vs nanoGPT, PPO vs TRL 1.12 (side by side, same run), serving
 	$(PY) -m benchmarks.pretrain
 	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
+	$(PY) -m benchmarks.serve
 
 # Each stage target runs its stage, and each stage checks itself: when its artifact is complete for
 # the same config sections and input fingerprints it prints "up to date" and exits. So `make ppo`
@@ -74,6 +78,9 @@ eval:  ## compare pretrain / SFT / PPO on held-out data -> runs/<preset>/eval/re
 
 chat:  ## talk to the final model (MODEL=dir TEMPERATURE=0.7)
 	$(PY) -m pipeline.chat --model $(MODEL) --temperature $(TEMPERATURE) $(CHAT_ARGS)
+
+serve:  ## OpenAI-compatible API + chat page at http://127.0.0.1:8000/ (MODEL=dir COMPARE=dir PORT HOST)
+	$(PY) -m pipeline.serve --model $(MODEL) $(if $(COMPARE),--compare $(COMPARE)) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 clean:  ## remove this preset's run directory
 	rm -rf $(RUN)

@@ -54,6 +54,13 @@ class Sampling:
         return f"temperature {t}, top_p {self.top_p:g}, top_k {self.top_k}, max {self.max_new_tokens} tokens"
 
 
+def turn_end_ids(model, tokenizer) -> set[int]:
+    """Token ids that end an answer: EOS, and any role marker (a small model sometimes starts the
+    next turn itself)."""
+    vocab = tokenizer.get_vocab()
+    return eos_ids_of(model, tokenizer) | {vocab[t] for t in ROLE_TOKENS if t in vocab}
+
+
 def load_chat_model(path: str, device: torch.device):
     """The causal LM and a chat-ready tokenizer at `path`, or a UserError saying why not."""
     p = Path(path)
@@ -97,9 +104,7 @@ class Chat:
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.generator = torch.Generator(device=next(model.parameters()).device)
         self.generator.manual_seed(seed if seed is not None else torch.seed() % 2**63)
-        # A role marker also ends the answer: a small model sometimes starts the next turn itself.
-        vocab = tokenizer.get_vocab()
-        self.eos_ids = eos_ids_of(model, tokenizer) | {vocab[t] for t in ROLE_TOKENS if t in vocab}
+        self.eos_ids = turn_end_ids(model, tokenizer)
         self.context = context_length(model)
         self.history: list[dict] = []
 

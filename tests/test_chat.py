@@ -75,6 +75,8 @@ def test_piped_conversation_with_commands(model_dir, capsys):
     assert res.returncode == 0, res.stderr
     assert "temperature 0 (greedy)" in res.stderr and "conversation cleared" in res.stderr
     assert "/top_p needs a number between 0.0 and 1.0" in res.stderr
+    # No library noise in the conversation, e.g. transformers' "`past_key_values` is deprecated ... Use `cache`".
+    assert "Warning" not in res.stderr and "deprecated" not in res.stderr, res.stderr
     # Greedy, and the conversation restarted by /reset: "Hello" gets the one-shot answer both times.
     assert greedy_hello.strip() and res.stdout.count(greedy_hello) == 2
     assert res.stdout.startswith(greedy_hello) and res.stdout.endswith(greedy_hello)  # nothing after /quit

@@ -5,9 +5,10 @@ prompt alone would."""
 import math
 
 import torch
+from eval_fixtures import lively_copy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.generation import draw, left_pad, sample
+from pipeline.generation import Decoding, draw, left_pad, sample
 from pipeline.lm_forward import positions_from_mask
 
 
@@ -66,3 +67,36 @@ def test_loop_stops_when_every_row_has_ended_and_pads_after_eos(tiny_lm_dir):
         if end is not None:
             assert out[row, :end + 1].tolist() == greedy[row, :end + 1].tolist()
             assert (out[row, end + 1:] == tok.pad_token_id).all()
+
+
+def test_rows_that_join_and_leave_between_steps_continue_as_if_alone(tiny_lm_dir, tmp_path):
+    """The server's continuous batching: a Decoding that drops ended rows and takes in new ones
+    (prefilled separately, left-padded to a common width) gives each row the greedy continuation
+    it gets in a batch of its own."""
+    lively = lively_copy(tiny_lm_dir, tmp_path / "lively", seed=3)  # large weights: the context matters
+    tok = AutoTokenizer.from_pretrained(lively)
+    model = AutoModelForCausalLM.from_pretrained(lively).eval()
+    prompts = [tok.encode("To be, or not to be"), tok.encode("Now"), tok.encode("What light through yonder window")]
+
+    def alone(p, n):
+        q, m = left_pad([p], tok.pad_token_id)
+        return sample(model, q, m, max_new_tokens=n, temperature=0, eos_ids={-1}, pad_id=tok.pad_token_id)[0].tolist()
+
+    state = Decoding(model, *left_pad(prompts[:2], tok.pad_token_id))
+    got = {0: [], 1: []}
+    rows = [0, 1]
+    for step in range(8):
+        tokens = state.logits.argmax(-1)
+        for r, t in zip(rows, tokens.tolist()):
+            got[r].append(t)
+        if step == 2:  # row 0 ends; row 2 (a longer prompt) arrives
+            state.keep([1])
+            rows, tokens = [1], tokens[1:]
+            state.advance(tokens)
+            state.extend(Decoding(model, *left_pad(prompts[2:], tok.pad_token_id)))
+            rows, got[2] = [1, 2], []
+            continue
+        state.advance(tokens)
+    assert got[0] == alone(prompts[0], 3)
+    assert got[1] == alone(prompts[1], 8)
+    assert got[2] == alone(prompts[2], 5)

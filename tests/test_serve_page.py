@@ -1,0 +1,75 @@
+"""The chat page in headless Chromium: it loads offline (no external resources), a message gets
+answers from both served models streamed side by side, and the probability view shows each
+token's top candidates before and after temperature. Saves a screenshot in the test's tmp folder."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from serve_fixtures import running_server, served_models
+
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+if not (BROWSER and Path(CHROMEDRIVER).exists()):
+    pytest.skip("no chromium + chromedriver here (apt-get install chromium chromium-driver; .ci/run does)",
+                allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_page_streams_both_models_side_by_side_and_shows_probabilities(tiny_lm_dir, tmp_path, browser):
+    sft, ppo = served_models(tiny_lm_dir, tmp_path)
+    with running_server("--model", str(sft), "--compare", str(ppo)) as server:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+        columns = browser.find_elements(By.CSS_SELECTOR, ".column")
+        assert [c.find_element(By.TAG_NAME, "h2").text for c in columns] == ["sft", "ppo"]
+
+        browser.execute_script("const t = document.getElementById('temperature'); t.value = '0.5';"
+                               "t.dispatchEvent(new Event('input'));")
+        max_tokens = browser.find_element(By.ID, "max-tokens")
+        max_tokens.clear()
+        max_tokens.send_keys("60")
+        browser.find_element(By.ID, "message").send_keys("What does len do?")
+        browser.find_element(By.ID, "send").click()
+
+        # Streamed: text appears, and the answer was drawn chunk by chunk as the events arrived.
+        answer = columns[1].find_element
+        wait.until(lambda d: len(answer(By.CSS_SELECTOR, ".message.assistant .text").text) > 0)
+        wait.until(lambda d: "tokens in" in answer(By.CSS_SELECTOR, ".message.assistant .meta").text)
+        assert "60 tokens" in answer(By.CSS_SELECTOR, ".message.assistant .meta").text
+        assert int(answer(By.CSS_SELECTOR, ".message.assistant").get_attribute("data-updates")) >= 30
+        wait.until(lambda d: "tokens in" in columns[0].find_element(By.CSS_SELECTOR, ".meta").text)
+
+        cards = columns[1].find_elements(By.CSS_SELECTOR, ".probs .token")
+        assert len(cards) == 60 and not cards[0].is_displayed()
+        browser.find_element(By.ID, "show-probs").click()
+        assert cards[0].is_displayed() and browser.find_element(By.ID, "legend").is_displayed()
+        first = cards[0].find_elements(By.CSS_SELECTOR, ".cand")
+        assert len(first) >= 5 and len(cards[0].find_elements(By.CSS_SELECTOR, ".cand.picked")) == 1
+        assert "\u2192" in first[0].find_element(By.CSS_SELECTOR, ".pct").text  # before -> after temperature
+
+        shot = tmp_path / "serve_page.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+        # Nothing outside this server was requested: the page works offline.
+        urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert urls and all(u.startswith(server.url) for u in urls), urls
+    assert "Traceback" not in server.stderr
