@@ -58,15 +58,14 @@ def quality_verdict(*, win_rate: float | None, rm_candidate: float, rm_baseline:
                 f" over {d.get('prompts', d.get('n'))} prompts")
         if state == OVER_OPTIMISATION:
             gold += f" while the RM score {'rose' if rm_rose else 'did not rise'} ({rm_candidate:+.3f} vs {rm_baseline:+.3f})"
-        if state != GOLD_UP:
-            problems.append(f"gold not up ({state})")
-    met = not problems
+    met = not problems and state in (GOLD_UP, None)
+    why = f" ({'; '.join(problems)})" if problems else ""
     if met:
         line = f"quality bar met: {gold}"
     elif state == OVER_OPTIMISATION:
-        line = f"reward over-optimisation, quality bar NOT met: {gold}"
+        line = f"{gold}; quality bar NOT met{why}"
     else:
-        line = f"quality bar NOT met ({'; '.join(problems)}): {gold}"
+        line = f"quality bar NOT met{why}: {gold}"
     return {"met": met, "gold_state": state, "verdict": line}
 
 

@@ -12,7 +12,8 @@ def test_tiny_lm_fixture_loads_with_auto_classes(tiny_lm_dir):
     tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
     # Every saved weight loads as saved: a renamed or missing key would be re-initialised at random.
     saved, state = load_file(tiny_lm_dir / "model.safetensors"), model.state_dict()
-    assert saved and all(torch.equal(state[name], tensor) for name, tensor in saved.items())
+    assert saved and set(saved) <= set(state), f"saved weights the model does not have: {set(saved) - set(state)}"
+    assert all(torch.equal(state[name], tensor) for name, tensor in saved.items())
     assert len(tok) <= model.config.vocab_size  # every token id has an embedding row
     assert tok.pad_token_id != tok.eos_token_id and tok.eos_token_id is not None
     # The chat template travels with the tokenizer: role tokens, and the prompt ends asking the assistant.
