@@ -46,7 +46,7 @@ lock:  ## pin the versions installed in .venv into constraints.txt (run after CI
 	@{ echo "# Exact versions CI last passed with; make setup installs these (make setup LATEST=1 ignores them)."; \
 	  echo "# Written by make lock from $(VENV) ($$($(PY) -c 'import platform; print("Python", platform.python_version())')):"; \
 	  echo "# every installed package except torch (TORCH_SPEC in the Makefile) and this project."; \
-	  $(PY) -m pip freeze --exclude-editable --exclude torch --exclude rlhf-pipeline | LC_ALL=C sort -f; } > $(CONSTRAINTS)
+	  $(PY) -m pip freeze --exclude-editable --exclude torch --exclude rlhf-pipeline; } > $(CONSTRAINTS)
 	@echo "wrote $(CONSTRAINTS): $$(grep -vc '^#' $(CONSTRAINTS)) pinned packages"
 
 test:  ## run the test suite (offline)
