@@ -13,6 +13,10 @@ LAUNCH ?= $(PY)
 # CPU wheel by default; on a GPU box: make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# make setup installs the exact versions CI last passed with (constraints.txt, written by `make lock`);
+# make setup LATEST=1 tries the newest versions pyproject.toml allows instead.
+CONSTRAINTS ?= constraints.txt
+LATEST ?=
 MODEL ?= $(if $(wildcard $(RUN)/ppo/manifest.json),$(RUN)/ppo,$(RUN)/sft)
 TEMPERATURE ?= 0.7
 MODELS ?=
@@ -29,17 +33,24 @@ STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test faults lint bench data pretrain sft reward ppo eval chat serve clean
+.PHONY: help setup lock test faults lint bench data pretrain sft reward ppo eval chat serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  presets: $(notdir $(wildcard configs/*.yaml))   current: CONFIG=$(CONFIG) -> $(RUN)/"
 
-setup:  ## create .venv with every dependency (CPU torch unless TORCH_INDEX is set)
+setup:  ## create .venv with every dependency at constraints.txt's versions (LATEST=1: newest allowed; CPU torch unless TORCH_INDEX)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]" $(if $(LATEST),,--constraint $(CONSTRAINTS))
+
+lock:  ## pin the versions installed in .venv into constraints.txt (run after CI passes; torch stays TORCH_SPEC)
+	@{ echo "# Exact versions CI last passed with; make setup installs these (make setup LATEST=1 ignores them)."; \
+	  echo "# Written by make lock from $(VENV) ($$($(PY) -c 'import platform; print("Python", platform.python_version())')):"; \
+	  echo "# every installed package except torch (TORCH_SPEC in the Makefile) and this project."; \
+	  $(PY) -m pip freeze --exclude-editable --exclude torch --exclude rlhf-pipeline; } > $(CONSTRAINTS)
+	@echo "wrote $(CONSTRAINTS): $$(grep -vc '^#' $(CONSTRAINTS)) pinned packages"
 
 test:  ## run the test suite (offline)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests

@@ -7,12 +7,15 @@ Writes into cfg.data_dir (atomically, with manifest.json):
   sft_train.jsonl, sft_val.jsonl                {"messages", "object"}
   rankings_train.jsonl, rankings_heldout.jsonl  {"prompt", "responses", "ranking", "object"}
   pairs_train.jsonl, pairs_heldout.jsonl        {"prompt", "chosen", "rejected", "rank_gap", "object"}
-  ppo_prompts.jsonl                             {"prompt", "object"}
-  ppo_gold.jsonl, eval_prompts.jsonl            {"prompt", "gold", "object"}
+  ppo_prompts.jsonl                             {"prompt", "object"}  PPO's training prompts
+  ppo_dev.jsonl                                 {"prompt", "gold", "object"}  PPO's development split
+  eval_prompts.jsonl                            {"prompt", "gold", "object"}  the test set
 
 Knowledge comes from pretraining: every object asked about anywhere has its document in
 pretrain_train; pretrain_val holds other documents only. The question sets are disjoint by object,
-so evaluation asks about objects the model read in pretraining but never saw as a question.
+so evaluation asks about objects the model read in pretraining but never saw as a question. Held out
+means held out: PPO reports (and presets are tuned) on ppo_dev, objects no stage trains on;
+eval_prompts is the test set, looked at only for the final report.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ _BUILDER_SOURCES = ("demo.py", "demo_questions.py", "pydocs.py")
 FILES = (
     "pretrain_train.jsonl", "pretrain_val.jsonl", "sft_train.jsonl", "sft_val.jsonl",
     "rankings_train.jsonl", "rankings_heldout.jsonl", "pairs_train.jsonl", "pairs_heldout.jsonl",
-    "ppo_prompts.jsonl", "ppo_gold.jsonl", "eval_prompts.jsonl",
+    "ppo_prompts.jsonl", "ppo_dev.jsonl", "eval_prompts.jsonl",
 )
 # Shares of the askable objects per question set (each object goes to exactly one).
-SPLITS = (("sft_train", 0.45), ("sft_val", 0.05), ("rank_train", 0.20), ("rank_heldout", 0.06),
-          ("ppo", 0.12), ("eval", 0.12))
+# ppo_dev (PPO's development split) took its share from sft_train (0.45 before).
+SPLITS = (("sft_train", 0.39), ("sft_val", 0.05), ("rank_train", 0.20), ("rank_heldout", 0.06),
+          ("ppo", 0.12), ("ppo_dev", 0.06), ("eval", 0.12))
 PROMPTS_PER_OBJECT = 2  # differently phrased PPO and evaluation prompts per object
 RANKINGS_PER_OBJECT = 4  # differently phrased ranking prompts per object, each with fresh wrong answers
 
@@ -104,8 +108,8 @@ def build_sets(subset: str, k: int, seed: int, answer_words: int = 40, val_docs:
         sets[f"rankings_{out}.jsonl"] = rankings
         sets[f"pairs_{out}.jsonl"] = [pair for r in rankings for pair in expand_ranking(r)]
     ppo = _prompt_set(split["ppo"], by_name, answers, rng)
-    sets["ppo_prompts.jsonl"] = [{"prompt": r["prompt"], "object": r["object"]} for r in ppo]
-    sets["ppo_gold.jsonl"] = ppo
+    sets["ppo_prompts.jsonl"] = [{"prompt": r["prompt"], "object": r["object"]} for r in ppo]  # no gold: PPO trains on these
+    sets["ppo_dev.jsonl"] = _prompt_set(split["ppo_dev"], by_name, answers, rng)
     sets["eval_prompts.jsonl"] = _prompt_set(split["eval"], by_name, answers, rng)
 
     stats = {

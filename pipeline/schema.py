@@ -208,10 +208,10 @@ class PPOSection:
     reward_model: str | None = None  # default runs/<name>/reward
     value_model: str | None = None  # default: initialised from the reward model
     data: str = "demo"  # prompts: demo, or a file/hub name with a `prompt` field (string or messages)
-    eval_data: str | None = None  # held-out prompts (+ gold); default: demo's ppo_gold, or the last prompts of data
-    num_eval_prompts: int = 64  # held-out prompts answered into samples.md (with RM and gold scores) while training
-    report_prompts: int | None = None  # held-out prompts of the final PPO-vs-SFT report; None = all of them
-    report_samples: int = 2  # answers per prompt and model in that report (paired by seed): less noise
+    eval_data: str | None = None  # development prompts (+ gold) the stage reports on; default: demo's ppo_dev, or the last prompts of data
+    num_eval_prompts: int = 64  # development prompts answered into samples.md (with RM and gold scores) while training
+    report_prompts: int | None = None  # development prompts of the final PPO-vs-SFT report; None = all of them
+    report_samples: int = 2  # answers per prompt and model in that report; its intervals count prompts, not answers
     total_episodes: int = 2048
     batch_size: int = 64  # prompts per rollout (global)
     num_minibatches: int = 4

@@ -1,5 +1,13 @@
 """Statistics for comparing models: win rates with ties and confidence intervals, KL estimates,
-rank correlation. Plain Python on lists of numbers, so they are easy to test on hand-made data."""
+rank correlation. Plain Python on lists of numbers, so they are easy to test on hand-made data.
+
+Intervals count prompts, not answers. When a prompt is answered several times (the PPO report samples
+each prompt twice), its answers are not independent evidence: the same easy prompt wins twice. So
+every interval here takes `clusters` (one key per answer, e.g. the prompt) and is computed on the
+per-prompt means, with n = the number of prompts. That is the cluster-level analysis: for clusters of
+equal size (every prompt answered k times) it is exactly the cluster-robust interval, and answering
+every prompt twice with identical answers gives the very interval of answering it once.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +23,36 @@ def mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
 
 
-def paired_difference(candidate: Sequence[float], baseline: Sequence[float], z: float = 1.96) -> dict:
+def cluster_means(values: Sequence[float], clusters: Sequence | None) -> list[float]:
+    """The mean of the values of each cluster, in order of first appearance; without clusters every
+    value is its own cluster."""
+    if clusters is None:
+        return list(values)
+    if len(clusters) != len(values):
+        raise ValueError(f"{len(values)} values but {len(clusters)} cluster keys")
+    sums: dict = {}
+    for key, v in zip(clusters, values):
+        total, count = sums.get(key, (0.0, 0))
+        sums[key] = (total + v, count + 1)
+    return [total / count for total, count in sums.values()]
+
+
+def paired_difference(candidate: Sequence[float], baseline: Sequence[float], z: float = 1.96,
+                      clusters: Sequence | None = None) -> dict:
     """Mean of candidate - baseline over paired items, with a normal-approximation interval.
 
     Pairing (the same prompt answered by both models) removes the prompt-to-prompt spread, which
-    is most of the variance of a per-answer metric."""
+    is most of the variance of a per-answer metric. With `clusters` (the prompt of each pair) the
+    differences are first averaged per prompt and the interval counts prompts: n is the number of
+    pairs, `prompts` the number of independent units the interval rests on."""
     if len(candidate) != len(baseline):
         raise ValueError(f"paired_difference: {len(candidate)} candidate vs {len(baseline)} baseline values")
-    diffs = [a - b for a, b in zip(candidate, baseline)]
+    diffs = cluster_means([a - b for a, b in zip(candidate, baseline)], clusters)
     if not diffs:
-        return {"n": 0, "mean": None, "ci_low": None, "ci_high": None}
+        return {"n": 0, "prompts": 0, "mean": None, "ci_low": None, "ci_high": None}
     m, sd = mean_std(diffs)
     half = z * sd * math.sqrt(len(diffs) / max(len(diffs) - 1, 1)) / math.sqrt(len(diffs))
-    return {"n": len(diffs), "mean": m, "ci_low": m - half, "ci_high": m + half}
+    return {"n": len(candidate), "prompts": len(diffs), "mean": m, "ci_low": m - half, "ci_high": m + half}
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -45,29 +70,27 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def win_rate(candidate: Sequence[float], baseline: Sequence[float], tie_tol: float = 1e-6) -> dict:
+def win_rate(candidate: Sequence[float], baseline: Sequence[float], tie_tol: float = 1e-6,
+             clusters: Sequence | None = None) -> dict:
     """How often `candidate` beats `baseline`, prompt by prompt.
 
     A tie (|a - b| <= tie_tol) counts half a win, so 0.5 means "no better, no worse". The 95%
     interval is Wilson's on that half-counted proportion; ties make it slightly conservative.
+    With `clusters` (the prompt of each pair) each prompt's pairs are averaged first (a prompt won
+    once and lost once counts as a tie) and Wilson's interval counts prompts, not pairs.
     """
     if len(candidate) != len(baseline):
         raise ValueError(f"win_rate: {len(candidate)} candidate scores vs {len(baseline)} baseline scores")
-    wins = losses = ties = 0
-    for a, b in zip(candidate, baseline):
-        if abs(a - b) <= tie_tol:
-            ties += 1
-        elif a > b:
-            wins += 1
-        else:
-            losses += 1
-    n = wins + losses + ties
+    outcomes = [0.5 if abs(a - b) <= tie_tol else float(a > b) for a, b in zip(candidate, baseline)]
+    wins, ties = outcomes.count(1.0), outcomes.count(0.5)
+    per_prompt = cluster_means(outcomes, clusters)
+    n, prompts = len(outcomes), len(per_prompt)
+    counts = {"n": n, "prompts": prompts, "wins": wins, "losses": n - wins - ties, "ties": ties}
     if n == 0:
-        return {"n": 0, "wins": 0, "losses": 0, "ties": 0, "win_rate": None, "ci_low": None, "ci_high": None}
-    score = wins + 0.5 * ties
-    lo, hi = wilson_interval(score, n)
-    return {"n": n, "wins": wins, "losses": losses, "ties": ties, "win_rate": score / n,
-            "ci_low": lo, "ci_high": hi}
+        return {**counts, "win_rate": None, "ci_low": None, "ci_high": None}
+    score = sum(per_prompt)
+    lo, hi = wilson_interval(score, prompts)
+    return {**counts, "win_rate": score / prompts, "ci_low": lo, "ci_high": hi}
 
 
 def length_matched(candidate_len: Sequence[int], baseline_len: Sequence[int], tolerance: float = 0.2) -> list[int]:

@@ -19,7 +19,7 @@ from pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION_SETS = ("sft_train.jsonl", "sft_val.jsonl", "rankings_train.jsonl", "rankings_heldout.jsonl",
-                 "ppo_prompts.jsonl", "eval_prompts.jsonl")
+                 "ppo_prompts.jsonl", "ppo_dev.jsonl", "eval_prompts.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,20 @@ def test_question_sets_share_no_object_and_no_prompt(common):
         assert not prompts(sets[a]) & prompts(sets[b]), f"{a} and {b} share a prompt"
     assert objects(sets["pairs_train.jsonl"]) == objects(sets["rankings_train.jsonl"])
     assert objects(sets["pairs_heldout.jsonl"]) == objects(sets["rankings_heldout.jsonl"])
-    assert [r["prompt"] for r in sets["ppo_prompts.jsonl"]] == [r["prompt"] for r in sets["ppo_gold.jsonl"]]
+
+
+def test_ppo_reports_on_a_development_split_no_stage_trains_on_and_evaluation_stays_the_test_set(common):
+    sets, _ = common
+    dev = objects(sets["ppo_dev.jsonl"])
+    trained_on = (objects(sets["ppo_prompts.jsonl"]) | objects(sets["sft_train.jsonl"]) | objects(sets["sft_val.jsonl"])
+                  | objects(sets["rankings_train.jsonl"]) | objects(sets["rankings_heldout.jsonl"]))
+    assert dev and not dev & trained_on
+    assert not dev & objects(sets["eval_prompts.jsonl"])  # tuning never looks at the test set
+    assert all(r["gold"] for r in sets["ppo_dev.jsonl"]) and not any("gold" in r for r in sets["ppo_prompts.jsonl"])
+    # Sized for the tiny preset: as many PPO training prompts as before the split, a dev set
+    # large enough for an interval, every evaluation prompt kept.
+    assert len(sets["ppo_prompts.jsonl"]) == 288 and len(sets["ppo_dev.jsonl"]) >= 128
+    assert len(sets["eval_prompts.jsonl"]) == 286
 
 
 def test_every_asked_object_was_read_in_pretraining_and_validation_documents_are_never_asked(common):
@@ -86,7 +99,7 @@ def test_every_asked_object_was_read_in_pretraining_and_validation_documents_are
         asked = objects(sets[name])
         assert asked <= set(train_docs), f"{name} asks about objects missing from pretraining"
         assert not asked & val_objects
-    for r in sets["eval_prompts.jsonl"] + sets["ppo_gold.jsonl"]:
+    for r in sets["eval_prompts.jsonl"] + sets["ppo_dev.jsonl"]:
         doc = normalised(train_docs[r["object"]])
         assert r["object"] in doc.split("\n")[0] or doc.startswith(("class " + r["object"], r["object"]))
         assert normalised(r["gold"]).removesuffix("...")[:40] in doc  # the answer is the doc's summary
@@ -94,7 +107,7 @@ def test_every_asked_object_was_read_in_pretraining_and_validation_documents_are
 
 def test_answers_are_short(common):
     sets, stats = common
-    golds = [r["gold"] for r in sets["eval_prompts.jsonl"] + sets["ppo_gold.jsonl"]]
+    golds = [r["gold"] for r in sets["eval_prompts.jsonl"] + sets["ppo_dev.jsonl"]]
     assert max(len(g.split()) for g in golds) <= 40
     assert stats["answers_shortened"] > 0  # some docstring summaries are long and were cut
     for r in sets["sft_train.jsonl"]:
@@ -124,7 +137,7 @@ def test_best_ranked_answer_is_the_documented_summary_and_heldout_answers_stay_u
     heldout_answers = {r["responses"][r["ranking"][0]] for r in sets["rankings_heldout.jsonl"]}
     train_responses = {a for r in sets["rankings_train.jsonl"] for a in r["responses"]}
     assert not heldout_answers & train_responses
-    eval_golds = {r["gold"] for r in sets["eval_prompts.jsonl"] + sets["ppo_gold.jsonl"]}
+    eval_golds = {r["gold"] for r in sets["eval_prompts.jsonl"] + sets["ppo_dev.jsonl"]}
     assert not eval_golds & train_responses
 
 

@@ -1,6 +1,7 @@
 """`python -m stages.eval` on a fake run of tiny models: every section, and honest about what it skipped."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,6 @@ from eval_fixtures import fake_run, lively_copy, prompt_files
 
 from pipeline.artifacts import is_complete
 from pipeline.errors import UserError
-from pipeline.quality_bar import quality_verdict
 from stages.eval.stage import main
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "test.yaml")
@@ -65,19 +65,25 @@ def test_report_numbers(full):
     assert len(report["samples"]) == 3  # eval.num_side_by_side in configs/test.yaml
 
 
-def test_report_judges_the_quality_bar_of_ppo_against_sft_as_the_ppo_stage_does(full):
-    _, report, md = full
+def test_report_judges_the_quality_bar_of_ppo_against_sft_on_intervals_and_names_the_gold_state(full):
+    out, report, md = full
     bar = report["quality_bar"]
     assert (bar["candidate"], bar["baseline"]) == ("ppo", "sft")
+    # The paired gold difference, recomputed by hand from the per-answer gold scores in answers.jsonl.
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    diffs = [r["ppo"]["gold"] - r["sft"]["gold"] for r in rows]
+    mean = sum(diffs) / len(diffs)
+    half = 1.96 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) / math.sqrt(len(diffs))
     gold = bar["gold_difference"]
-    assert gold["n"] == 6 and gold["ci_low"] <= gold["mean"] <= gold["ci_high"]
-    ppo, sft = report["models"]["ppo"], report["models"]["sft"]
-    assert gold["mean"] == pytest.approx(ppo["gold_mean"] - sft["gold_mean"])
-    c = report["comparisons"][-1]
-    assert bar["verdict"] == quality_verdict(
-        win_rate=c["win_rate_rm"]["win_rate"], rm_candidate=ppo["rm_mean"], rm_baseline=sft["rm_mean"],
-        kl=c["kl"]["k1_mean"], kl_budget=10.0, gold_candidate=ppo["gold_mean"], gold_baseline=sft["gold_mean"],
-        gold_diff_ci=[gold["ci_low"], gold["ci_high"]], baseline="sft")
+    assert (gold["n"], gold["prompts"]) == (6, 6)
+    assert (gold["mean"], gold["ci_low"], gold["ci_high"]) == pytest.approx((mean, mean - half, mean + half))
+    # The rule of the bar, written out: the state follows the interval.
+    rm_rose = report["models"]["ppo"]["rm_mean"] > report["models"]["sft"]["rm_mean"]
+    state = ("reward over-optimisation" if mean + half < 0 or (rm_rose and mean < 0)
+             else "gold up" if mean - half > 0 else "gold level")
+    assert bar["gold_state"] == state and state in bar["verdict"]
+    assert bar["met"] == (state == "gold up" and report["comparisons"][-1]["win_rate_rm"]["win_rate"] >= 0.65
+                          and report["comparisons"][-1]["kl"]["k1_mean"] <= 10.0)
     assert "**Quality bar**, ppo vs sft" in md and bar["verdict"] in md
 
 
@@ -137,11 +143,12 @@ def test_comparison_of_hand_made_answers():
                      gold_scores=[0.1, 0.1, 0.5], own_logprobs=[[-1.0], [-1.0, -1.0], [-2.0]])
     base = Evaluated("sft", "s", {}, answers=["a b c", "a b", "y"], rm_scores=[1.0, 1.0, 0.0],
                      gold_scores=[0.2, 0.2, 0.5], logprobs_of_candidate=[[-2.0], [-1.5, -1.5], [-2.0]])
-    c = compare(cand, base, tolerance=0.2)
+    prompts = [{"prompt": [{"role": "user", "content": q}]} for q in ("a?", "b?", "c?")]
+    c = compare(cand, base, prompts, tolerance=0.2, kl_budget=10.0)
     assert c["win_rate_rm"]["win_rate"] == pytest.approx(2.5 / 3)  # 2 wins, 1 tie
     assert c["win_rate_gold"]["win_rate"] == pytest.approx(0.5 / 3)  # the RM was fooled: 2 losses, 1 tie
     assert c["matched_length_pairs"] == 2  # the 8-word vs 2-word pair is left out
     assert c["win_rate_rm_matched_length"]["win_rate"] == pytest.approx(1.5 / 2)
     assert c["kl"]["k1_mean"] == pytest.approx((1.0 + 1.0 + 0.0) / 3)
     cand.own_logprobs = None  # greedy answers
-    assert "greedy" in compare(cand, base, tolerance=0.2)["kl_skipped"]
+    assert "greedy" in compare(cand, base, prompts, tolerance=0.2, kl_budget=10.0)["kl_skipped"]

@@ -118,3 +118,34 @@ def test_temperature_zero_is_greedy():
     assert pick_tokens(logits, 0.0).tolist() == [1, 0]
     gen = torch.Generator().manual_seed(0)
     assert pick_tokens(logits, 1.0, top_k=1, generator=gen).tolist() == [1, 0]
+
+
+def test_answering_every_prompt_twice_identically_gives_the_interval_of_answering_once():
+    cand, base = [3, 2, 1, 5, 5, 0, 2, 4], [1, 2, 3, 4, 0, 1, 2, 1]
+    once_w, once_d = win_rate(cand, base), paired_difference(cand, base)
+    prompts = [f"p{i}" for i in range(8)] * 2
+    twice_w = win_rate(cand * 2, base * 2, clusters=prompts)
+    twice_d = paired_difference(cand * 2, base * 2, clusters=prompts)
+    assert (twice_w["ci_low"], twice_w["ci_high"], twice_w["win_rate"]) == pytest.approx(
+        (once_w["ci_low"], once_w["ci_high"], once_w["win_rate"]))
+    assert (twice_d["ci_low"], twice_d["ci_high"], twice_d["mean"]) == pytest.approx(
+        (once_d["ci_low"], once_d["ci_high"], once_d["mean"]))
+    assert (twice_w["n"], twice_w["prompts"], twice_d["n"], twice_d["prompts"]) == (16, 8, 16, 8)
+    # Counting the 16 answers as independent would have made both intervals narrower than the data allows.
+    naive_w, naive_d = win_rate(cand * 2, base * 2), paired_difference(cand * 2, base * 2)
+    assert naive_w["ci_high"] - naive_w["ci_low"] < twice_w["ci_high"] - twice_w["ci_low"]
+    assert naive_d["ci_high"] - naive_d["ci_low"] < twice_d["ci_high"] - twice_d["ci_low"]
+
+
+def test_clustered_win_rate_is_wilson_over_prompts_with_a_split_prompt_counting_half():
+    # 10 prompts answered twice: 8 won both times, 2 lost both times -> Wilson's 8 of 10.
+    prompts = [i // 2 for i in range(20)]
+    w = win_rate([1] * 16 + [0] * 4, [0] * 16 + [1] * 4, clusters=prompts)
+    assert (round(w["ci_low"], 3), round(w["ci_high"], 3)) == (0.490, 0.943)
+    assert (w["wins"], w["losses"], w["ties"], w["n"], w["prompts"]) == (16, 4, 0, 20, 10)
+    # Won once and lost once: the prompt counts as a tie (half a win), in any order of the answers.
+    w = win_rate([1, 0, 1, 1], [0, 1, 0, 0], clusters=["a", "a", "b", "b"])
+    assert w["win_rate"] == pytest.approx(0.75) and w["prompts"] == 2
+    assert w == win_rate([1, 1, 0, 1], [0, 0, 1, 0], clusters=["a", "b", "a", "b"])
+    with pytest.raises(ValueError):
+        win_rate([1, 2], [0, 1], clusters=["a"])

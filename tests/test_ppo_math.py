@@ -146,26 +146,3 @@ def test_clipped_value_loss_uses_the_larger_error():
                  torch.tensor([[1.0]]), torch.ones(1, 1, dtype=torch.bool), n_tokens=1.0, cliprange_value=0.2)
     # unclipped error (2-1)^2 = 1; clipped value 0.2 -> (0.2-1)^2 = 0.64; the max, halved
     assert t.vf_loss.item() == pytest.approx(0.5)
-
-
-def _report(**kw):
-    r = {"win_rate": 0.7, "rm_score_ppo": 0.5, "rm_score_sft": 0.0, "kl_to_sft": 1.0, "kl_budget": 10.0,
-         "gold_ppo": 0.20, "gold_sft": 0.18, "gold_diff_ci": [0.01, 0.03]}
-    return {**r, **kw}
-
-
-def test_verdict_passes_only_with_win_rate_kl_and_gold_all_in_bounds():
-    from stages.ppo.evaluation import verdict
-
-    assert verdict(_report()) == "quality bar met"
-    assert "win rate 0.60 < 0.65" in verdict(_report(win_rate=0.6))
-    assert "over the budget" in verdict(_report(kl_to_sft=12.0))
-
-
-def test_verdict_calls_a_gold_drop_over_optimisation_and_says_whether_it_is_beyond_noise():
-    from stages.ppo.evaluation import verdict
-
-    within = verdict(_report(gold_ppo=0.17, gold_diff_ci=[-0.03, 0.01]))
-    beyond = verdict(_report(gold_ppo=0.10, gold_diff_ci=[-0.12, -0.04]))
-    assert within.startswith("reward over-optimisation") and "within noise" in within
-    assert beyond.startswith("reward over-optimisation") and "beyond noise" in beyond

@@ -62,9 +62,22 @@ def test_stage_writes_a_chat_model_value_model_manifest_metrics_and_samples(run_
     samples = (out / "samples.md").read_text()
     assert samples.count("## Step") == 3 and "## Step 0" in samples and "*Gold:*" in samples
     report = json.loads((out / "report.json").read_text())
-    assert 0 <= report["win_rate"] <= 1 and report["n_pairs"] == 12 and report["gold_sft"] is not None
+    assert report["split"] == "development" and report["prompts_source"] == str(run_dir / "held.jsonl")
+    # 6 development prompts answered twice each (ppo.report_samples=2): 12 pairs, intervals over 6 prompts.
+    assert (report["answers"], report["prompts"]) == (12, 6)
+    assert report["win_rate_rm"]["prompts"] == 6 and report["gold_difference"]["prompts"] == 6
+    assert 0 <= report["win_rate_rm"]["win_rate"] <= 1 and report["gold_baseline"] is not None
+    # The printed verdict is the report's, and it names the gold state its interval is in.
+    gold, bar = report["gold_difference"], report["quality_bar"]
+    expected_state = ("reward over-optimisation" if gold["ci_high"] < 0 or (
+        gold["mean"] < 0 and report["rm_candidate"] > report["rm_baseline"])
+        else "gold up" if gold["ci_low"] > 0 else "gold level")
+    assert bar["gold_state"] == expected_state and expected_state in bar["verdict"]
     text = capsys.readouterr().out
-    assert "win rate over SFT" in text and ("quality bar" in text or "over-optimisation" in text)
+    assert "6 development prompts (12 answer pairs)" in text
+    assert f"ppo: {bar['verdict']} -> {out}" in text
+    md = (out / "report.md").read_text()
+    assert "development prompts" in md and bar["verdict"] in md
     assert main(argv(run_dir)) == 0  # same inputs and config: nothing to do
     assert "up to date" in capsys.readouterr().out
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.quality_bar import MIN_WIN_RATE, quality_verdict
-from pipeline.stats import kl_estimates, length_matched, mean_std, paired_difference, win_rate
+from pipeline.heldout_comparison import ModelAnswers, compare_models
+from pipeline.stats import mean_std
 
 
 @dataclass
@@ -27,46 +27,22 @@ class Evaluated:
     logprobs_of_candidate: list[list[float]] | None = None  # the candidate's answers under this model
 
 
-def compare(candidate: Evaluated, baseline: Evaluated, tolerance: float) -> dict:
-    """The candidate against one baseline: win rates (RM, gold, matched length) and KL."""
-    out: dict = {"candidate": candidate.name, "baseline": baseline.name}
-    cand_len = [len(a.split()) for a in candidate.answers]
-    base_len = [len(a.split()) for a in baseline.answers]
-    matched = length_matched(cand_len, base_len, tolerance)
-    for judge, c, b in (("rm", candidate.rm_scores, baseline.rm_scores),
-                        ("gold", candidate.gold_scores, baseline.gold_scores)):
-        if c is None or b is None:
-            continue
-        out[f"win_rate_{judge}"] = win_rate(c, b)
-        out[f"win_rate_{judge}_matched_length"] = win_rate([c[i] for i in matched], [b[i] for i in matched])
-    out["matched_length_pairs"] = len(matched)
+def compare(candidate: Evaluated, baseline: Evaluated, prompts: list[dict], *, tolerance: float,
+            kl_budget: float) -> dict:
+    """The candidate against one baseline, by the evaluator the PPO stage uses too."""
+    kl, why = None, None
     if candidate.own_logprobs is None:
-        out["kl_skipped"] = "greedy answers (eval.temperature=0) are not samples, so they cannot estimate a KL"
+        why = "greedy answers (eval.temperature=0) are not samples, so they cannot estimate a KL"
     elif baseline.logprobs_of_candidate is not None:
-        kl = kl_estimates(candidate.own_logprobs, baseline.logprobs_of_candidate)
-        out["kl"] = {k: v for k, v in kl.items() if k != "per_answer_k1"}
-        out["kl_per_answer"] = kl["per_answer_k1"]
+        kl = (candidate.own_logprobs, baseline.logprobs_of_candidate)
     else:
-        out["kl_skipped"] = "the two models use different tokenizers, so their log-probabilities do not compare"
-    return out
+        why = "the two models use different tokenizers, so their log-probabilities do not compare"
+    return compare_models(_scored(candidate), _scored(baseline), [p["prompt"] for p in prompts],
+                          kl_budget=kl_budget, kl_logprobs=kl, kl_skipped=why, length_tolerance=tolerance)
 
 
-def quality_bar(candidate: Evaluated, baseline: Evaluated, comparison: dict, kl_budget: float) -> dict | None:
-    """The PPO stage's quality bar, judged again on the evaluation's own prompts (None without an RM)."""
-    if candidate.rm_scores is None or baseline.rm_scores is None or "win_rate_rm" not in comparison:
-        return None
-    gold = None
-    if candidate.gold_scores is not None and baseline.gold_scores is not None:
-        gold = paired_difference(candidate.gold_scores, baseline.gold_scores)
-    kl = comparison["kl"]["k1_mean"] if "kl" in comparison else None
-    verdict = quality_verdict(
-        win_rate=comparison["win_rate_rm"]["win_rate"], rm_candidate=mean_std(candidate.rm_scores)[0],
-        rm_baseline=mean_std(baseline.rm_scores)[0], kl=kl, kl_budget=kl_budget,
-        gold_candidate=mean_std(candidate.gold_scores)[0] if gold else None,
-        gold_baseline=mean_std(baseline.gold_scores)[0] if gold else None,
-        gold_diff_ci=[gold["ci_low"], gold["ci_high"]] if gold else None, baseline=baseline.name)
-    return {"candidate": candidate.name, "baseline": baseline.name, "min_win_rate": MIN_WIN_RATE,
-            "kl_budget": kl_budget, "gold_difference": gold, "verdict": verdict}
+def _scored(ev: Evaluated) -> ModelAnswers:
+    return ModelAnswers(ev.name, ev.answers, ev.rm_scores, ev.gold_scores)
 
 
 def summarise_model(ev: Evaluated) -> dict:

@@ -51,7 +51,8 @@ def section_lm(report: dict) -> list[str]:
 def section_preference(report: dict) -> list[str]:
     s = report["sampling"]
     lines = ["## 2. Answers to held-out prompts", "",
-             f"{report['prompts']['count']} prompts from `{report['prompts']['source']}`, answered at temperature "
+             f"{report['prompts']['count']} prompts from `{report['prompts']['source']}` (the test set: no stage "
+             "trains or tunes on them), answered at temperature "
              f"{s['temperature']}, top-k {s['top_k']}, top-p {s['top_p']}, at most {s['max_new_tokens']} tokens "
              f"(seed {report['seed']}).", ""]
     rows = []
@@ -64,7 +65,8 @@ def section_preference(report: dict) -> list[str]:
     if report["comparisons"]:
         lines += [f"### Win rate of {report['candidate']}", "",
                   "Per prompt, the candidate's answer against the baseline's: a win, a tie (counts half) or a "
-                  "loss; 95% Wilson interval. *Matched length* keeps only prompts whose two answers are of "
+                  "loss; 95% Wilson interval over prompts (a prompt answered several times counts once, "
+                  "with its mean outcome). *Matched length* keeps only prompts whose two answers are of "
                   "similar length, so a reward model's taste for long answers cannot explain the win. If the "
                   "RM win rate is high but the gold win rate is not, the policy learned to please the reward "
                   "model rather than to answer better (reward over-optimisation).", ""]
@@ -78,11 +80,9 @@ def section_preference(report: dict) -> list[str]:
         lines += _img(report, "win_rates", "win rates")
         bar = report.get("quality_bar")
         if bar:
-            gold = bar.get("gold_difference")
-            gold_text = (f"; gold difference {gold['mean']:+.3f} [{gold['ci_low']:+.3f}, {gold['ci_high']:+.3f}] "
-                         "(paired, 95%)" if gold and gold.get("mean") is not None else "")
             lines += [f"**Quality bar**, {bar['candidate']} vs {bar['baseline']} (RM win rate ≥ {bar['min_win_rate']}, "
-                      f"KL ≤ {bar['kl_budget']} nats, gold not lower): **{bar['verdict']}**{gold_text}.", ""]
+                      f"KL ≤ {bar['kl_budget']} nats, gold up: the paired gold difference's 95% interval above "
+                      f"zero, counted over prompts): **{bar['verdict']}**.", ""]
         lines += ["### KL divergence from each baseline", "",
                   "KL(candidate ‖ baseline) per answer, in nats, estimated on the candidate's own samples: "
                   "k1 = Σ log p/q (unbiased, noisy), k3 = Σ (q/p − 1 − log q/p) (unbiased, never negative), "

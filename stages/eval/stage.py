@@ -30,7 +30,7 @@ from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.stats import spearman
-from stages.eval.compare import Evaluated, compare, headline, quality_bar, samples, summarise_model
+from stages.eval.compare import Evaluated, compare, headline, samples, summarise_model
 from stages.eval.lm import heldout_texts, lm_metrics
 from stages.eval.plots import plot_all
 from stages.eval.report import render_report
@@ -245,11 +245,12 @@ def evaluate(cfg) -> Path:
     why = score_with_gold(evaluated, prompts)
     if why:
         skipped.append(f"{why}; gold win rates skipped")
-    comparisons = [compare(candidate, base, e.length_tolerance) for base in evaluated[:-1]]
+    comparisons = [compare(candidate, base, prompts, tolerance=e.length_tolerance, kl_budget=cfg.ppo.kl_budget)
+                   for base in evaluated[:-1]]
     if not comparisons:
         skipped.append("win rates and KL: only one model (name two or more with eval.models=[a,b])")
     # The bar compares the candidate with the model just before it (by default PPO with SFT).
-    bar = quality_bar(candidate, evaluated[-2], comparisons[-1], cfg.ppo.kl_budget) if comparisons else None
+    bar = comparisons[-1].get("quality_bar") if comparisons else None
 
     rm_gold = None
     if rm_path and evaluated[0].gold_scores is not None:

@@ -1,5 +1,6 @@
-"""Held-out evaluation of a PPO policy: answers to fixed prompts (samples.md), their reward-model
-and gold scores during training, and the final PPO-vs-SFT verdict of the quality bar."""
+"""Evaluation of a PPO policy on development prompts (never trained on): answers to fixed prompts
+(samples.md) with their reward-model and gold scores during training, and the final PPO-vs-SFT
+comparison and quality-bar verdict (pipeline/heldout_comparison.py, the evaluator evaluation uses)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.quality_bar import quality_verdict
-from pipeline.stats import mean_std, paired_difference, win_rate
+from pipeline.heldout_comparison import ModelAnswers, compare_models
+from pipeline.stats import mean_std
 from stages.ppo.rollout import (
     RolloutBatch,
     answer_token_logprobs,
@@ -62,7 +63,7 @@ def gold_mean(answers: list[str], golds: list[str | None]) -> float | None:
 
 
 class SampleWriter:
-    """Every few updates: answers to the same held-out prompts into samples.md, and their scores."""
+    """Every few updates: answers to the same development prompts into samples.md, and their scores."""
 
     def __init__(self, out_dir, tokenizer, prompts: list, golds: list | None, *, enabled: bool = True,
                  resume_step: int = 0, seed: int = 1234, shown: int = 4):
@@ -112,34 +113,20 @@ def _drop_sections_after(path: Path, step: int) -> None:
 def compare_to_reference(policy, ref, reward_model, tokenizer, prompts: list, golds: list | None, *,
                          gen_config, temperature: float, batch_size: int, score_stats, kl_budget: float,
                          device, seed: int = 4321) -> dict:
-    """The quality bar on held-out prompts: RM win rate of PPO over SFT, KL(PPO || SFT), gold metric."""
+    """PPO against SFT on development prompts (a prompt may be listed several times: its answers are
+    sampled independently and the intervals count it once), by the evaluator evaluation uses."""
     prompt_ids, _ = encode_prompts(tokenizer, prompts, 10**9)
     mean, std = score_stats
     ppo_b = answer(policy, tokenizer, prompt_ids, gen_config, batch_size, seed, device)
     sft_b = answer(ref, tokenizer, prompt_ids, gen_config, batch_size, seed, device)
-    ppo_s = ((rm_scores(reward_model, ppo_b, batch_size) - mean) / std).tolist()
-    sft_s = ((rm_scores(reward_model, sft_b, batch_size) - mean) / std).tolist()
-    kl = (sequence_logprobs(policy, ppo_b, temperature, batch_size)
-          - sequence_logprobs(ref, ppo_b, temperature, batch_size)).sum(1)
     golds = golds or [None] * len(prompt_ids)
-    wr = win_rate(ppo_s, sft_s)
-    gold_pairs = [(a, b) for a, b in zip(gold_scores(texts(tokenizer, ppo_b), golds),
-                                         gold_scores(texts(tokenizer, sft_b), golds)) if a is not None]
-    gold_diff = paired_difference([a for a, _ in gold_pairs], [b for _, b in gold_pairs])
-    report = {
-        "n_pairs": len(prompt_ids), "win_rate": wr["win_rate"], "win_rate_ci": [wr["ci_low"], wr["ci_high"]],
-        "rm_score_ppo": sum(ppo_s) / len(ppo_s), "rm_score_sft": sum(sft_s) / len(sft_s),
-        "kl_to_sft": kl.mean().item(), "kl_budget": kl_budget,
-        "gold_ppo": mean_std([a for a, _ in gold_pairs])[0], "gold_sft": mean_std([b for _, b in gold_pairs])[0],
-        "gold_diff_ci": [gold_diff["ci_low"], gold_diff["ci_high"]] if gold_pairs else None,
-        "length_ppo": ppo_b.response_mask.sum(1).float().mean().item(),
-        "length_sft": sft_b.response_mask.sum(1).float().mean().item(),
-    }
-    report["verdict"] = verdict(report)
-    return report
-
-
-def verdict(r: dict) -> str:
-    return quality_verdict(win_rate=r["win_rate"], rm_candidate=r["rm_score_ppo"], rm_baseline=r["rm_score_sft"],
-                           kl=r["kl_to_sft"], kl_budget=r["kl_budget"], gold_candidate=r["gold_ppo"],
-                           gold_baseline=r["gold_sft"], gold_diff_ci=r.get("gold_diff_ci"))
+    scored = []
+    for name, b in (("ppo", ppo_b), ("sft", sft_b)):
+        answers = texts(tokenizer, b)
+        gold = gold_scores(answers, golds) if all(golds) else None
+        rm = ((rm_scores(reward_model, b, batch_size) - mean) / std).tolist()
+        scored.append(ModelAnswers(name, answers, rm, gold))
+    keep = ppo_b.response_mask.bool()
+    own, under_ref = (sequence_logprobs(m, ppo_b, temperature, batch_size) for m in (policy, ref))
+    kl_logprobs = ([row[k].tolist() for row, k in zip(own, keep)], [row[k].tolist() for row, k in zip(under_ref, keep)])
+    return compare_models(*scored, prompts, kl_budget=kl_budget, kl_logprobs=kl_logprobs)

@@ -4,7 +4,11 @@
 
 Reads runs/<name>/sft and runs/<name>/reward; writes runs/<name>/ppo/ (the policy as a Hugging
 Face causal LM with the tokenizer/chat template, value/, manifest.json, metrics.jsonl,
-samples.md, report.json). A killed run resumes from its last checkpoint when re-run.
+samples.md, report.json, report.md). A killed run resumes from its last checkpoint when re-run.
+
+The stage reports on development prompts (`ppo.eval_data`, by default the demo's ppo_dev.jsonl:
+objects disjoint from PPO's training prompts, SFT, the rankings and evaluation). Tune PPO on that
+report; evaluation's prompts are the test set and are not looked at while tuning.
 """
 
 from __future__ import annotations
@@ -18,18 +22,20 @@ from pipeline.artifacts import already_done, resolve_model_source, start_artifac
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
+from pipeline.heldout_comparison import summary_line
 from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from stages.ppo.evaluation import compare_to_reference
 from stages.ppo.models import load_models
+from stages.ppo.report import dev_headline, render_report
 from stages.ppo.trainer import PPOTrainer
 
 
 def prompt_sources(cfg) -> tuple[str, str | None]:
-    """(training prompts, held-out prompts with gold answers or None)."""
+    """(training prompts, development prompts with gold answers or None)."""
     if cfg.ppo.data == "demo":
         from data.demo import demo_file
 
-        return str(demo_file(cfg, "ppo_prompts.jsonl")), str(demo_file(cfg, "ppo_gold.jsonl"))
+        return str(demo_file(cfg, "ppo_prompts.jsonl")), cfg.ppo.eval_data or str(demo_file(cfg, "ppo_dev.jsonl"))
     return cfg.ppo.data, cfg.ppo.eval_data
 
 
@@ -39,13 +45,14 @@ def load_prompt_sets(cfg):
     train_src, eval_src = prompt_sources(cfg)
     train = load_prompts(train_src)
     if eval_src:
-        held = load_prompts(eval_src)
-    else:  # no held-out set given: keep the last prompts aside
+        dev = load_prompts(eval_src)
+    else:  # no development set given: keep the last prompts aside (never trained on)
         n = min(cfg.ppo.num_eval_prompts, len(train) // 5)
-        train, held = train[: len(train) - n], train[len(train) - n:]
+        train, dev = train[: len(train) - n], train[len(train) - n:]
+        eval_src = f"the last {n} prompts of {train_src}"
     if not train:
         raise UserError(f"{train_src} holds no prompt for PPO (ppo.data).")
-    return [r["prompt"] for r in train], [r["prompt"] for r in held], [r.get("gold") for r in held]
+    return [r["prompt"] for r in train], [r["prompt"] for r in dev], [r.get("gold") for r in dev], eval_src
 
 
 def dependencies(cfg) -> dict:
@@ -94,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
 
     models = load_models(p, policy_src, reward_src)
     score_stats = read_score_stats(reward_src, p)
-    prompts, held_prompts, held_golds = load_prompt_sets(cfg)
-    eval_prompts, eval_golds = held_prompts[: p.num_eval_prompts], held_golds[: p.num_eval_prompts]
-    n_report = len(held_prompts) if p.report_prompts is None else min(p.report_prompts, len(held_prompts))
-    report_prompts = held_prompts[:n_report] * p.report_samples
-    report_golds = held_golds[:n_report] * p.report_samples
+    prompts, dev_prompts, dev_golds, dev_source = load_prompt_sets(cfg)
+    eval_prompts, eval_golds = dev_prompts[: p.num_eval_prompts], dev_golds[: p.num_eval_prompts]
+    n_report = len(dev_prompts) if p.report_prompts is None else min(p.report_prompts, len(dev_prompts))
+    report_prompts = dev_prompts[:n_report] * p.report_samples
+    report_golds = dev_golds[:n_report] * p.report_samples
     if acc.is_main_process:
-        print(f"ppo: {len(prompts)} training prompts, {len(held_prompts)} held-out; {p.total_episodes} episodes "
+        print(f"ppo: {len(prompts)} training prompts, {len(dev_prompts)} development prompts (not trained on) "
+              f"from {dev_source}; {p.total_episodes} episodes "
               f"in {p.total_episodes // p.batch_size} rollouts of {p.batch_size}; reward normalised with "
               f"mean {score_stats[0]:.3f} std {score_stats[1]:.3f}")
     trainer = PPOTrainer(p, models.policy, models.ref, models.reward, models.value, models.tokenizer, prompts,
@@ -125,17 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.model import load_causal_lm
 
         ref = load_causal_lm(policy_src, dtype=torch.float32).to(acc.device).eval()
-    report = compare_to_reference(
+    comparison = compare_to_reference(
         policy, ref, models.reward, models.tokenizer, report_prompts, report_golds, gen_config=trainer.gen_config,
         temperature=p.temperature, batch_size=p.forward_batch_size, score_stats=score_stats,
         kl_budget=p.kl_budget, device=acc.device, seed=cfg.run.seed)
+    report = {"split": "development", "prompts_source": dev_source, "answers_per_prompt": p.report_samples,
+              **comparison}
     policy.save_pretrained(writer.out_dir)
     models.tokenizer.save_pretrained(writer.out_dir)
     value.save_pretrained(writer.out_dir / "value")
     (writer.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (writer.out_dir / "report.md").write_text(render_report(report))
     last = history[-1] if history else {}
     summary = {k: last[k] for k in ("score", "kl", "response_length", "eos_fraction") if k in last}
-    summary.update({k: v for k, v in report.items() if not isinstance(v, list)})
+    summary.update(dev_headline(report))
     if trainer.logger:
         trainer.logger.close()
     writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)
@@ -144,11 +155,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_report(r: dict, final) -> None:
-    ci = r.get("gold_diff_ci")
-    gold = (f"gold {r['gold_ppo']:.3f} vs SFT {r['gold_sft']:.3f} (difference 95% CI {ci[0]:+.3f} to {ci[1]:+.3f})"
-            if r["gold_ppo"] is not None and ci else "no gold answers")
-    print(f"ppo: on {r['n_pairs']} held-out answer pairs: RM win rate over SFT {r['win_rate']:.2f} "
-          f"(95% CI {r['win_rate_ci'][0]:.2f}-{r['win_rate_ci'][1]:.2f}); RM score {r['rm_score_ppo']:+.3f} vs "
-          f"SFT {r['rm_score_sft']:+.3f}; KL to SFT {r['kl_to_sft']:.2f} (budget {r['kl_budget']}); {gold}; "
-          f"answer length {r['length_ppo']:.1f} vs {r['length_sft']:.1f} tokens")
-    print(f"ppo: {r['verdict']} -> {final}")
+    print(f"ppo: {summary_line(r, 'development prompts')}")
+    print(f"ppo: {r['quality_bar']['verdict']} -> {final}")

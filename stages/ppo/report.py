@@ -1,0 +1,53 @@
+"""The PPO stage's report on its development prompts: report.md, and the numbers its manifest carries.
+
+These are the numbers to tune PPO on (kl_coef, episodes, learning rate): the development prompts are
+never trained on, and evaluation's prompts (the test set) stay unseen until the final report."""
+
+from __future__ import annotations
+
+
+def dev_headline(r: dict) -> dict:
+    """The manifest's summary of the development report (prefixed `dev_`, so nobody mistakes it for
+    the evaluation's test-set numbers)."""
+    out = {"dev_prompts": r["prompts"], "dev_answers": r["answers"]}
+    if "win_rate_rm" in r:
+        out.update(dev_win_rate_rm=r["win_rate_rm"]["win_rate"], dev_rm_ppo=r["rm_candidate"],
+                   dev_rm_sft=r["rm_baseline"])
+    if "kl" in r:
+        out["dev_kl_to_sft"] = r["kl"]["k1_mean"]
+    if "gold_difference" in r:
+        out.update(dev_gold_ppo=r["gold_candidate"], dev_gold_sft=r["gold_baseline"],
+                   dev_gold_difference=r["gold_difference"]["mean"])
+    if "quality_bar" in r:
+        out.update(dev_gold_state=r["quality_bar"]["gold_state"], verdict=r["quality_bar"]["verdict"])
+    return out
+
+
+def _interval(d: dict, fmt: str = ".2f") -> str:
+    return f"{d['ci_low']:{fmt}} to {d['ci_high']:{fmt}}"
+
+
+def render_report(r: dict) -> str:
+    lines = ["# PPO vs SFT on the development prompts", "",
+             f"{r['prompts']} development prompts from `{r['prompts_source']}` (never trained on; the place to "
+             f"tune PPO), {r['answers_per_prompt']} sampled answers per prompt and model ({r['answers']} pairs). "
+             "Every 95% interval counts prompts, not answers. Evaluation's prompts are the test set: its "
+             "report (`make eval`) is the one to quote.", ""]
+    rows = []
+    if "win_rate_rm" in r:
+        w = r["win_rate_rm"]
+        rows.append(("RM win rate of PPO over SFT", f"{w['win_rate']:.3f} [{_interval(w)}]"))
+        rows.append(("RM score, PPO vs SFT", f"{r['rm_candidate']:+.3f} vs {r['rm_baseline']:+.3f}"))
+    if "gold_difference" in r:
+        d = r["gold_difference"]
+        rows.append(("gold metric, PPO vs SFT", f"{r['gold_candidate']:.3f} vs {r['gold_baseline']:.3f}"))
+        rows.append(("gold difference (paired)", f"{d['mean']:+.3f} [{_interval(d, '+.3f')}]"))
+        w = r["win_rate_gold"]
+        rows.append(("gold win rate", f"{w['win_rate']:.3f} [{_interval(w)}]"))
+    if "kl" in r:
+        rows.append(("KL(PPO ‖ SFT) per answer (k1 / k3)", f"{r['kl']['k1_mean']:.2f} / {r['kl']['k3_mean']:.2f} nats"))
+    rows.append(("answer length, PPO vs SFT", f"{r['words_candidate']:.1f} vs {r['words_baseline']:.1f} words"))
+    lines += ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows] + [""]
+    if "quality_bar" in r:
+        lines += [f"**Verdict:** {r['quality_bar']['verdict']}", ""]
+    return "\n".join(lines)

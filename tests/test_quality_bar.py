@@ -1,0 +1,73 @@
+"""The quality bar's verdict: it names the gold state its interval is in, and never claims more."""
+
+import math
+
+import pytest
+
+from pipeline.heldout_comparison import ModelAnswers, compare_models
+from pipeline.quality_bar import quality_verdict
+
+
+def gold(mean, lo, hi, prompts=100):
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "prompts": prompts}
+
+
+def judge(**kw):
+    args = {"win_rate": 0.74, "rm_candidate": 0.5, "rm_baseline": 0.0, "kl": 3.0, "kl_budget": 10.0,
+            "gold_difference": gold(0.02, 0.01, 0.03), "baseline": "sft"}
+    return quality_verdict(**{**args, **kw})
+
+
+def test_gold_up_with_a_winning_rm_inside_the_kl_budget_meets_the_bar():
+    v = judge()
+    assert v["met"] and v["gold_state"] == "gold up"
+    assert v["verdict"].startswith("quality bar met: gold up") and "+0.010 to +0.030" in v["verdict"]
+
+
+def test_gold_level_does_not_meet_the_bar_even_when_the_point_estimate_rose():
+    v = judge(gold_difference=gold(0.011, -0.002, 0.024))
+    assert not v["met"] and v["gold_state"] == "gold level"
+    assert v["verdict"].startswith("quality bar NOT met") and "gold level" in v["verdict"]
+
+
+def test_a_falling_gold_point_estimate_with_the_rm_up_is_over_optimisation_even_within_noise():
+    within = judge(gold_difference=gold(-0.009, -0.022, 0.003))
+    assert within["gold_state"] == "reward over-optimisation" and not within["met"]
+    assert within["verdict"].startswith("reward over-optimisation") and "rose" in within["verdict"]
+    # The RM did not rise: a small fall inside the noise is only "level" ...
+    assert judge(rm_candidate=-0.1, gold_difference=gold(-0.009, -0.022, 0.003))["gold_state"] == "gold level"
+    # ... and a fall beyond the noise is over-optimisation whatever the RM says.
+    assert judge(rm_candidate=-0.1, gold_difference=gold(-0.05, -0.08, -0.02))["gold_state"] == \
+        "reward over-optimisation"
+
+
+def test_the_rm_win_rate_and_the_kl_budget_still_decide():
+    low = judge(win_rate=0.6)
+    assert not low["met"] and "RM win rate 0.60 < 0.65" in low["verdict"] and "gold up" in low["verdict"]
+    far = judge(kl=12.0)
+    assert not far["met"] and "KL 12.00 over the budget 10.0" in far["verdict"]
+    assert not judge(kl=math.nan)["met"]  # ppo.kl_coef=nan must not pass the bar
+    assert not judge(win_rate=None)["met"]
+
+
+def test_without_gold_answers_the_verdict_says_so():
+    v = judge(gold_difference=None)
+    assert v["met"] and v["gold_state"] is None and "no gold metric" in v["verdict"]
+
+
+def test_one_evaluator_judges_hand_made_answers_and_counts_prompts():
+    # Three prompts, each answered twice; the candidate wins both answers of the first two prompts by
+    # the RM and loses the third's twice; gold rises by 0.2 on the first prompt only.
+    prompts = ["p1", "p1", "p2", "p2", "p3", "p3"]
+    cand = ModelAnswers("ppo", ["a"] * 6, rm_scores=[2, 2, 2, 2, 0, 0], gold_scores=[0.5, 0.5, 0.3, 0.3, 0.1, 0.1])
+    base = ModelAnswers("sft", ["b"] * 6, rm_scores=[1, 1, 1, 1, 1, 1], gold_scores=[0.3, 0.3, 0.3, 0.3, 0.1, 0.1])
+    c = compare_models(cand, base, prompts, kl_budget=10.0, kl_logprobs=([[-1.0]] * 6, [[-2.0]] * 6))
+    assert (c["answers"], c["prompts"]) == (6, 3)
+    assert c["win_rate_rm"]["win_rate"] == pytest.approx(2 / 3) and c["win_rate_rm"]["prompts"] == 3
+    d = c["gold_difference"]
+    sd = math.sqrt(((0.2 - 0.2 / 3) ** 2 + 2 * (0.2 / 3) ** 2) / 2)  # per-prompt differences 0.2, 0, 0
+    assert d["mean"] == pytest.approx(0.2 / 3)
+    assert d["ci_low"] == pytest.approx(0.2 / 3 - 1.96 * sd / math.sqrt(3))
+    assert c["kl"]["k1_mean"] == pytest.approx(1.0)
+    bar = c["quality_bar"]
+    assert bar["gold_state"] == "gold level" and not bar["met"] and "over 3 prompts" in bar["verdict"]
