@@ -21,6 +21,7 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline.artifacts import ArtifactWriter, is_complete, read_manifest, resolve_model_source
+from pipeline.bigram import BigramLM
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
@@ -29,6 +30,8 @@ from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.stats import spearman
+from pipeline.temperature_sweep import temperature_sweep
+from stages.eval.baseline import bigram_row, prompt_ids, sweep_prompt
 from stages.eval.compare import Evaluated, compare, headline, quality_bar, samples, summarise_model
 from stages.eval.lm import heldout_texts, lm_metrics
 from stages.eval.plots import plot_all
@@ -114,6 +117,8 @@ def run_model(ev: Evaluated, prompts: list[dict], texts: list[str] | None, cfg, 
     ev.vocab_key = _vocab_key(tok)
     if texts:
         ev.lm = lm_metrics(model, tok, texts, max_tokens=e.lm_max_tokens, batch_size=max(1, e.batch_size // 4))
+        ev.sweep = temperature_sweep(model, tok, prompt_ids(tok, sweep_prompt(texts)), seed=e.seed,
+                                     max_new_tokens=min(e.max_new_tokens, context_length(model) - 16))
     ctx = context_length(model)
     keep = max(1, ctx - e.max_new_tokens)
     ev.prompt_ids = [list(tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True,
@@ -231,6 +236,17 @@ def evaluate(cfg) -> Path:
         print(f"eval: {ev.name} ({ev.path})")
         run_model(ev, prompts, texts, cfg, device, dtype, None if ev is candidate else candidate)
 
+    baseline = bigram_row([ev.path for ev in evaluated], texts, max_tokens=e.lm_max_tokens,
+                          batch_size=max(1, e.batch_size // 4)) if texts else None
+    if texts and baseline is None:
+        skipped.append("bigram baseline: no evaluated model is a pretraining artifact with bigram.safetensors")
+    sweeps = {ev.name: ev.sweep for ev in evaluated if ev.sweep}
+    if baseline:
+        bigram = BigramLM.load(baseline["path"])
+        tok = AutoTokenizer.from_pretrained(baseline["path"])
+        sweeps = {"bigram": temperature_sweep(bigram, tok, prompt_ids(tok, sweep_prompt(texts)), seed=e.seed,
+                                              max_new_tokens=e.max_new_tokens), **sweeps}
+
     rm_path, why = reward_model_path(cfg)
     if rm_path:
         score_with_rm(rm_path, evaluated, prompts, e.batch_size, device)
@@ -267,6 +283,8 @@ def evaluate(cfg) -> Path:
                      "max_new_tokens": e.max_new_tokens},
         "prompts": {"source": prompt_source, "count": len(prompts)},
         "lm_data": {"source": text_source, "documents": len(texts or [])},
+        "lm_baseline": baseline,
+        "temperature": {"prompt": sweep_prompt(texts), "sweeps": sweeps} if sweeps else None,
         "models": {ev.name: summarise_model(ev) for ev in evaluated},
         "comparisons": comparisons,
         "quality_bar": bar,
