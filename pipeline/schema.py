@@ -232,7 +232,7 @@ class EvalSection:
 
     models: list[str] = field(default_factory=list)  # default: this run's pretrain, sft and ppo (those that exist)
     reward_model: str | None = None  # default runs/<name>/reward if it exists; "none" skips RM scoring
-    prompts: str | None = None  # default: the demo's evaluation prompts (with gold answers)
+    prompts: str | None = None  # default: the demo's evaluation prompts (with gold answers); "none": no answers
     lm_data: str = "demo"  # held-out text for loss/perplexity/bits per byte: demo, a file, "none", or
     # "pretrain": the documents pretraining held out of train.data
     lm_max_tokens: int = 32768  # held-out tokens scored per model

@@ -11,11 +11,13 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.bigram import BigramLM
+from pipeline.temperature_sweep import temperature_sweep
 from stages.eval.lm import lm_metrics
 
 
-def bigram_row(paths: list[str], texts: list[str], *, max_tokens: int, batch_size: int) -> dict | None:
-    """{"path", "k", "lm"} of the bigram in the first of `paths` that has one, or None."""
+def bigram_baseline(paths: list[str], texts: list[str], e) -> tuple[dict | None, list[dict] | None]:
+    """The bigram of the first of `paths` that has one: its LM row ({"path", "k", "lm"}) and its
+    temperature sweep; (None, None) when none has one. `e` is the eval section of the config."""
     for path in paths:
         bigram = BigramLM.load(path) if Path(path).is_dir() else None
         if bigram is None:
@@ -23,9 +25,12 @@ def bigram_row(paths: list[str], texts: list[str], *, max_tokens: int, batch_siz
         tok = AutoTokenizer.from_pretrained(path)
         # The GPT's windows, as lm_metrics cuts them for it, so both score the same tokens.
         window = int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or 2048)
-        return {"path": path, "k": bigram.k,
-                "lm": lm_metrics(bigram, tok, texts, max_tokens=max_tokens, batch_size=batch_size, window=window)}
-    return None
+        lm = lm_metrics(bigram, tok, texts, max_tokens=e.lm_max_tokens, batch_size=max(1, e.batch_size // 4),
+                        window=window)
+        sweep = temperature_sweep(bigram, tok, prompt_ids(tok, sweep_prompt(texts)), seed=e.seed,
+                                  max_new_tokens=e.max_new_tokens)
+        return {"path": path, "k": bigram.k, "lm": lm}, sweep
+    return None, None
 
 
 def sweep_prompt(texts: list[str] | None, n_words: int = 8) -> str | None:

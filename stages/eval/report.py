@@ -76,6 +76,8 @@ def section_temperature(report: dict) -> list[str]:
 
 def section_preference(report: dict) -> list[str]:
     s = report["sampling"]
+    if not report["prompts"]["count"]:
+        return ["## 2. Answers to held-out prompts", "", f"*Skipped:* {report['prompts']['source']}.", ""]
     lines = ["## 2. Answers to held-out prompts", "",
              f"{report['prompts']['count']} prompts from `{report['prompts']['source']}`, answered at temperature "
              f"{s['temperature']}, top-k {s['top_k']}, top-p {s['top_p']}, at most {s['max_new_tokens']} tokens "

@@ -21,7 +21,6 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline.artifacts import ArtifactWriter, is_complete, read_manifest, resolve_model_source
-from pipeline.bigram import BigramLM
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
@@ -31,7 +30,7 @@ from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.stats import spearman
 from pipeline.temperature_sweep import temperature_sweep
-from stages.eval.baseline import bigram_row, prompt_ids, sweep_prompt
+from stages.eval.baseline import bigram_baseline, prompt_ids, sweep_prompt
 from stages.eval.compare import Evaluated, compare, headline, quality_bar, samples, summarise_model
 from stages.eval.lm import heldout_texts, lm_metrics
 from stages.eval.plots import plot_all
@@ -75,6 +74,8 @@ def eval_prompts(cfg) -> tuple[list[dict], str]:
     """The held-out prompts ({"prompt": messages, "gold": str|None}) and where they came from."""
     from data.loaders import load_prompts
 
+    if cfg.eval.prompts and cfg.eval.prompts.lower() == "none":
+        return [], "eval.prompts=none"
     if cfg.eval.prompts:
         source = cfg.eval.prompts
     else:
@@ -236,28 +237,24 @@ def evaluate(cfg) -> Path:
         print(f"eval: {ev.name} ({ev.path})")
         run_model(ev, prompts, texts, cfg, device, dtype, None if ev is candidate else candidate)
 
-    baseline = bigram_row([ev.path for ev in evaluated], texts, max_tokens=e.lm_max_tokens,
-                          batch_size=max(1, e.batch_size // 4)) if texts else None
+    baseline, bigram_sweep = bigram_baseline([ev.path for ev in evaluated], texts, e) if texts else (None, None)
     if texts and baseline is None:
         skipped.append("bigram baseline: no evaluated model is a pretraining artifact with bigram.safetensors")
-    sweeps = {ev.name: ev.sweep for ev in evaluated if ev.sweep}
-    if baseline:
-        bigram = BigramLM.load(baseline["path"])
-        tok = AutoTokenizer.from_pretrained(baseline["path"])
-        sweeps = {"bigram": temperature_sweep(bigram, tok, prompt_ids(tok, sweep_prompt(texts)), seed=e.seed,
-                                              max_new_tokens=e.max_new_tokens), **sweeps}
+    sweeps = {**({"bigram": bigram_sweep} if bigram_sweep else {}), **{ev.name: ev.sweep for ev in evaluated
+                                                                        if ev.sweep}}
 
-    rm_path, why = reward_model_path(cfg)
+    rm_path, why = reward_model_path(cfg) if prompts else (None, "eval.prompts=none")
     if rm_path:
         score_with_rm(rm_path, evaluated, prompts, e.batch_size, device)
     else:
         skipped.append(f"reward-model scores and RM win rates: {why}")
-    why = score_with_gold(evaluated, prompts)
+    why = score_with_gold(evaluated, prompts) if prompts else "gold metric: eval.prompts=none"
     if why:
         skipped.append(f"{why}; gold win rates skipped")
-    comparisons = [compare(candidate, base, e.length_tolerance) for base in evaluated[:-1]]
+    comparisons = [compare(candidate, base, e.length_tolerance) for base in evaluated[:-1]] if prompts else []
     if not comparisons:
-        skipped.append("win rates and KL: only one model (name two or more with eval.models=[a,b])")
+        skipped.append("win rates and KL: " + ("only one model (name two or more with eval.models=[a,b])"
+                                               if prompts else "no prompts (eval.prompts=none)"))
     # The bar compares the candidate with the model just before it (by default PPO with SFT).
     bar = quality_bar(candidate, evaluated[-2], comparisons[-1], cfg.ppo.kl_budget) if comparisons else None
 
