@@ -32,7 +32,7 @@ def write_samples(models: dict, tokenizer, val_tokens, cfg, path: Path) -> dict:
     for temperature in cfg.train.sample_temperatures:
         lines.append(f"\n## temperature {temperature}\n")
         for prompt in prompts:
-            head = tokenizer.decode(prompt, skip_special_tokens=True).strip()
+            head = tokenizer.decode(prompt[1:], skip_special_tokens=False).strip()  # after the EOS; <|unk|> shown
             for name, model in models.items():
                 generator = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.run.seed)
                 out = generate(model, [prompt], max_new_tokens=cfg.train.sample_tokens,
@@ -44,6 +44,7 @@ def write_samples(models: dict, tokenizer, val_tokens, cfg, path: Path) -> dict:
     sweeps = {name: temperature_sweep(model, tokenizer, prompts[1], max_new_tokens=cfg.train.sample_tokens,
                                       seed=cfg.run.seed) for name, model in models.items()}
     lines += ["\n## Temperature: low T repeats, high T invents\n\n"]
-    lines += [line + "\n" for line in sweep_markdown(tokenizer.decode(prompts[1], skip_special_tokens=True), sweeps)]
+    lines += [line + "\n" for line in sweep_markdown(tokenizer.decode(prompts[1][1:], skip_special_tokens=False),
+                                                      sweeps)]
     path.write_text("".join(lines))
     return sweeps

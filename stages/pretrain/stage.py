@@ -3,9 +3,10 @@
     python -m stages.pretrain --config configs/tiny.yaml [section.key=value ...]
     accelerate launch --config_file configs/accelerate/ddp.yaml -m stages.pretrain --config ...
 
-Text (train.data) -> BPE tokenizer (trained here, or tokenizer.from) -> token files (cached) ->
-Llama-style model (pipeline.model) -> training loop (pipeline.lm_loop) -> a Hugging Face model
-directory with tokenizer, samples.md, metrics.jsonl and manifest.json.
+Text (train.data) -> BPE tokenizer or word vocabulary (tokenizer.kind; trained here, or tokenizer.from)
+-> token files (cached) -> Llama-style model (pipeline.model) -> training loop (pipeline.lm_loop) -> a
+Hugging Face model directory with tokenizer, samples.md, metrics.jsonl and manifest.json, plus the
+bigram baseline counted on the same tokens (bigram.safetensors; its held-out numbers in the manifest).
 """
 
 from __future__ import annotations
