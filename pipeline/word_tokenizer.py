@@ -5,8 +5,8 @@
 A token is a word (letters, combining marks and digits of any script: `café`, `мир`, `हिन्दी`),
 one punctuation mark or symbol, or a newline. The `tokenizer.vocab_size` most frequent of them
 (at least `tokenizer.min_frequency` times in the training text) make the vocabulary, special
-tokens included; every other word is `<|unk|>`, which is why the pretraining and evaluation
-reports count the unknown tokens of held-out text.
+tokens included; every other word is `<|unk|>` (written back with a space before it), which is
+why the pretraining and evaluation reports count the unknown tokens of held-out text.
 
 Whitespace is normalised, and the text is written as the normalised text: Unicode NFC, CRLF ->
 newline, any run of spaces and tabs -> one space, no space next to a newline, none at either
@@ -53,8 +53,10 @@ def train_word_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: i
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.normalizer = _normalizer()
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(TOKEN_PATTERN), behavior="isolated")
-    # Metaspace turns each ▁ back into a space and drops the one at the very start of the text.
-    tok.decoder = decoders.Metaspace(replacement=SPACE, prepend_scheme="always", split=True)
+    # Metaspace turns each ▁ back into a space and drops the one at the very start of the text. An
+    # unknown word has lost its space with its spelling: most words follow a space, so it gets one.
+    tok.decoder = decoders.Sequence([decoders.Replace(UNK, SPACE + UNK),
+                                     decoders.Metaspace(replacement=SPACE, prepend_scheme="always", split=True)])
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         special_tokens=[*SPECIAL_TOKENS, UNK], show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)

@@ -44,7 +44,7 @@ def test_tokens_are_words_and_single_marks_with_their_space(tok):
 def test_unknown_words_become_unk_and_are_counted(tok):
     ids = tok("The zebra is open, Привет giraffe.", add_special_tokens=False)["input_ids"]
     assert count_unknown(tok, ids) == 2  # zebra, giraffe
-    assert tok.decode(ids, skip_special_tokens=False) == "The<|unk|> is open, Привет<|unk|>."
+    assert tok.decode(ids, skip_special_tokens=False) == "The <|unk|> is open, Привет <|unk|>."
     assert count_unknown(tok, tok("The café is open.", add_special_tokens=False)["input_ids"]) == 0
 
 
