@@ -4,7 +4,8 @@ Sampling draws the next token from softmax(logits / T). Low T piles the probabil
 likeliest tokens, so the text repeats itself; high T flattens it, so rare words come in and the
 text invents. Two measured numbers per temperature, averaged over several samples:
 
-* distinct-word ratio: distinct words / words in a continuation (case-folded, punctuation ignored);
+* distinct-word ratio: distinct words / words in a continuation (case-folded, punctuation ignored,
+  each <|unk|> of a word vocabulary a word);
 * repetition: the share of the continuation's word 3-grams that already occurred earlier in it.
 
 Continuations run their full length (an EOS does not stop them), so every temperature is measured
@@ -44,6 +45,16 @@ def repetition(text: str, n: int = 3) -> float | None:
     return repeated / len(grams)
 
 
+def measured_text(tokenizer, ids: list[int]) -> str:
+    """The text whose words are measured: special tokens dropped, except that an unknown token
+    stays, as the word "unk" (a model looping on <|unk|> repeats itself)."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    for special in tokenizer.all_special_tokens:
+        if special != tokenizer.unk_token:
+            text = text.replace(special, " ")
+    return text
+
+
 def _mean(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -59,7 +70,7 @@ def temperature_sweep(model, tokenizer, prompt_ids: list[int], *, max_new_tokens
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         answers = generate(model, [prompt_ids] * n_samples, max_new_tokens=max_new_tokens, eos_ids=set(),
                            pad_id=pad, temperature=temperature, generator=generator)
-        texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+        texts = [measured_text(tokenizer, a) for a in answers]
         rows.append({"temperature": temperature, "samples": n_samples, "tokens": max_new_tokens,
                      "distinct_word_ratio": _mean([distinct_word_ratio(t) for t in texts]),
                      "repetition": _mean([repetition(t) for t in texts]),

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.bigram import K_GRID, BigramLM, choose_k
 from pipeline.generation import generate
-from pipeline.temperature_sweep import distinct_word_ratio, repetition
+from pipeline.temperature_sweep import measured_text, distinct_word_ratio, repetition
 from stages.pretrain.baseline import fit_bigram
 
 A, B, C = 0, 1, 2
@@ -71,3 +71,15 @@ def test_distinct_word_ratio_and_repetition_by_hand():
     assert repetition(text) == pytest.approx(2 / 4)  # (the cat the) and (cat the cat) come back once each
     assert repetition("a b c d") == 0 and distinct_word_ratio("a b c d") == 1
     assert repetition("") is None and distinct_word_ratio("...") is None
+
+
+def test_an_unknown_token_counts_as_a_word_and_eos_does_not():
+    from pipeline.word_tokenizer import train_word_tokenizer
+
+    tok = train_word_tokenizer(["the cat sat"], vocab_size=20, min_frequency=1)
+    ids = tok("the zebra the zebra", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    text = measured_text(tok, ids)
+    assert "<|end|>" not in text
+    assert distinct_word_ratio(text) == pytest.approx(2 / 4)  # the, unk
+    assert repetition(text) == pytest.approx(0 / 2)
+    assert repetition(measured_text(tok, ids * 2)) > 0  # a loop through <|unk|> is repetition
