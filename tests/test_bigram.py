@@ -9,7 +9,7 @@ import torch
 
 from pipeline.bigram import K_GRID, BigramLM, choose_k
 from pipeline.generation import generate
-from pipeline.temperature_sweep import measured_text, distinct_word_ratio, repetition
+from pipeline.temperature_sweep import distinct_word_ratio, measured_text, repetition
 from stages.pretrain.baseline import fit_bigram
 
 A, B, C = 0, 1, 2
