@@ -3,11 +3,13 @@
     python -m pipeline.chat --model runs/tiny/ppo --temperature 0.7 --top-p 0.9 --max-new-tokens 200
     python -m pipeline.chat --model runs/tiny/sft --prompt "What does json.dumps do?"   # one answer, exit
     echo "hello" | python -m pipeline.chat --model runs/tiny/sft                        # scripts: piped stdin
+    python -m pipeline.chat --model runs/my-writing/pretrain --complete "Once upon a time" --temperature 1.2
 
 The conversation is kept and re-rendered with the model's chat template every turn. Commands
 change sampling mid-conversation (/help lists them). Ctrl-C while an answer streams stops that
 answer; Ctrl-C or end of input at the prompt leaves. Answers go to stdout, everything else
 (banner, command replies, --show-probs tables) to stderr, so piped output is just the answers.
+`--complete TEXT` continues a text with no chat template at all: what a pretrained model does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pipeline.loading import loading
 from pipeline.model import count_parameters, load_causal_lm
 from pipeline.runtime import pick_device
 from pipeline.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS, ensure_chat_ready
+from pipeline.word_tokenizer import count_unknown
 
 HELP = """commands:
   /temp X       temperature (0 = greedy: always the most likely token)
@@ -263,6 +266,47 @@ class Chat:
             self.reply(line)
 
 
+def complete(model, tok, text: str, sampling: Sampling, *, seed: int | None = None, out=None) -> str:
+    """Continue `text` as a pretrained model does (no chat template), streaming it to `out`; returns
+    the whole text. The model sees EOS + the text's tokens: pretraining put EOS before every document.
+    The prompt is echoed as given; the continuation as the tokenizer writes it (a word vocabulary
+    normalises whitespace and writes a word it does not know as <|unk|>)."""
+    out = out or sys.stdout
+    budget = min(sampling.max_new_tokens, max(1, context_length(model) // 2))
+    body = tok(text, add_special_tokens=False)["input_ids"][-(context_length(model) - budget - 1):]
+    eos_ids = eos_ids_of(model, tok)
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(seed if seed is not None else torch.seed() % 2**63)
+    unknown = count_unknown(tok, body)
+    if unknown:
+        print(f"note: {unknown} word(s) of the prompt are not in the vocabulary; the model sees <|unk|>",
+              file=sys.stderr)
+    tokens: list[int] = []
+    head = printed = tok.decode(body, skip_special_tokens=False)  # what `text` reads as; `text` is echoed
+    out.write(text)
+
+    def show(step=None, logits=None, picked=None, last=False):
+        nonlocal printed
+        if picked is not None and int(picked[0]) not in eos_ids:
+            tokens.append(int(picked[0]))
+        whole = tok.decode(body + tokens, skip_special_tokens=False)
+        if (last or not whole.endswith("\ufffd")) and whole.startswith(printed):  # wait for a whole character
+            out.write(whole[len(printed):])
+            out.flush()
+            printed = whole
+
+    try:
+        generate(model, [[tok.eos_token_id, *body]], max_new_tokens=budget, eos_ids=eos_ids,
+                 pad_id=tok.pad_token_id, temperature=sampling.temperature, top_k=sampling.top_k,
+                 top_p=sampling.top_p, generator=generator, on_step=show)
+    except KeyboardInterrupt:
+        pass
+    show(last=True)
+    out.write("\n")
+    out.flush()
+    return text + printed[len(head):]
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m pipeline.chat", description="Talk to a chat model.",
                                  epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,6 +316,7 @@ def parse_args(argv=None):
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=200)
     ap.add_argument("--prompt", help="answer this one message and exit")
+    ap.add_argument("--complete", metavar="TEXT", help="continue TEXT with no chat template (pretrained models), exit")
     ap.add_argument("--system", help="system message")
     ap.add_argument("--show-probs", type=int, nargs="?", const=3, default=0, metavar="N",
                     help="print the top next-token candidates for the first N tokens (default 3)")
@@ -297,6 +342,9 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     sampling = Sampling(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
+    if args.complete is not None:
+        complete(model, tok, args.complete, sampling, seed=args.seed)
+        return
     chat = Chat(model, tok, sampling, system=args.system, seed=args.seed, show_probs=args.show_probs)
     if args.prompt is not None:
         chat.reply(args.prompt)

@@ -76,13 +76,19 @@ def _windows(tokens: np.ndarray, starts, length: int, device: torch.device):
     return x[:, :-1], x[:, 1:]
 
 
+def eval_window_starts(n_tokens: int, block: int, n_windows: int) -> np.ndarray:
+    """Where `evaluate`'s windows of `block + 1` tokens start: evenly spaced over the validation tokens."""
+    block = min(block, n_tokens - 1)
+    n = max(1, min(n_windows, (n_tokens - 1) // block))
+    return np.linspace(0, n_tokens - block - 1, n).astype(np.int64)
+
+
 @torch.no_grad()
 def evaluate(loss_module: NextTokenLoss, tokens: np.ndarray, block: int, n_windows: int, batch_size: int,
              accelerator, bytes_per_token: float) -> dict:
     """Loss, perplexity and bits per byte on evenly spaced validation windows (split over ranks)."""
     block = min(block, len(tokens) - 1)
-    n = max(1, min(n_windows, (len(tokens) - 1) // block))
-    starts = np.linspace(0, len(tokens) - block - 1, n).astype(np.int64)[accelerator.process_index::accelerator.num_processes]
+    starts = eval_window_starts(len(tokens), block, n_windows)[accelerator.process_index::accelerator.num_processes]
     was_training = loss_module.training
     loss_module.eval()
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)

@@ -55,9 +55,15 @@ class DataSection:
 @limits(vocab_size="> 0", min_frequency=">= 0")
 @dataclass
 class TokenizerSection:
-    vocab_size: int = 4096
+    kind: Literal["bpe", "word"] = "bpe"  # byte-level BPE, or whole words and punctuation (unknown words: <|unk|>)
+    vocab_size: int = 4096  # the whole vocabulary, special tokens included
     min_frequency: int = 2
     from_: str | None = None  # reuse an existing tokenizer (path or hub name) instead of training one
+
+    def validate(self) -> None:
+        if self.kind == "word" and self.from_:
+            raise UserError("tokenizer.kind=word trains a word vocabulary, tokenizer.from reuses a tokenizer: "
+                            "set only one of them.")
 
 
 @limits(n_layer="> 0", n_head="> 0", n_kv_head="> 0", n_embd="> 0", intermediate_size="> 0",
@@ -256,8 +262,9 @@ class EvalSection:
 
     models: list[str] = field(default_factory=list)  # default: this run's pretrain, sft and ppo (those that exist)
     reward_model: str | None = None  # default runs/<name>/reward if it exists; "none" skips RM scoring
-    prompts: str | None = None  # default: the demo's evaluation prompts (with gold answers)
-    lm_data: str = "demo"  # held-out text for loss/perplexity/bits per byte: demo, a file, or "none"
+    prompts: str | None = None  # default: the demo's evaluation prompts (with gold answers); "none": no answers
+    lm_data: str = "demo"  # held-out text for loss/perplexity/bits per byte: demo, a file, "none", or
+    # "pretrain": the documents pretraining held out of train.data
     lm_max_tokens: int = 32768  # held-out tokens scored per model
     num_prompts: int = 128
     max_new_tokens: int = 64

@@ -48,9 +48,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     return wrap_tokenizer(tok)
 
 
-def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(tok: Tokenizer, **special_tokens: str) -> PreTrainedTokenizerFast:
+    """A Hugging Face tokenizer with our EOS, PAD, role tokens and chat template (plus e.g. `unk_token=`)."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
+        **special_tokens,
         eos_token=EOS,
         pad_token=PAD,
         additional_special_tokens=list(ROLE_TOKENS),

@@ -69,6 +69,7 @@ def fake_run(root: Path, lm_dir: Path, with_reward: bool = True) -> Path:
         d = run / stage
         if i == 0:
             lively_copy(lm_dir, d, seed=11)
+            bigram_of_questions(d)
         else:
             shutil.copytree(run / "sft" if stage == "ppo" else run / "pretrain", d)
             _nudge(d, seed=10 + i)
@@ -82,6 +83,17 @@ def fake_run(root: Path, lm_dir: Path, with_reward: bool = True) -> Path:
         mark_complete(d, "reward", {"heldout_accuracy": 0.81, "heldout_spearman": 0.64})
         write_metrics(d, [{"step": s, "loss": 0.7 - s / 100, "heldout_accuracy": 0.5 + s / 100} for s in steps])
     return runs
+
+
+def bigram_of_questions(d: Path) -> None:
+    """The bigram baseline a pretraining run saves beside its model, counted on the QUESTIONS text."""
+    import numpy as np
+
+    from pipeline.bigram import BigramLM
+
+    tok = AutoTokenizer.from_pretrained(d)
+    ids = [t for q, g in QUESTIONS for t in tok(f"{q} {g}")["input_ids"] + [tok.eos_token_id]]
+    BigramLM.fit(np.array(ids), len(tok), k=0.1).save(d)
 
 
 def _nudge(d: Path, seed: int, std: float = 0.05) -> None:

@@ -25,6 +25,7 @@ class Evaluated:
     gold_scores: list[float] | None = None
     own_logprobs: list[list[float]] | None = None  # the candidate's answers under itself
     logprobs_of_candidate: list[list[float]] | None = None  # the candidate's answers under this model
+    sweep: list[dict] | None = None  # the held-out prompt continued at several temperatures
 
 
 def compare(candidate: Evaluated, baseline: Evaluated, prompts: list[dict], *, tolerance: float,
@@ -74,6 +75,8 @@ def samples(evaluated: list[Evaluated], prompts: list[dict], n: int) -> list[dic
 def headline(report: dict) -> dict:
     """The few numbers worth a manifest: per-model LM/RM/gold means, the main comparison."""
     out = {}
+    if (report.get("lm_baseline") or {}).get("lm"):
+        out["bigram/bits_per_byte"] = report["lm_baseline"]["lm"]["bits_per_byte"]
     for name, m in report["models"].items():
         for key in ("rm_mean", "gold_mean"):
             if m.get(key) is not None:

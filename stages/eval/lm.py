@@ -18,6 +18,13 @@ def heldout_texts(cfg) -> tuple[list[str] | None, str]:
         return None, "eval.lm_data=none"
     from data.loaders import iter_texts
 
+    if value == "pretrain":  # the documents pretraining held out of train.data
+        from data.token_cache import iter_documents
+        from stages.pretrain.stage import data_sources
+
+        texts = [t for t in iter_documents(data_sources(cfg), "val", cfg.train.text_field, cfg.train.val_fraction)
+                 if t and t.strip()]
+        return (texts, "the held-out split of train.data") if texts else (None, "train.data holds out no document")
     if value == "demo":
         from data.demo import demo_file
 
@@ -30,33 +37,55 @@ def heldout_texts(cfg) -> tuple[list[str] | None, str]:
     return texts, source
 
 
-def token_windows(tokenizer, texts: list[str], window: int, max_tokens: int) -> list[list[int]]:
-    """The documents as one token stream (each ended by EOS, as in pretraining), cut into
-    non-overlapping windows of at most `window` tokens, `max_tokens` in all."""
+def token_stream(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[int], list[int]]:
+    """The documents as one token stream (each ended by EOS, as in pretraining), at most `max_tokens`,
+    and the UTF-8 bytes of the original text each token stands for.
+
+    Bytes come from the original text, not from decoding: a word vocabulary writes text back
+    whitespace-normalised and cannot write an unknown word at all. A token owns the text from the
+    end of the token before it to its own end (the whitespace before it included); EOS owns the rest
+    of its document. A tokenizer that gives no offsets shares each document's bytes evenly."""
     stream: list[int] = []
+    owned: list[int] = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for text in texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + eos)
+        if tokenizer.is_fast:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            done = 0
+            for _, end in enc["offset_mapping"]:
+                owned.append(len(text[done:max(done, end)].encode("utf-8")))
+                done = max(done, end)
+            rest = len(text[done:].encode("utf-8"))
+        else:
+            enc = tokenizer(text, add_special_tokens=False)
+            share, rest = divmod(len(text.encode("utf-8")), max(len(enc["input_ids"]), 1))
+            owned += [share] * len(enc["input_ids"])
+        stream += enc["input_ids"] + eos
+        owned += [rest] if eos else []
         if len(stream) >= max_tokens:
             break
-    stream = stream[:max_tokens]
-    return [stream[i:i + window] for i in range(0, len(stream), window) if len(stream[i:i + window]) > 1]
+    return stream[:max_tokens], owned[:max_tokens]
 
 
 def lm_metrics(model, tokenizer, texts: list[str], *, max_tokens: int, batch_size: int = 8,
                window: int | None = None) -> dict:
-    """Mean loss (nats/token), perplexity and bits per byte of the model on `texts`."""
+    """Mean loss (nats/token), perplexity and bits per byte of the model on `texts`, cut into
+    non-overlapping windows of at most `window` tokens; and how many scored tokens are unknown."""
     window = min(window or context_length(model), context_length(model), 1024)
-    windows = token_windows(tokenizer, texts, window, max_tokens)
+    stream, owned = token_stream(tokenizer, texts, max_tokens)
+    cuts = [i for i in range(0, len(stream), window) if len(stream[i:i + window]) > 1]
+    windows = [stream[i:i + window] for i in cuts]
     if not windows:
         return {"loss": None, "perplexity": None, "bits_per_byte": None, "tokens": 0, "bytes": 0}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     nll = token_nll(model, windows, pad_id=pad, batch_size=batch_size)
     total = sum(sum(x) for x in nll)
     tokens = sum(len(x) for x in nll)
-    # The bytes of the predicted tokens (every token but each window's first); EOS has none.
-    n_bytes = sum(len(tokenizer.decode(w[1:], skip_special_tokens=True).encode("utf-8")) for w in windows)
+    # The bytes of the predicted tokens: every token but each window's first.
+    n_bytes = sum(sum(owned[i + 1:i + window]) for i in cuts)
+    unk = tokenizer.unk_token_id
+    unknown = None if unk is None else sum(t == unk for w in windows for t in w[1:])
     loss = total / tokens
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
             "bits_per_byte": total / math.log(2) / n_bytes if n_bytes else None,
-            "tokens": tokens, "bytes": n_bytes}
+            "tokens": tokens, "bytes": n_bytes, "unknown_tokens": unknown}

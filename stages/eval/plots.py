@@ -52,12 +52,14 @@ def _numeric_keys(rows: list[dict]) -> list[str]:
     return keys
 
 
-def plot_lm(models: dict, out: Path) -> str | None:
-    names = [n for n, m in models.items() if m.get("lm") and m["lm"].get("bits_per_byte") is not None]
-    if not names:
+def plot_lm(models: dict, out: Path, baseline: dict | None = None) -> str | None:
+    """Bits per byte of each model; the bigram baseline, when there is one, is the first (grey) bar."""
+    bars = [("bigram", baseline["lm"], "tab:gray")] if baseline and baseline["lm"].get("bits_per_byte") else []
+    bars += [(n, m["lm"], "tab:blue") for n, m in models.items() if m.get("lm") and m["lm"].get("bits_per_byte")]
+    if not bars:
         return None
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(names, [models[n]["lm"]["bits_per_byte"] for n in names], color="tab:blue")
+    ax.bar([b[0] for b in bars], [b[1]["bits_per_byte"] for b in bars], color=[b[2] for b in bars])
     ax.set_ylabel("bits per byte (lower is better)")
     ax.set_title("held-out text")
     return _save(fig, out, "lm.png")
@@ -167,7 +169,7 @@ def plot_all(report: dict, curves: dict[str, list[dict]], per_answer: dict, out:
     """Draw every picture that has data; returns {what: file name}."""
     out = Path(out)
     made = {
-        "lm": plot_lm(report["models"], out),
+        "lm": plot_lm(report["models"], out, report.get("lm_baseline")),
         "scores": plot_scores(per_answer, out),
         "win_rates": plot_win_rates(report["comparisons"], out),
         "kl": plot_kl(report["comparisons"], out),

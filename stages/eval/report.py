@@ -42,14 +42,42 @@ def section_lm(report: dict) -> list[str]:
     lines += [f"Held-out text: `{report['lm_data']['source']}` ({report['lm_data']['documents']} documents). "
               "Loss and perplexity are per token (comparable only between models sharing a tokenizer); "
               "bits per byte compares any models.", ""]
-    rows = [[name, m["lm"]["loss"], m["lm"]["perplexity"], m["lm"]["bits_per_byte"], str(m["lm"]["tokens"])]
-            for name, m in models.items() if m.get("lm")]
-    lines += _table(["model", "loss (nats/token)", "perplexity", "bits per byte", "tokens"], rows)
-    return lines + _img(report, "lm", "bits per byte")
+    baseline = report.get("lm_baseline")
+    named = ([(f"bigram (add-k, k={baseline['k']:g})", baseline["lm"])] if baseline else []) + \
+        [(name, m["lm"]) for name, m in models.items() if m.get("lm")]
+    rows = [[name, lm["loss"], lm["perplexity"], lm["bits_per_byte"], str(lm["tokens"]), _unknown(lm)]
+            for name, lm in named]
+    lines += _table(["model", "loss (nats/token)", "perplexity", "bits per byte", "tokens", "unknown tokens"], rows)
+    if baseline:
+        lines += ["The bigram row is the count-based baseline fitted on the pretraining tokens of "
+                  f"`{baseline['path']}`: a model must beat it to have learned more than which token follows which.",
+                  ""]
+    if any(lm.get("unknown_tokens") for _, lm in named):
+        lines += ["Unknown tokens (`<|unk|>`, a word vocabulary's words it does not have) are scored as one token: "
+                  "predicting *some unknown word* is easier than spelling the word, so with unknown tokens bits "
+                  "per byte flatter a word vocabulary.", ""]
+    lines += _img(report, "lm", "bits per byte")
+    return lines + section_temperature(report)
+
+
+def _unknown(lm: dict) -> str:
+    n = lm.get("unknown_tokens")
+    return "–" if n is None else f"{n} ({100 * n / max(lm['tokens'], 1):.1f}%)"
+
+
+def section_temperature(report: dict) -> list[str]:
+    from pipeline.temperature_sweep import sweep_markdown
+
+    t = report.get("temperature")
+    if not t:
+        return []
+    return ["### Temperature: low T repeats, high T invents", ""] + sweep_markdown(t["prompt"], t["sweeps"])
 
 
 def section_preference(report: dict) -> list[str]:
     s = report["sampling"]
+    if not report["prompts"]["count"]:
+        return ["## 2. Answers to held-out prompts", "", f"*Skipped:* {report['prompts']['source']}.", ""]
     lines = ["## 2. Answers to held-out prompts", "",
              f"{report['prompts']['count']} prompts from `{report['prompts']['source']}` (the test set: no stage "
              "trains or tunes on them), answered at temperature "

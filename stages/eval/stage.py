@@ -30,6 +30,8 @@ from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.stats import spearman
+from pipeline.temperature_sweep import temperature_sweep
+from stages.eval.baseline import bigram_baseline, prompt_ids, sweep_prompt
 from stages.eval.compare import Evaluated, compare, headline, samples, summarise_model
 from stages.eval.lm import heldout_texts, lm_metrics
 from stages.eval.plots import plot_all
@@ -73,6 +75,8 @@ def eval_prompts(cfg) -> tuple[list[dict], str]:
     """The held-out prompts ({"prompt": messages, "gold": str|None}) and where they came from."""
     from data.loaders import load_prompts
 
+    if cfg.eval.prompts and cfg.eval.prompts.lower() == "none":
+        return [], "eval.prompts=none"
     if cfg.eval.prompts:
         source = cfg.eval.prompts
     else:
@@ -113,6 +117,8 @@ def run_model(ev: Evaluated, prompts: list[dict], texts: list[str] | None, cfg, 
     ev.vocab_key = _vocab_key(tok)
     if texts:
         ev.lm = lm_metrics(model, tok, texts, max_tokens=e.lm_max_tokens, batch_size=max(1, e.batch_size // 4))
+        ev.sweep = temperature_sweep(model, tok, prompt_ids(tok, sweep_prompt(texts)), seed=e.seed,
+                                     max_new_tokens=min(e.max_new_tokens, context_length(model) - 16))
     ctx = context_length(model)
     keep = max(1, ctx - e.max_new_tokens)
     full = [list(tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
@@ -223,11 +229,11 @@ def evaluate(cfg) -> Path:
     device = pick_device(cfg.run.device)
     dtype = model_dtype(cfg.run.dtype, device)
     refs = model_refs(cfg)
-    rm_path, why = reward_model_path(cfg)
-    if rm_path:
-        require_score_head(rm_path)  # before minutes of answering, not after
     skipped: list[str] = []
     prompts, prompt_source = eval_prompts(cfg)
+    rm_path, why = reward_model_path(cfg) if prompts else (None, "eval.prompts=none")
+    if rm_path:
+        require_score_head(rm_path)  # before minutes of answering, not after
     texts, text_source = heldout_texts(cfg)
     if texts is None:
         skipped.append(f"language modelling: {text_source}")
@@ -238,17 +244,24 @@ def evaluate(cfg) -> Path:
         print(f"eval: {ev.name} ({ev.path})")
         run_model(ev, prompts, texts, cfg, device, dtype, None if ev is candidate else candidate)
 
+    baseline, bigram_sweep = bigram_baseline([ev.path for ev in evaluated], texts, e) if texts else (None, None)
+    if texts and baseline is None:
+        skipped.append("bigram baseline: no evaluated model is a pretraining artifact with bigram.safetensors")
+    sweeps = {**({"bigram": bigram_sweep} if bigram_sweep else {}), **{ev.name: ev.sweep for ev in evaluated
+                                                                        if ev.sweep}}
+
     if rm_path:
         score_with_rm(rm_path, evaluated, prompts, e.batch_size, device)
     else:
         skipped.append(f"reward-model scores and RM win rates: {why}")
-    why = score_with_gold(evaluated, prompts)
+    why = score_with_gold(evaluated, prompts) if prompts else "gold metric: eval.prompts=none"
     if why:
         skipped.append(f"{why}; gold win rates skipped")
     comparisons = [compare(candidate, base, prompts, tolerance=e.length_tolerance, kl_budget=cfg.ppo.kl_budget)
-                   for base in evaluated[:-1]]
+                   for base in evaluated[:-1]] if prompts else []
     if not comparisons:
-        skipped.append("win rates and KL: only one model (name two or more with eval.models=[a,b])")
+        skipped.append("win rates and KL: " + ("only one model (name two or more with eval.models=[a,b])"
+                                               if prompts else "no prompts (eval.prompts=none)"))
     # The bar compares the candidate with the model just before it (by default PPO with SFT).
     bar = comparisons[-1].get("quality_bar") if comparisons else None
 
@@ -274,6 +287,8 @@ def evaluate(cfg) -> Path:
                      "max_new_tokens": e.max_new_tokens},
         "prompts": {"source": prompt_source, "count": len(prompts)},
         "lm_data": {"source": text_source, "documents": len(texts or [])},
+        "lm_baseline": baseline,
+        "temperature": {"prompt": sweep_prompt(texts), "sweeps": sweeps} if sweeps else None,
         "models": {ev.name: summarise_model(ev) for ev in evaluated},
         "comparisons": comparisons,
         "quality_bar": bar,

@@ -3,9 +3,10 @@
     python -m stages.pretrain --config configs/tiny.yaml [section.key=value ...]
     accelerate launch --config_file configs/accelerate/ddp.yaml -m stages.pretrain --config ...
 
-Text (train.data) -> BPE tokenizer (trained here, or tokenizer.from) -> token files (cached) ->
-Llama-style model (pipeline.model) -> training loop (pipeline.lm_loop) -> a Hugging Face model
-directory with tokenizer, samples.md, metrics.jsonl and manifest.json.
+Text (train.data) -> BPE tokenizer or word vocabulary (tokenizer.kind; trained here, or tokenizer.from)
+-> token files (cached) -> Llama-style model (pipeline.model) -> training loop (pipeline.lm_loop) -> a
+Hugging Face model directory with tokenizer, samples.md, metrics.jsonl and manifest.json, plus the
+bigram baseline counted on the same tokens (bigram.safetensors; its held-out numbers in the manifest).
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from data.token_cache import (
     build_token_cache,
@@ -33,6 +31,9 @@ from pipeline.lm_loop import state_key, train_lm
 from pipeline.model import build_model, describe
 from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from pipeline.tokenizer import load_tokenizer, train_tokenizer
+from pipeline.word_tokenizer import train_word_tokenizer
+from stages.pretrain.baseline import fit_bigram, unknown_tokens
+from stages.pretrain.samples import write_samples
 
 # Keys that change nothing in the trained model: editing them must not make the artifact stale.
 _NO_EFFECT = {"resume", "log_every", "checkpoint_every"}
@@ -68,44 +69,24 @@ def get_tokenizer(cfg, sources, cache_root: Path, accelerator):
         for change in changes:
             accelerator.print(f"tokenizer: {change}")
         return tok, None
+    kind = cfg.tokenizer.kind
     key = cache_key(sources, cfg.train.text_field, cfg.train.val_fraction,
-                    f"bpe-{cfg.tokenizer.vocab_size}-{cfg.tokenizer.min_frequency}")
+                    f"{kind}-{cfg.tokenizer.vocab_size}-{cfg.tokenizer.min_frequency}")
     cached = cache_root / f"tokenizer-{key}"
     with accelerator.main_process_first():
         if not (cached / "tokenizer.json").is_file():
-            accelerator.print(f"training a {cfg.tokenizer.vocab_size}-token BPE tokenizer on the training text ...")
+            accelerator.print(f"training a {cfg.tokenizer.vocab_size}-token {'BPE' if kind == 'bpe' else 'word'} "
+                              "tokenizer on the training text ...")
             docs = iter_documents(sources, "train", cfg.train.text_field, cfg.train.val_fraction)
-            tok = train_tokenizer(docs, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+            train_vocabulary = train_tokenizer if kind == "bpe" else train_word_tokenizer
+            tok = train_vocabulary(docs, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
             tok.save_pretrained(cached.with_suffix(".tmp"))
             os.replace(cached.with_suffix(".tmp"), cached)
         tok, _ = load_tokenizer(str(cached))
+    if kind == "word":
+        accelerator.print("word vocabulary: text is written back whitespace-normalised (NFC; runs of spaces and "
+                          "tabs -> one space; no space next to a newline or at either end)")
     return tok, cached
-
-
-def write_samples(model, tokenizer, val_tokens, cfg, path: Path) -> None:
-    """Text sampled at each of train.sample_temperatures, from a document start and a held-out prefix."""
-    eos = tokenizer.eos_token_id
-    prompts = [[eos]]
-    ends = np.flatnonzero(np.asarray(val_tokens[:50_000]) == eos)
-    prefix_at = int(ends[0]) + 1 if len(ends) and ends[0] + 9 < len(val_tokens) else 0
-    prompts.append([eos, *map(int, val_tokens[prefix_at:prefix_at + 8])])
-    model.eval()
-    device = next(model.parameters()).device
-    lines = [f"# Samples from {cfg.run.name}/pretrain\n", f"{cfg.train.sample_tokens} new tokens per sample; "
-             "a sample starts at a document start or continues a held-out prefix (in **bold**).\n"]
-    for temperature in cfg.train.sample_temperatures:
-        lines.append(f"\n## temperature {temperature}\n")
-        for prompt in prompts:
-            torch.manual_seed(cfg.run.seed)
-            ids = torch.tensor([prompt], device=device)
-            knobs = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
-            with torch.no_grad():
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.train.sample_tokens,
-                                     **knobs)
-            head = tokenizer.decode(prompt, skip_special_tokens=True)
-            tail = tokenizer.decode(out[0, len(prompt):].tolist(), skip_special_tokens=False)
-            lines.append(f"\n{'**' + head.strip() + '** ' if head.strip() else ''}{tail}\n\n---\n")
-    path.write_text("".join(lines))
 
 
 @main_guard
@@ -154,10 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         model.save_pretrained(writer.out_dir)
         tokenizer.save_pretrained(writer.out_dir)
-        write_samples(model, tokenizer, val.tokens(), cfg, writer.out_dir / "samples.md")
-        metrics.update(train_tokens=train.n_tokens, val_tokens=val.n_tokens, val_bytes=val.n_bytes)
+        bigram, bigram_metrics = fit_bigram(train.tokens(), val.tokens(), len(tokenizer), block=block,
+                                            n_windows=cfg.train.eval_batches * cfg.train.batch_size,
+                                            bytes_per_token=val.bytes_per_token)
+        bigram.save(writer.out_dir)
+        write_samples({"GPT": model, "bigram": bigram}, tokenizer, val.tokens(), cfg, writer.out_dir / "samples.md")
+        metrics.update(train_tokens=train.n_tokens, val_tokens=val.n_tokens, val_bytes=val.n_bytes,
+                       **bigram_metrics, **unknown_tokens(tokenizer, val.tokens()))
         writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)
-        print(f"pretrain: val loss {metrics['val_loss']:.4f}, bpb {metrics['val_bpb']:.4f}, "
+        unknown = (f"; {metrics['val_unknown_tokens']:,} held-out tokens unknown "
+                   f"({100 * metrics['val_unknown_share']:.1f}%)" if "val_unknown_tokens" in metrics else "")
+        print(f"pretrain: val loss {metrics['val_loss']:.4f}, bpb {metrics['val_bpb']:.4f} (bigram baseline: "
+              f"{metrics['bigram_val_loss']:.4f}, bpb {metrics['bigram_val_bpb']:.4f}){unknown}, "
               f"{metrics['tokens_seen']:,} tokens -> {final}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
