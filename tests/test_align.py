@@ -1,0 +1,74 @@
+"""`python -m stages.align` (DPO, GRPO, RLOO on TRL's trainers) end to end on tiny artifacts:
+what each writes, resuming after a kill, and what it refuses."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+import stages.align.stage as align
+from pipeline.artifacts import ArtifactWriter, read_manifest
+from pipeline.metrics import read_metrics
+
+
+def fake_artifact(root, stage, build):
+    writer = ArtifactWriter(root / "runs" / "t" / stage, stage)
+    build(writer.out_dir)
+    return writer.commit(config={})
+
+
+@pytest.fixture
+def run_dir(tiny_lm_dir, tmp_path):
+    def sft(out):
+        shutil.copytree(tiny_lm_dir, out, dirs_exist_ok=True)
+
+    def reward(out):
+        torch.manual_seed(0)
+        AutoModelForSequenceClassification.from_pretrained(tiny_lm_dir, num_labels=1).save_pretrained(out)
+        AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
+        (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
+
+    fake_artifact(tmp_path, "sft", sft)
+    fake_artifact(tmp_path, "reward", reward)
+    rankings = tmp_path / "rankings.jsonl"
+    rankings.write_text("".join(json.dumps({
+        "prompt": f"What does function number {i} do?",
+        "responses": [f"It returns {i}.", f"It prints {i} twice.", "No idea.", f"Number {i} is a function."],
+        "ranking": [0, 3, 1, 2]}) + "\n" for i in range(12)))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"What does function number {i} do?"}) + "\n" for i in range(20)))
+    (tmp_path / "held.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Explain object {i}", "gold": f"object {i} does things"}) + "\n"
+                for i in range(4)))
+    return tmp_path
+
+
+def argv(root, method, *extra):
+    return ["--config", "configs/test.yaml", f"run.out_dir={root / 'runs'}", "run.name=t", f"align.method={method}",
+            f"dpo.data={root / 'rankings.jsonl'}", f"dpo.val_data={root / 'rankings.jsonl'}",
+            f"ppo.data={root / 'prompts.jsonl'}", f"ppo.eval_data={root / 'held.jsonl'}",
+            f"grpo.data={root / 'prompts.jsonl'}", f"rloo.data={root / 'prompts.jsonl'}", *extra]
+
+
+@pytest.mark.parametrize("method", ["dpo", "rloo", "grpo"])
+def test_stage_writes_a_loadable_chat_model_with_manifest_metrics_and_samples(run_dir, method, capsys):
+    assert align.main(argv(run_dir, method)) == 0
+    out = run_dir / "runs" / "t" / method
+    manifest = read_manifest(out)
+    assert manifest["status"] == "complete" and manifest["stage"] == method
+    assert manifest["inputs"]["policy"]["fingerprint"] == read_manifest(run_dir / "runs/t/sft")["fingerprint"]
+    AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).chat_template
+    m = manifest["metrics"]
+    assert m["train_wall_time_s"] > 0 and m["heldout_prompts"] == 4
+    if method == "dpo":
+        assert m["pairs"] == 12 * 6 and m["pairs_seen"] == 6 * 4  # all K-way pairs; 6 steps of 4
+    else:
+        assert m["answers_sampled"] == 32 and m["steps"] == 4  # the budget: 32 answers in steps of 8
+        assert manifest["inputs"]["reward_model"]["fingerprint"] == read_manifest(run_dir / "runs/t/reward")["fingerprint"]
+    assert [r["step"] for r in read_metrics(out) if "loss" in r][-1] == m["steps"]
+    assert (out / "tb").is_dir() and "*Gold:*" in (out / "samples.md").read_text()
+    assert align.main(argv(run_dir, method)) == 0
+    assert "up to date" in capsys.readouterr().out
