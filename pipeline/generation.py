@@ -108,8 +108,8 @@ def sample(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int,
     step_ids, step_pos, past = ids, positions_from_mask(mask), None
     for t in range(max_new_tokens):
         res = model(input_ids=step_ids, attention_mask=full_mask[:, :p + t], position_ids=step_pos,
-                    past_key_values=past, use_cache=True, logits_to_keep=1)
-        past = res.past_key_values
+                    cache=past, use_cache=True, logits_to_keep=1)
+        past = res.cache
         logits = res.logits[:, -1]
         tokens = pick_tokens(logits, temperature, top_k, top_p, generator).masked_fill_(done, pad_id)
         if on_step is not None:

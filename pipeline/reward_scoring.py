@@ -184,9 +184,14 @@ class RewardFunction:
         return process_scores(raw, has_eos, self.mean, self.std, clip=self.clip,
                               missing_eos_penalty=self.penalty, mode=self.mode)
 
-    def __call__(self, prompts: list, completions: list, completion_ids: list[list[int]], **_) -> list[float]:
+    def __call__(self, prompts: list, completions: list, completion_ids: list[list[int]], log_metric=None,
+                 **_) -> list[float]:
         prompt_ids = [_chat_ids(self.tokenizer, as_prompt(p), add_generation_prompt=True) for p in prompts]
-        return self.score_ids(prompt_ids, completion_ids).tolist()
+        scores = self.score_ids(prompt_ids, completion_ids)
+        if log_metric is not None:  # TRL averages these into its logs, beside the reward
+            eos = self.tokenizer.eos_token_id
+            log_metric("eos_fraction", sum(bool(a) and a[-1] == eos for a in completion_ids) / len(completion_ids))
+        return scores.tolist()
 
 
 def as_prompt(prompt: str | Messages) -> Messages:

@@ -6,7 +6,12 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    TrainerCallback,
+)
 
 import stages.align.stage as align
 from pipeline.artifacts import ArtifactWriter, read_manifest
@@ -72,3 +77,54 @@ def test_stage_writes_a_loadable_chat_model_with_manifest_metrics_and_samples(ru
     assert (out / "tb").is_dir() and "*Gold:*" in (out / "samples.md").read_text()
     assert align.main(argv(run_dir, method)) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method,kill_at", [("dpo", 4), ("rloo", 3)])
+def test_a_killed_run_resumes_and_ends_with_the_same_metrics(run_dir, method, kill_at, monkeypatch, capsys):
+    module = align.dpo if method == "dpo" else align.online
+    build = module.build_trainer
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == kill_at:
+                raise KeyboardInterrupt  # what Ctrl-C does; a SIGKILL leaves the same checkpoints behind
+
+    def build_and_kill(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(KillAt())
+        return trainer
+
+    killed = argv(run_dir, method)
+    monkeypatch.setattr(module, "build_trainer", build_and_kill)
+    with pytest.raises(SystemExit):
+        align.main(killed)
+    partial = run_dir / "runs" / "t" / f"{method}.partial"
+    assert (partial / "checkpoints").is_dir() and not (run_dir / "runs" / "t" / method).exists()
+    steps_run = []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_run.append(state.global_step)
+
+    def build_and_count(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(CountSteps())
+        return trainer
+
+    monkeypatch.setattr(module, "build_trainer", build_and_count)
+    assert align.main(killed) == 0
+    assert "resuming from" in capsys.readouterr().out
+    save_every = 3 if method == "dpo" else 2  # configs/test.yaml
+    last_saved = kill_at // save_every * save_every
+    assert steps_run[0] == last_saved + 1  # continued after the last checkpoint, not from scratch
+    monkeypatch.setattr(module, "build_trainer", build)
+    resumed = read_manifest(run_dir / "runs" / "t" / method)["metrics"]
+    steps = [r["step"] for r in read_metrics(run_dir / "runs" / "t" / method) if "loss" in r]
+    assert steps == sorted(set(steps))  # one record: the steps after the checkpoint are not logged twice
+
+    shutil.rmtree(run_dir / "runs" / "t" / method)
+    assert align.main(killed) == 0  # the same run, never interrupted
+    straight = read_manifest(run_dir / "runs" / "t" / method)["metrics"]
+    for key in ("loss", "heldout_kl_to_sft", "heldout_length_tuned", "steps"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-4, abs=1e-6), key
+    assert resumed["train_wall_time_s"] > 0

@@ -74,17 +74,18 @@ def build_trainer(method: str, cfg, model, tokenizer, prompts: list[dict], rewar
     # trainer_kwargs reads the usual section fields; the length of the run is the answer budget's
     fields = SimpleNamespace(**vars(s), epochs=1, max_steps=max_steps, eval_every=None)
     kwargs = trainer_kwargs(fields, output_dir=output_dir, run=cfg.run, eval=False)
+    kwargs["include_num_input_tokens_seen"] = "no"  # TRL's batches carry no input_ids to count
     common = dict(num_generations=s.num_generations, max_completion_length=s.max_new_tokens, beta=s.beta,
                   epsilon=s.epsilon, num_iterations=s.num_iterations, temperature=s.temperature, top_k=s.top_k,
                   top_p=s.top_p, mask_truncated_completions=False,  # the missing-EOS penalty handles them, as PPO
                   disable_dropout=True, shuffle_dataset=True)
-    if method == "grpo":
-        from trl import GRPOConfig as Config, GRPOTrainer as Trainer
+    import trl
 
+    if method == "grpo":
+        Config, Trainer = trl.GRPOConfig, trl.GRPOTrainer
         extra = dict(loss_type=s.loss_type, scale_rewards=s.scale_rewards)
     else:
-        from trl import RLOOConfig as Config, RLOOTrainer as Trainer
-
+        Config, Trainer = trl.RLOOConfig, trl.RLOOTrainer
         extra = dict(normalize_advantages=s.normalize_advantages)
     args = Config(**kwargs, **common, **extra)
     trainer = Trainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=Dataset.from_list(prompts),

@@ -57,7 +57,8 @@ def pair_sources(cfg) -> tuple[list[str], str | None]:
 
 
 def load_pairs(sources: list[str]) -> Pairs:
-    from data.loaders import load_pairs as read, source_fingerprint
+    from data.loaders import load_pairs as read
+    from data.loaders import source_fingerprint
 
     records = []
     for src in sources:
