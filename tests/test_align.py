@@ -42,6 +42,7 @@ def run_dir(tiny_lm_dir, tmp_path):
         "prompt": f"What does function number {i} do?",
         "responses": [f"It returns {i}.", f"It prints {i} twice.", "No idea.", f"Number {i} is a function."],
         "ranking": [0, 3, 1, 2]}) + "\n" for i in range(12)))
+    (tmp_path / "held_rankings.jsonl").write_text("".join(rankings.read_text().splitlines(keepends=True)[:2]))
     (tmp_path / "prompts.jsonl").write_text(
         "".join(json.dumps({"prompt": f"What does function number {i} do?"}) + "\n" for i in range(20)))
     (tmp_path / "held.jsonl").write_text(
@@ -52,7 +53,7 @@ def run_dir(tiny_lm_dir, tmp_path):
 
 def argv(root, method, *extra):
     return ["--config", "configs/test.yaml", f"run.out_dir={root / 'runs'}", "run.name=t", f"align.method={method}",
-            f"dpo.data={root / 'rankings.jsonl'}", f"dpo.val_data={root / 'rankings.jsonl'}",
+            f"dpo.data={root / 'rankings.jsonl'}", f"dpo.val_data={root / 'held_rankings.jsonl'}",
             f"ppo.data={root / 'prompts.jsonl'}", f"ppo.eval_data={root / 'held.jsonl'}",
             f"grpo.data={root / 'prompts.jsonl'}", f"rloo.data={root / 'prompts.jsonl'}", *extra]
 
@@ -128,3 +129,40 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(run_dir, method, ki
     for key in ("loss", "heldout_kl_to_sft", "heldout_length_tuned", "steps"):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-4, abs=1e-6), key
     assert resumed["train_wall_time_s"] > 0
+
+
+def test_rl_methods_name_the_missing_reward_model_and_leave_nothing_behind(run_dir, capsys):
+    shutil.rmtree(run_dir / "runs" / "t" / "reward")
+    with pytest.raises(SystemExit) as e:
+        align.main(argv(run_dir, "grpo"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "make reward" in err and "Traceback" not in err
+    assert not (run_dir / "runs" / "t" / "grpo.partial").exists()
+
+
+def test_a_bad_preference_record_is_one_line_naming_file_and_line(run_dir, capsys):
+    bad = run_dir / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        align.main(argv(run_dir, "dpo", f"dpo.data={bad}"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{bad}, line 1" in err and "ranking" in err and "Traceback" not in err
+    assert not (run_dir / "runs" / "t" / "dpo.partial").exists()
+
+
+def test_a_group_batch_that_splits_a_prompts_answers_is_refused(run_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        align.main(argv(run_dir, "rloo", "rloo.batch_size=6"))
+    assert e.value.code == 2 and "rloo.batch_size=6 is not a multiple of rloo.num_generations=4" in capsys.readouterr().err
+
+
+def test_lora_saves_the_adapter_and_merged_weights(run_dir):
+    assert align.main(argv(run_dir, "dpo", "dpo.lora.enabled=true", "dpo.lora.r=4", "dpo.lr=1e-2")) == 0
+    out = run_dir / "runs" / "t" / "dpo"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    sft = AutoModelForCausalLM.from_pretrained(run_dir / "runs" / "t" / "sft")
+    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, sft.state_dict()[n])]
+    assert changed and all("proj" in n for n in changed)  # only the adapted layers moved
