@@ -18,10 +18,10 @@ from pipeline.artifacts import ArtifactWriter, read_manifest
 from pipeline.metrics import read_metrics
 
 
-def fake_artifact(root, stage, build):
+def fake_artifact(root, stage, build, inputs=None):
     writer = ArtifactWriter(root / "runs" / "t" / stage, stage)
     build(writer.out_dir)
-    return writer.commit(config={})
+    return writer.commit(config={}, inputs=inputs)
 
 
 @pytest.fixture
@@ -166,3 +166,18 @@ def test_lora_saves_the_adapter_and_merged_weights(run_dir):
     sft = AutoModelForCausalLM.from_pretrained(run_dir / "runs" / "t" / "sft")
     changed = [n for n, p in merged.named_parameters() if not torch.equal(p, sft.state_dict()[n])]
     assert changed and all("proj" in n for n in changed)  # only the adapted layers moved
+
+
+def test_dpo_by_default_learns_from_the_pairs_the_reward_model_learnt_from(run_dir):
+    from data.loaders import source_fingerprint
+
+    rankings, held = str(run_dir / "rankings.jsonl"), str(run_dir / "held_rankings.jsonl")
+    recorded = {"train": {rankings: source_fingerprint(rankings)}, "heldout": {held: source_fingerprint(held)}}
+    reward = run_dir / "runs" / "t" / "reward"
+    fake_artifact(run_dir, "reward", lambda out: shutil.copytree(reward, out, dirs_exist_ok=True,
+                                                                 ignore=shutil.ignore_patterns("manifest.json")),
+                  inputs={"data": recorded})
+    assert align.main(argv(run_dir, "dpo", "dpo.data=reward", "dpo.val_data=reward", "dpo.max_steps=1")) == 0
+    manifest = read_manifest(run_dir / "runs" / "t" / "dpo")
+    assert manifest["inputs"]["data"] == recorded
+    assert manifest["metrics"]["pairs"] == 12 * 6  # every pair of each 4-way ranking

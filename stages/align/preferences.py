@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pipeline.artifacts import is_complete
+from pipeline.artifacts import is_complete, read_manifest
 from pipeline.errors import UserError
 from pipeline.reward_scoring import encode_conversation
 
@@ -40,19 +41,36 @@ def rank_rankings(cfg) -> str | None:
     return str(f) if is_complete(d) and f.is_file() else None
 
 
+def reward_sources(cfg) -> tuple[list[str], str | None] | None:
+    """The training and held-out sources the finished reward model recorded in its manifest, if any."""
+    d = cfg.stage_dir("reward")
+    data = ((read_manifest(d) or {}).get("inputs") or {}).get("data") or {} if is_complete(d) else {}
+    train, held = data.get("train"), data.get("heldout")
+    if not isinstance(train, dict) or not train or not all(Path(s).is_file() for s in train):
+        return None
+    return list(train), next(iter(held), None) if isinstance(held, dict) else None
+
+
 def pair_sources(cfg) -> tuple[list[str], str | None]:
-    """(training sources, held-out source or None) for cfg.dpo."""
+    """(training sources, held-out source or None) for cfg.dpo. `reward` means the pairs the reward
+    model learnt from: those its artifact records, else what the reward section would read (plus
+    the rank stage's rankings of the model's own answers when they exist)."""
     d, r = cfg.dpo, cfg.reward
+    recorded = reward_sources(cfg)
     if d.data == "reward":
-        train = [_demo(cfg, "rankings_train.jsonl") if r.data == "demo" else r.data]
-        own = rank_rankings(cfg)
-        if own:
-            train.append(own)
+        if recorded:
+            train = recorded[0]
+        else:
+            train = [_demo(cfg, "rankings_train.jsonl") if r.data == "demo" else r.data]
+            own = rank_rankings(cfg)
+            if own:
+                train.append(own)
     else:
         train = [d.data]
     held = d.val_data
     if held == "reward":
-        held = r.val_data or (_demo(cfg, "rankings_heldout.jsonl") if r.data == "demo" else None)
+        held = recorded[1] if recorded else (r.val_data or (_demo(cfg, "rankings_heldout.jsonl")
+                                                             if r.data == "demo" else None))
     return train, held
 
 
