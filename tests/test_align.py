@@ -76,6 +76,7 @@ def test_stage_writes_a_loadable_chat_model_with_manifest_metrics_and_samples(ru
         assert manifest["inputs"]["reward_model"]["fingerprint"] == read_manifest(run_dir / "runs/t/reward")["fingerprint"]
     assert [r["step"] for r in read_metrics(out) if "loss" in r][-1] == m["steps"]
     assert (out / "tb").is_dir() and "*Gold:*" in (out / "samples.md").read_text()
+    assert not (out / "training_args.bin").exists()  # a pickle has no place in an artifact
     assert align.main(argv(run_dir, method)) == 0
     assert "up to date" in capsys.readouterr().out
 

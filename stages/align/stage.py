@@ -147,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     if already_done(final, dependencies(cfg), inputs):
         return 0
 
-    writer = start_artifact(final, method, resume=s.resume)
+    from accelerate import PartialState
+
+    state = PartialState()
+    writer = start_artifact(final, method, resume=s.resume, is_main=state.is_main_process)
+    state.wait_for_everyone()
     checkpoint = last_checkpoint(writer.checkpoint_dir) if s.resume else None
     callback = MetricsCallback(writer.out_dir, desc=method, resume_step=step_of(checkpoint))
     clock = TrainingClock(checkpoint)
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{f'; held out {len(held.records)}' if held else ''}; beta {s.beta}")
     else:
         budget = online.episodes(cfg, method)
-        steps = online.optimizer_steps(budget, s)
+        steps = online.optimizer_steps(budget, s, state.num_processes)
         extra["reward_fn"].model.to(device)
         trainer = online.build_trainer(method, cfg, model, tokenizer, train, extra["reward_fn"],
                                        output_dir=writer.checkpoint_dir, callback=callback, max_steps=steps)
@@ -174,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     callback.close()
 
     policy = trainer.accelerator.unwrap_model(trainer.model)
+    if not s.lora.enabled:
+        trainer.save_model(str(writer.out_dir))  # gathers FSDP/ZeRO-3 shards; writes on the main process
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return 0
     if s.lora.enabled:
         policy = save_lora(policy, writer.out_dir, tokenizer)
-    else:
-        policy.save_pretrained(writer.out_dir)
-        tokenizer.save_pretrained(writer.out_dir)
+    (writer.out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: no place in an artifact
+    tokenizer.save_pretrained(writer.out_dir)
     set_generation_defaults(policy, tokenizer)
     policy.generation_config.save_pretrained(writer.out_dir)
 
@@ -194,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics.update(pairs=len(train.records), pairs_seen=dpo.pairs_seen(trainer),
                        **{f"train_{k}": v for k, v in train.counts().items()})
     else:
-        metrics.update(answers_sampled=online.answers_sampled(trainer.state.global_step, s),
+        metrics.update(answers_sampled=online.answers_sampled(trainer.state.global_step, s, state.num_processes),
                        prompts_dropped=extra["prompts_dropped"])
     (writer.out_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
     writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)
