@@ -234,6 +234,7 @@ class DPOSection:
     policy: str | None = None  # default runs/<name>/sft (also the frozen reference)
     data: str = "reward"  # reward: the reward stage's training pairs (+ runs/<name>/rank/rankings.jsonl); or a file
     val_data: str | None = "reward"  # held-out pairs: the reward stage's held-out set; a file; None = no evaluation
+    eval_pairs: int | None = 512  # held-out pairs per evaluation (the first ones); None = all
     beta: float = 0.1  # strength of the KL leash to the reference (higher: closer to SFT)
     loss_type: str = "sigmoid"  # any TRL DPO loss: sigmoid (DPO), ipo, hinge, robust, ...
     max_length: int = 256  # prompt + answer tokens; longer pairs are dropped and counted

@@ -84,17 +84,20 @@ def load_pairs(sources: list[str]) -> Pairs:
     return Pairs(records, sources={s: source_fingerprint(s) for s in sources}, total=len(records))
 
 
-def screen(pairs: Pairs, tokenizer, max_length: int, name: str) -> Pairs:
+def screen(pairs: Pairs, tokenizer, max_length: int, name: str, keep: int | None = None) -> Pairs:
     """Drop (and count) pairs whose prompt + chosen or prompt + rejected exceeds max_length: cutting
-    an answer would teach a preference between two texts nobody ranked."""
+    an answer would teach a preference between two texts nobody ranked. `keep`: use only the first
+    that many of the rest (held-out evaluation costs two forwards per pair)."""
     kept = []
     for p in pairs.records:
         if any(encode_conversation(tokenizer, p["prompt"], p[k], max_length)[1] != "ok" for k in ("chosen", "rejected")):
             pairs.too_long += 1
             continue
         kept.append(p)
-    pairs.records = kept
-    msg = f"dpo {name}: {len(kept)} of {pairs.total} pairs used"
+    pairs.records = kept[:keep] if keep else kept
+    msg = f"dpo {name}: {len(pairs.records)} of {pairs.total} pairs used"
+    if keep and len(kept) > keep:
+        msg += f" (the first {keep}: dpo.eval_pairs)"
     if pairs.too_long:
         msg += f"; {pairs.too_long} dropped (over dpo.max_length={max_length})"
         log.warning(msg)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -99,8 +100,8 @@ def prepare(cfg, method: str, policy_src: str):
     if method == "dpo":
         train_src, held_src = preferences.pair_sources(cfg)
         train = preferences.screen(preferences.load_pairs(train_src), tokenizer, s.max_length, "train")
-        held = preferences.screen(preferences.load_pairs([held_src]), tokenizer, s.max_length, "held-out") \
-            if held_src else None
+        held = preferences.screen(preferences.load_pairs([held_src]), tokenizer, s.max_length, "held-out",
+                                  keep=s.eval_pairs) if held_src else None
         inputs["data"] = {"train": train.sources, "heldout": held.sources if held else {}}
         return inputs, model, tokenizer, train, held, {}
     from data.loaders import load_prompts, source_fingerprint
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
 
     datasets.disable_progress_bars()
+    # TRL 1.16 still reads transformers' old `is_gradient_checkpointing` name: nothing of ours to fix
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     method = cfg.align.method
     s = getattr(cfg, method)
     final = cfg.stage_dir(method)
