@@ -64,7 +64,8 @@ def render(report: dict) -> str:
         lines.append(f"| {r['candidate']} | {_ci(r.get('win_rate_rm'))} | {_ci(r.get('win_rate_gold'))} | "
                      f"{_ci(r.get('gold_difference'), 'mean', signed=True)} | {_f(kl, 2)} | "
                      f"{_f(r['summary']['answer_tokens_mean'], 1)} ({_f(sft_tokens, 1)}) | {wall} | {cost['used']} |")
-    lines += ["", "## Quality bar (as the PPO stage judges it)", ""]
+    lines += ["", "Wall time: training only for DPO, GRPO and RLOO (summed across resumes); the whole stage for "
+              "PPO (its final report included).", "", "## Quality bar (as the PPO stage judges it)", ""]
     for r in report["methods"]:
         verdict = (r.get("quality_bar") or {}).get("verdict") or "not judged (no reward model)"
         lines.append(f"- **{r['candidate']}**: {verdict}")

@@ -45,6 +45,7 @@ def cost(path: str, method: str) -> dict:
     m = manifest.get("metrics") or {}
     if method == "ppo":
         episodes = (manifest.get("config") or {}).get("ppo", {}).get("total_episodes")
+        # PPO records the whole stage's time (its final report included) of the last process that ran it
         return {"wall_time_s": manifest.get("wall_time_s"), "used": f"{episodes} sampled answers"}
     used = (f"{m.get('pairs_seen')} pair updates ({m.get('pairs')} pairs)" if method == "dpo"
             else f"{m.get('answers_sampled')} sampled answers")
@@ -68,6 +69,9 @@ def _finite(x):
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("compare", argv, description=__doc__.splitlines()[0])
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars: noise next to ours
     final = cfg.stage_dir("compare")
     refs = model_refs(cfg)
     rm_path, _ = evaluator.reward_model_path(cfg)
