@@ -58,12 +58,13 @@ def dependencies(cfg) -> dict:
     the RL methods PPO's reward settings (and budget, when they take PPO's)."""
     m = cfg.align.method
     s = getattr(cfg, m)
-    deps = {m: to_dict(s), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype}, "data": to_dict(cfg.data)}
+    deps = {m: to_dict(s), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype}, "data": to_dict(cfg.data),
+            "ppo": {"data": cfg.ppo.data, "eval_data": cfg.ppo.eval_data}}  # the held-out prompts of the report
     if m == "dpo":
         deps["reward"] = {"data": cfg.reward.data, "val_data": cfg.reward.val_data}
     else:
-        deps["ppo"] = {k: getattr(cfg.ppo, k) for k in ("missing_eos_penalty", "missing_eos_mode", "reward_clip",
-                                                        "forward_batch_size")}
+        deps["ppo"].update({k: getattr(cfg.ppo, k) for k in ("missing_eos_penalty", "missing_eos_mode", "reward_clip",
+                                                             "forward_batch_size")})
         if s.total_episodes is None:
             deps["ppo"]["total_episodes"] = cfg.ppo.total_episodes
     return deps
