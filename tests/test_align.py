@@ -159,9 +159,11 @@ def test_a_group_batch_that_splits_a_prompts_answers_is_refused(run_dir, capsys)
     assert e.value.code == 2 and "rloo.batch_size=6 is not a multiple of rloo.num_generations=4" in capsys.readouterr().err
 
 
-def test_lora_saves_the_adapter_and_merged_weights(run_dir):
-    assert align.main(argv(run_dir, "dpo", "dpo.lora.enabled=true", "dpo.lora.r=4", "dpo.lr=1e-2")) == 0
-    out = run_dir / "runs" / "t" / "dpo"
+@pytest.mark.parametrize("method", ["dpo", "rloo"])
+def test_lora_saves_the_adapter_and_merged_weights(run_dir, method):
+    assert align.main(argv(run_dir, method, f"{method}.lora.enabled=true", f"{method}.lora.r=4",
+                           f"{method}.lr=1e-2")) == 0
+    out = run_dir / "runs" / "t" / method
     assert (out / "adapter" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out)
     sft = AutoModelForCausalLM.from_pretrained(run_dir / "runs" / "t" / "sft")
