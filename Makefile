@@ -33,7 +33,7 @@ STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup lock test faults lint bench data pretrain sft reward ppo eval chat serve clean
+.PHONY: help setup lock test faults lint bench data pretrain sft reward ppo dpo grpo rloo compare eval chat serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -83,6 +83,18 @@ reward: sft  ## reward model on rankings (TRL RewardTrainer) -> runs/<preset>/re
 
 ppo: sft reward  ## PPO with a KL leash to SFT -> runs/<preset>/ppo
 	$(LAUNCH) -m stages.ppo $(STAGE_ARGS)
+
+dpo: sft  ## DPO (TRL DPOTrainer) on the reward model's preference pairs -> runs/<preset>/dpo
+	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=dpo
+
+grpo: sft reward  ## GRPO (TRL GRPOTrainer), rewarded as PPO is, PPO's answer budget -> runs/<preset>/grpo
+	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=grpo
+
+rloo: sft reward  ## RLOO (TRL RLOOTrainer), rewarded as PPO is, PPO's answer budget -> runs/<preset>/rloo
+	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=rloo
+
+compare:  ## SFT vs PPO, DPO, GRPO, RLOO (those that exist) -> runs/<preset>/compare/compare.md
+	$(PY) -m stages.compare $(STAGE_ARGS)
 
 eval:  ## compare pretrain / SFT / PPO on held-out data -> runs/<preset>/eval/report.md
 	$(PY) -m stages.eval $(STAGE_ARGS) $(if $(MODELS),eval.models="[$(subst $(space),$(comma),$(strip $(MODELS)))]")

@@ -11,6 +11,10 @@ scores the last `max_length` tokens.
     scores = score_conversations(model, tok, [[{"role": "user", "content": "hi"}]], ["hello"],
                                  max_length=stats["max_length"])
     normalised = (scores - stats["mean"]) / stats["std"]
+
+The reward an RL stage optimises is one more step: `process_scores` (normalise by the reward
+stage's statistics, clip, penalise answers cut without EOS). PPO calls it on its rollouts;
+`RewardFunction` wraps model + `process_scores` as a TRL reward function for GRPO and RLOO.
 """
 
 from __future__ import annotations
@@ -128,3 +132,68 @@ def load_reward_model(path: str | Path, *, dtype=None, device=None):
     model.eval()
     stats = read_reward_stats(path) if (Path(path) / STATS_FILE).is_file() else {}
     return model, tokenizer, stats
+
+
+def process_scores(raw: torch.Tensor, has_eos: torch.Tensor, mean: float, std: float, *, clip: float | None,
+                   missing_eos_penalty: float | None, mode: str = "subtract") -> torch.Tensor:
+    """The sequence-level reward: the RM score normalised by the reward stage's mean/std, optionally
+    clipped to [-clip, clip], then penalised where the answer hit the length limit without EOS
+    (mode "subtract": score - penalty; "replace": -penalty)."""
+    scores = (raw - mean) / std
+    if clip is not None:
+        scores = scores.clamp(-clip, clip)
+    if missing_eos_penalty is not None:
+        if mode == "subtract":
+            penalised = scores - missing_eos_penalty
+        elif mode == "replace":
+            penalised = torch.full_like(scores, -missing_eos_penalty)
+        else:
+            raise ValueError(f"unknown missing_eos_mode {mode!r}; use subtract or replace")
+        scores = torch.where(has_eos, scores, penalised)
+    return scores
+
+
+class RewardFunction:
+    """PPO's reward as a TRL reward function (GRPOTrainer / RLOOTrainer `reward_funcs`).
+
+    TRL hands over each prompt and the sampled answer's token ids, cut after the first EOS; the
+    reward model reads chat-formatted prompt ids + those answer ids -- the sequence PPO scores --
+    and `process_scores` applies PPO's normalisation, clip and missing-EOS penalty with PPO's
+    settings. So PPO, GRPO and RLOO optimise the same number for the same answer.
+    """
+
+    __name__ = "reward_model"  # TRL names its reward columns after the function
+
+    def __init__(self, model, tokenizer, *, mean: float = 0.0, std: float = 1.0, clip: float | None = None,
+                 missing_eos_penalty: float | None = None, missing_eos_mode: str = "subtract",
+                 batch_size: int = 32):
+        if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            raise UserError("the reward tokenizer needs a PAD token distinct from EOS (see pipeline.tokenizer).")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.mean, self.std = float(mean), float(std) or 1.0
+        self.clip, self.penalty, self.mode = clip, missing_eos_penalty, missing_eos_mode
+        self.scored = 0  # answers scored so far: the budget an RL stage reports
+
+    def score_ids(self, prompt_ids: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
+        """Processed reward of each answer (token ids, EOS last where the answer ended)."""
+        eos = self.tokenizer.eos_token_id
+        has_eos = torch.tensor([bool(a) and a[-1] == eos for a in answer_ids])
+        raw = score_ids(self.model, [list(p) + list(a) for p, a in zip(prompt_ids, answer_ids)],
+                        self.tokenizer.pad_token_id, self.batch_size)
+        self.scored += len(answer_ids)
+        return process_scores(raw, has_eos, self.mean, self.std, clip=self.clip,
+                              missing_eos_penalty=self.penalty, mode=self.mode)
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list[list[int]], log_metric=None,
+                 **_) -> list[float]:
+        prompt_ids = [_chat_ids(self.tokenizer, as_prompt(p), add_generation_prompt=True) for p in prompts]
+        scores = self.score_ids(prompt_ids, completion_ids)
+        if log_metric is not None:  # TRL averages these into its logs, beside the reward
+            eos = self.tokenizer.eos_token_id
+            log_metric("eos_fraction", sum(bool(a) and a[-1] == eos for a in completion_ids) / len(completion_ids))
+        return scores.tolist()
+
+
+def as_prompt(prompt: str | Messages) -> Messages:
+    """A prompt as chat messages (a bare string is one user turn)."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
+from pipeline.reward_scoring import process_scores
 from stages.ppo.advantages import (
     compute_gae,
     kl_per_token,
     masked_mean,
     masked_var,
     masked_whiten,
-    process_scores,
     shape_rewards,
 )
 from stages.ppo.kl_controller import AdaptiveKLController, FixedKLController

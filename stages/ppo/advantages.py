@@ -69,25 +69,6 @@ def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: 
     raise ValueError(f"unknown KL estimator {estimator!r}; use k1 or k3")
 
 
-def process_scores(raw: torch.Tensor, has_eos: torch.Tensor, mean: float, std: float, *, clip: float | None,
-                   missing_eos_penalty: float | None, mode: str = "subtract") -> torch.Tensor:
-    """The sequence-level reward: the RM score normalised by the reward stage's mean/std, optionally
-    clipped to [-clip, clip], then penalised where the answer hit the length limit without EOS
-    (mode "subtract": score - penalty; "replace": -penalty)."""
-    scores = (raw - mean) / std
-    if clip is not None:
-        scores = scores.clamp(-clip, clip)
-    if missing_eos_penalty is not None:
-        if mode == "subtract":
-            penalised = scores - missing_eos_penalty
-        elif mode == "replace":
-            penalised = torch.full_like(scores, -missing_eos_penalty)
-        else:
-            raise ValueError(f"unknown missing_eos_mode {mode!r}; use subtract or replace")
-        scores = torch.where(has_eos, scores, penalised)
-    return scores
-
-
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real response token (the EOS, or the last token of a cut answer)."""
     return (mask.long().sum(1) - 1).clamp(min=0)

@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.metrics import MetricsLogger, progress
+from pipeline.reward_scoring import process_scores
 from pipeline.runtime import reuse_freed_cpu_memory
 from stages.ppo import checkpointing
 from stages.ppo.advantages import (
@@ -36,7 +37,6 @@ from stages.ppo.advantages import (
     masked_mean,
     masked_var,
     masked_whiten,
-    process_scores,
     shape_rewards,
 )
 from stages.ppo.evaluation import SampleWriter

@@ -1,0 +1,5 @@
+import sys
+
+from stages.align.stage import main
+
+sys.exit(main())

@@ -1,0 +1,231 @@
+"""`python -m stages.align`: DPO, GRPO or RLOO of the SFT model on TRL's trainers, beside PPO.
+
+    make dpo    # python -m stages.align --config configs/tiny.yaml align.method=dpo
+    make grpo   #   ... align.method=grpo   (grpo.num_generations=8 grpo.beta=0.02 ...)
+    make rloo   #   ... align.method=rloo
+
+DPO learns from the reward model's own preference pairs; GRPO and RLOO sample answers and are
+rewarded by the reward model exactly as PPO is, with PPO's budget of sampled answers. Output
+runs/<name>/<method>/: the policy as a Hugging Face causal LM with the chat template (LoRA: merged,
+plus adapter/), manifest.json (wall time, pairs or answers used), metrics.jsonl, tb/, samples.md,
+report.json. A killed run resumes from its last checkpoint; `make compare` judges all methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from pipeline.artifacts import already_done, resolve_model_source, start_artifact
+from pipeline.cli import stage_config
+from pipeline.config import to_dict
+from pipeline.errors import UserError, main_guard
+from pipeline.hf_glue import MetricsCallback, last_checkpoint, save_lora, step_of
+from pipeline.model import load_causal_lm, set_generation_defaults
+from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
+from stages.align import dpo, online, preferences
+from stages.align.report import heldout_prompts, heldout_report, write_samples
+
+log = logging.getLogger("stages.align")
+ELAPSED = "elapsed.json"  # training seconds so far, saved with each checkpoint: wall time survives a resume
+
+
+class TrainingClock(TrainerCallback):
+    """Training wall time across kills: the time saved with the checkpoint resumed from, plus this run's."""
+
+    def __init__(self, resumed_from: str | None):
+        f = Path(resumed_from or "") / ELAPSED
+        self.before = json.loads(f.read_text())["seconds"] if resumed_from and f.is_file() else 0.0
+        self.start = time.time()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.time() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if d.is_dir():
+            (d / ELAPSED).write_text(json.dumps({"seconds": self.seconds}))
+
+
+def dependencies(cfg) -> dict:
+    """The config this artifact depends on: its own section, seeding/precision, the demo data, and for
+    the RL methods PPO's reward settings (and budget, when they take PPO's)."""
+    m = cfg.align.method
+    s = getattr(cfg, m)
+    deps = {m: to_dict(s), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype}, "data": to_dict(cfg.data),
+            "ppo": {"data": cfg.ppo.data, "eval_data": cfg.ppo.eval_data}}  # the held-out prompts of the report
+    if m == "dpo":
+        deps["reward"] = {"data": cfg.reward.data, "val_data": cfg.reward.val_data}
+    else:
+        deps["ppo"].update({k: getattr(cfg.ppo, k) for k in ("missing_eos_penalty", "missing_eos_mode", "reward_clip",
+                                                             "forward_batch_size")})
+        if s.total_episodes is None:
+            deps["ppo"]["total_episodes"] = cfg.ppo.total_episodes
+    return deps
+
+
+def load_policy(source: str):
+    from transformers import AutoTokenizer
+
+    model = load_causal_lm(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load the tokenizer of '{source}': {e}") from None
+    if not tokenizer.chat_template or tokenizer.pad_token_id in (None, tokenizer.eos_token_id):
+        raise UserError(f"{source} is not a chat model with a PAD token distinct from EOS: align an SFT model "
+                        "(`make sft`, or point policy at one).")
+    tokenizer.padding_side = "left"  # prompts end where answers start
+    return model, tokenizer
+
+
+def read_score_stats(reward_source: str) -> tuple[float, float]:
+    from pipeline.reward_scoring import read_reward_stats
+
+    stats = read_reward_stats(reward_source)
+    return float(stats["mean"]), float(stats["std"]) or 1.0
+
+
+def prepare(cfg, method: str, policy_src: str):
+    """Everything read before training, so that bad input fails before a work directory exists:
+    (inputs record, model, tokenizer, train data, held-out data, extras)."""
+    s = getattr(cfg, method)
+    inputs = {"policy": None}
+    model, tokenizer = load_policy(policy_src)
+    if method == "dpo":
+        train_src, held_src = preferences.pair_sources(cfg)
+        train = preferences.screen(preferences.load_pairs(train_src), tokenizer, s.max_length, "train")
+        held = preferences.screen(preferences.load_pairs([held_src]), tokenizer, s.max_length, "held-out",
+                                  keep=s.eval_pairs) if held_src else None
+        inputs["data"] = {"train": train.sources, "heldout": held.sources if held else {}}
+        return inputs, model, tokenizer, train, held, {}
+    from data.loaders import load_prompts, source_fingerprint
+    from pipeline.reward_scoring import load_reward_model
+
+    reward_src, reward_rec = resolve_model_source(s.reward_model, cfg.stage_dir("reward"), "make reward")
+    if s.data == "demo":
+        from data.demo import demo_file
+
+        prompt_src = str(demo_file(cfg, "ppo_prompts.jsonl"))
+    else:
+        prompt_src = s.data
+    prompts, dropped = online.prompt_dataset([r["prompt"] for r in load_prompts(prompt_src)], tokenizer,
+                                             s.max_prompt_length, method)
+    rm, rm_tok, _ = load_reward_model(reward_src)
+    if rm_tok.get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"{reward_src} and {policy_src} use different tokenizers; the reward model must read the "
+                        "policy's tokens (train it from this SFT model with `make reward`).")
+    reward_fn = online.reward_function(cfg, rm, rm_tok, read_score_stats(reward_src))
+    inputs.update(reward_model=reward_rec, prompts={prompt_src: source_fingerprint(prompt_src)})
+    return inputs, model, tokenizer, prompts, None, {"reward_fn": reward_fn, "prompts_dropped": dropped}
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    cfg = stage_config("align", argv, description=__doc__.splitlines()[0])
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    # TRL 1.16 still reads transformers' old `is_gradient_checkpointing` name: nothing of ours to fix
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    method = cfg.align.method
+    s = getattr(cfg, method)
+    final = cfg.stage_dir(method)
+    policy_src, policy_rec = resolve_model_source(s.policy, cfg.stage_dir("sft"), "make sft")
+    device = pick_device(cfg.run.device)
+    share_cpu_threads(device.type)
+    seed_everything(cfg.run.seed)
+    inputs, model, tokenizer, train, held, extra = prepare(cfg, method, policy_src)
+    inputs["policy"] = policy_rec
+    if already_done(final, dependencies(cfg), inputs):
+        return 0
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    writer = start_artifact(final, method, resume=s.resume, is_main=state.is_main_process)
+    state.wait_for_everyone()
+    checkpoint = last_checkpoint(writer.checkpoint_dir) if s.resume else None
+    callback = MetricsCallback(writer.out_dir, desc=method, resume_step=step_of(checkpoint))
+    clock = TrainingClock(checkpoint)
+    if method == "dpo":
+        ref = load_causal_lm(policy_src)
+        trainer = dpo.build_trainer(cfg, model, ref, tokenizer, train.records, held.records if held else None,
+                                    output_dir=writer.checkpoint_dir, callback=callback)
+        print(f"dpo: {len(train.records)} pairs from {', '.join(train.sources)}"
+              f"{f'; held out {len(held.records)}' if held else ''}; beta {s.beta}")
+    else:
+        budget = online.episodes(cfg, method)
+        steps = online.optimizer_steps(budget, s, state.num_processes)
+        extra["reward_fn"].model.to(device)
+        trainer = online.build_trainer(method, cfg, model, tokenizer, train, extra["reward_fn"],
+                                       output_dir=writer.checkpoint_dir, callback=callback, max_steps=steps)
+        print(f"{method}: {len(train)} prompts, {budget} sampled answers in {steps} steps of {s.batch_size} "
+              f"({s.num_generations} per prompt); reward as PPO's (normalised, missing-EOS penalty "
+              f"{cfg.ppo.missing_eos_penalty})")
+    trainer.add_callback(clock)
+    if checkpoint:
+        print(f"resuming from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = clock.seconds
+    callback.close()
+
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if not s.lora.enabled:
+        trainer.save_model(str(writer.out_dir))  # gathers FSDP/ZeRO-3 shards; writes on the main process
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return 0
+    if s.lora.enabled:
+        policy = save_lora(policy, writer.out_dir, tokenizer)
+    (writer.out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: no place in an artifact
+    tokenizer.save_pretrained(writer.out_dir)
+    set_generation_defaults(policy, tokenizer)
+    policy.generation_config.save_pretrained(writer.out_dir)
+
+    sft = load_causal_lm(policy_src).to(policy.device)
+    numbers, rows = heldout_report(policy, sft, tokenizer, heldout_prompts(cfg, s.report_prompts),
+                                   reward_fn=extra.get("reward_fn"), max_new_tokens=s.max_new_tokens,
+                                   temperature=s.temperature, seed=cfg.run.seed)
+    write_samples(writer.out_dir / "samples.md", method, numbers, rows)
+    metrics = {k: v for k, v in callback.last.items() if isinstance(v, (int, float))}
+    metrics.update({f"heldout_{k}": v for k, v in numbers.items()})
+    metrics.update(steps=trainer.state.global_step, train_wall_time_s=round(train_seconds, 1))
+    if method == "dpo":
+        metrics.update(pairs=len(train.records), pairs_seen=dpo.pairs_seen(trainer),
+                       **{f"train_{k}": v for k, v in train.counts().items()})
+    else:
+        metrics.update(answers_sampled=online.answers_sampled(trainer.state.global_step, s, state.num_processes),
+                       prompts_dropped=extra["prompts_dropped"])
+    (writer.out_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)
+    print_summary(method, final, metrics)
+    return 0
+
+
+def print_summary(method: str, final, m: dict) -> None:
+    used = (f"{m['pairs_seen']} pair updates over {m['pairs']} pairs" if method == "dpo"
+            else f"{m['answers_sampled']} sampled answers")
+    print(f"\n{method} done -> {final}: {m['steps']} steps, {used}, {m['train_wall_time_s']:.0f} s of training")
+    if "heldout_kl_to_sft" in m:
+        rm = (f"; reward {m['heldout_rm_tuned']:+.3f} vs SFT {m['heldout_rm_sft']:+.3f}"
+              if "heldout_rm_tuned" in m else "")
+        gold = (f"; gold {m['heldout_gold_tuned']:.3f} vs SFT {m['heldout_gold_sft']:.3f}"
+                if m.get("heldout_gold_tuned") is not None else "")
+        print(f"  held-out ({m['heldout_prompts']} prompts): KL to SFT {m['heldout_kl_to_sft']:.2f}{rm}{gold}")
+    print(f"  samples: {final}/samples.md; compare all methods with `make compare`")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

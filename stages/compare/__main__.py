@@ -1,0 +1,5 @@
+import sys
+
+from stages.compare.stage import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""`python -m stages.compare`: SFT against each aligned model of the run, in one report.
+
+    make compare        # runs/<name>/compare/: compare.md, compare.json, frontier.png, manifest.json
+
+Every finished artifact among ppo, dpo, grpo and rloo is compared with sft on the eval stage's
+held-out prompts: RM and gold win rates with 95% intervals, the paired gold difference, KL to SFT,
+answer length, wall time and the data each used, and the quality-bar verdict in PPO's words.
+(Its own directory, not runs/<name>/eval/: `make eval` replaces that directory whole.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from pipeline.artifacts import already_done, is_complete, read_manifest, resolve_model_source, start_artifact
+from pipeline.cli import stage_config
+from pipeline.config import to_dict
+from pipeline.errors import UserError, main_guard
+from pipeline.model import model_dtype
+from pipeline.runtime import pick_device, seed_everything
+from pipeline.stats import paired_difference
+from stages.compare import evaluator
+from stages.compare.report import plot_frontier, render
+
+METHODS = ("ppo", "dpo", "grpo", "rloo")
+
+
+def model_refs(cfg) -> list[tuple[str, str, dict]]:
+    """(name, path, record): sft first, then every finished method."""
+    refs = [("sft", *resolve_model_source(None, cfg.stage_dir("sft"), "make sft"))]
+    for m in METHODS:
+        d = cfg.stage_dir(m)
+        if is_complete(d):
+            refs.append((m, str(d), {"path": str(d), "fingerprint": read_manifest(d).get("fingerprint")}))
+    if len(refs) == 1:
+        raise UserError(f"nothing to compare with SFT: none of {', '.join(str(cfg.stage_dir(m)) for m in METHODS)} "
+                        "is a finished artifact. Run `make ppo`, `make dpo`, `make grpo` or `make rloo` first.")
+    return refs
+
+
+def cost(path: str, method: str) -> dict:
+    """Wall time of training and the data it used, from the artifact's manifest."""
+    manifest = read_manifest(path) or {}
+    m = manifest.get("metrics") or {}
+    if method == "ppo":
+        episodes = (manifest.get("config") or {}).get("ppo", {}).get("total_episodes")
+        # PPO records the whole stage's time (its final report included) of the last process that ran it
+        return {"wall_time_s": manifest.get("wall_time_s"), "used": f"{episodes} sampled answers"}
+    used = (f"{m.get('pairs_seen')} pair updates ({m.get('pairs')} pairs)" if method == "dpo"
+            else f"{m.get('answers_sampled')} sampled answers")
+    return {"wall_time_s": m.get("train_wall_time_s"), "used": used}
+
+
+def dependencies(cfg) -> dict:
+    return {"eval": to_dict(cfg.eval), "ppo": {"kl_budget": cfg.ppo.kl_budget}, "run": {"dtype": cfg.run.dtype}}
+
+
+def _finite(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    cfg = stage_config("compare", argv, description=__doc__.splitlines()[0])
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars: noise next to ours
+    final = cfg.stage_dir("compare")
+    refs = model_refs(cfg)
+    rm_path, _ = evaluator.reward_model_path(cfg)
+    inputs = {name: record for name, _, record in refs}
+    inputs["reward_model"] = (read_manifest(rm_path) or {}).get("fingerprint") if rm_path else None
+    if already_done(final, dependencies(cfg), inputs):
+        return 0
+    seed_everything(cfg.eval.seed)
+    device = pick_device(cfg.run.device)
+    evaluated = [evaluator.Evaluated(name, path, record) for name, path, record in refs]
+    prompts, source, skipped = evaluator.answer_all(cfg, evaluated, device, model_dtype(cfg.run.dtype, device))
+    sft, methods = evaluated[0], evaluated[1:]
+    rows = evaluator.versus_baseline(cfg, sft, methods, device)
+    for row, ev in zip(rows, methods):
+        row["gold_difference"] = (paired_difference(ev.gold_scores, sft.gold_scores)
+                                  if ev.gold_scores is not None else None)
+        row["cost"] = cost(ev.path, ev.name)
+    writer = start_artifact(final, "compare", resume=False)
+    e = cfg.eval
+    report = {"run": cfg.run.name, "seed": e.seed, "prompts": {"source": source, "count": len(prompts)},
+              "sampling": {"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,
+                           "max_new_tokens": e.max_new_tokens},
+              "sft": evaluator.summarise_model(sft), "methods": rows, "skipped": skipped,
+              "plot": plot_frontier(rows, writer.out_dir)}
+    (writer.out_dir / "compare.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
+    (writer.out_dir / "compare.md").write_text(render(report))
+    headline = {}
+    for r in rows:
+        for key in ("win_rate_rm", "win_rate_gold"):
+            if r.get(key):
+                headline[f"{r['candidate']}/{key}"] = r[key]["win_rate"]
+        if r.get("kl"):
+            headline[f"{r['candidate']}/kl"] = r["kl"]["k1_mean"]
+    writer.commit(config=to_dict(cfg), inputs=inputs, metrics=_finite(headline))
+    print(f"\ncompare: wrote {final / 'compare.md'}")
+    for r in rows:
+        verdict = (r.get("quality_bar") or {}).get("verdict", "not judged (no reward model)")
+        print(f"  {r['candidate']} vs sft: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""`python -m stages.align` (DPO, GRPO, RLOO on TRL's trainers) end to end on tiny artifacts:
+what each writes, resuming after a kill, and what it refuses."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    TrainerCallback,
+)
+
+import stages.align.stage as align
+from pipeline.artifacts import ArtifactWriter, read_manifest
+from pipeline.metrics import read_metrics
+
+
+def fake_artifact(root, stage, build, inputs=None):
+    writer = ArtifactWriter(root / "runs" / "t" / stage, stage)
+    build(writer.out_dir)
+    return writer.commit(config={}, inputs=inputs)
+
+
+@pytest.fixture
+def run_dir(tiny_lm_dir, tmp_path):
+    def sft(out):
+        shutil.copytree(tiny_lm_dir, out, dirs_exist_ok=True)
+
+    def reward(out):
+        torch.manual_seed(0)
+        AutoModelForSequenceClassification.from_pretrained(tiny_lm_dir, num_labels=1).save_pretrained(out)
+        AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
+        (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
+
+    fake_artifact(tmp_path, "sft", sft)
+    fake_artifact(tmp_path, "reward", reward)
+    rankings = tmp_path / "rankings.jsonl"
+    rankings.write_text("".join(json.dumps({
+        "prompt": f"What does function number {i} do?",
+        "responses": [f"It returns {i}.", f"It prints {i} twice.", "No idea.", f"Number {i} is a function."],
+        "ranking": [0, 3, 1, 2]}) + "\n" for i in range(12)))
+    (tmp_path / "held_rankings.jsonl").write_text("".join(rankings.read_text().splitlines(keepends=True)[:2]))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"What does function number {i} do?"}) + "\n" for i in range(20)))
+    (tmp_path / "held.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Explain object {i}", "gold": f"object {i} does things"}) + "\n"
+                for i in range(4)))
+    return tmp_path
+
+
+def argv(root, method, *extra):
+    return ["--config", "configs/test.yaml", f"run.out_dir={root / 'runs'}", "run.name=t", f"align.method={method}",
+            f"dpo.data={root / 'rankings.jsonl'}", f"dpo.val_data={root / 'held_rankings.jsonl'}",
+            f"ppo.data={root / 'prompts.jsonl'}", f"ppo.eval_data={root / 'held.jsonl'}",
+            f"grpo.data={root / 'prompts.jsonl'}", f"rloo.data={root / 'prompts.jsonl'}", *extra]
+
+
+@pytest.mark.parametrize("method", ["dpo", "rloo", "grpo"])
+def test_stage_writes_a_loadable_chat_model_with_manifest_metrics_and_samples(run_dir, method, capsys):
+    assert align.main(argv(run_dir, method)) == 0
+    out = run_dir / "runs" / "t" / method
+    manifest = read_manifest(out)
+    assert manifest["status"] == "complete" and manifest["stage"] == method
+    assert manifest["inputs"]["policy"]["fingerprint"] == read_manifest(run_dir / "runs/t/sft")["fingerprint"]
+    AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).chat_template
+    m = manifest["metrics"]
+    assert m["train_wall_time_s"] > 0 and m["heldout_prompts"] == 4
+    if method == "dpo":
+        assert m["pairs"] == 12 * 6 and m["pairs_seen"] == 6 * 4  # all K-way pairs; 6 steps of 4
+    else:
+        assert m["answers_sampled"] == 32 and m["steps"] == 4  # the budget: 32 answers in steps of 8
+        assert manifest["inputs"]["reward_model"]["fingerprint"] == read_manifest(run_dir / "runs/t/reward")["fingerprint"]
+    assert [r["step"] for r in read_metrics(out) if "loss" in r][-1] == m["steps"]
+    assert (out / "tb").is_dir() and "*Gold:*" in (out / "samples.md").read_text()
+    assert not (out / "training_args.bin").exists()  # a pickle has no place in an artifact
+    assert align.main(argv(run_dir, method)) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method,kill_at", [("dpo", 4), ("rloo", 3)])
+def test_a_killed_run_resumes_and_ends_with_the_same_metrics(run_dir, method, kill_at, monkeypatch, capsys):
+    module = align.dpo if method == "dpo" else align.online
+    build = module.build_trainer
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == kill_at:
+                raise KeyboardInterrupt  # what Ctrl-C does; a SIGKILL leaves the same checkpoints behind
+
+    def build_and_kill(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(KillAt())
+        return trainer
+
+    killed = argv(run_dir, method)
+    monkeypatch.setattr(module, "build_trainer", build_and_kill)
+    with pytest.raises(SystemExit):
+        align.main(killed)
+    partial = run_dir / "runs" / "t" / f"{method}.partial"
+    assert (partial / "checkpoints").is_dir() and not (run_dir / "runs" / "t" / method).exists()
+    steps_run = []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_run.append(state.global_step)
+
+    def build_and_count(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(CountSteps())
+        return trainer
+
+    monkeypatch.setattr(module, "build_trainer", build_and_count)
+    assert align.main(killed) == 0
+    assert "resuming from" in capsys.readouterr().out
+    save_every = 3 if method == "dpo" else 2  # configs/test.yaml
+    last_saved = kill_at // save_every * save_every
+    assert steps_run[0] == last_saved + 1  # continued after the last checkpoint, not from scratch
+    monkeypatch.setattr(module, "build_trainer", build)
+    resumed = read_manifest(run_dir / "runs" / "t" / method)["metrics"]
+    steps = [r["step"] for r in read_metrics(run_dir / "runs" / "t" / method) if "loss" in r]
+    assert steps == sorted(set(steps))  # one record: the steps after the checkpoint are not logged twice
+
+    shutil.rmtree(run_dir / "runs" / "t" / method)
+    assert align.main(killed) == 0  # the same run, never interrupted
+    straight = read_manifest(run_dir / "runs" / "t" / method)["metrics"]
+    for key in ("loss", "heldout_kl_to_sft", "heldout_length_tuned", "steps"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-4, abs=1e-6), key
+    assert resumed["train_wall_time_s"] > 0
+
+
+def test_rl_methods_name_the_missing_reward_model_and_leave_nothing_behind(run_dir, capsys):
+    shutil.rmtree(run_dir / "runs" / "t" / "reward")
+    with pytest.raises(SystemExit) as e:
+        align.main(argv(run_dir, "grpo"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "make reward" in err and "Traceback" not in err
+    assert not (run_dir / "runs" / "t" / "grpo.partial").exists()
+
+
+def test_a_bad_preference_record_is_one_line_naming_file_and_line(run_dir, capsys):
+    bad = run_dir / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        align.main(argv(run_dir, "dpo", f"dpo.data={bad}"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{bad}, line 1" in err and "ranking" in err and "Traceback" not in err
+    assert not (run_dir / "runs" / "t" / "dpo.partial").exists()
+
+
+def test_a_group_batch_that_splits_a_prompts_answers_is_refused(run_dir, capsys):
+    with pytest.raises(SystemExit) as e:
+        align.main(argv(run_dir, "rloo", "rloo.batch_size=6"))
+    assert e.value.code == 2 and "rloo.batch_size=6 is not a multiple of rloo.num_generations=4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["dpo", "rloo"])
+def test_lora_saves_the_adapter_and_merged_weights(run_dir, method):
+    assert align.main(argv(run_dir, method, f"{method}.lora.enabled=true", f"{method}.lora.r=4",
+                           f"{method}.lr=1e-2")) == 0
+    out = run_dir / "runs" / "t" / method
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    sft = AutoModelForCausalLM.from_pretrained(run_dir / "runs" / "t" / "sft")
+    changed = [n for n, p in merged.named_parameters() if not torch.equal(p, sft.state_dict()[n])]
+    assert changed and all("proj" in n for n in changed)  # only the adapted layers moved
+
+
+def test_dpo_by_default_learns_from_the_pairs_the_reward_model_learnt_from(run_dir):
+    from data.loaders import source_fingerprint
+
+    rankings, held = str(run_dir / "rankings.jsonl"), str(run_dir / "held_rankings.jsonl")
+    recorded = {"train": {rankings: source_fingerprint(rankings)}, "heldout": {held: source_fingerprint(held)}}
+    reward = run_dir / "runs" / "t" / "reward"
+    fake_artifact(run_dir, "reward", lambda out: shutil.copytree(reward, out, dirs_exist_ok=True,
+                                                                 ignore=shutil.ignore_patterns("manifest.json")),
+                  inputs={"data": recorded})
+    assert align.main(argv(run_dir, "dpo", "dpo.data=reward", "dpo.val_data=reward", "dpo.max_steps=1")) == 0
+    manifest = read_manifest(run_dir / "runs" / "t" / "dpo")
+    assert manifest["inputs"]["data"] == recorded
+    assert manifest["metrics"]["pairs"] == 12 * 6  # every pair of each 4-way ranking
