@@ -128,7 +128,10 @@ class Decoding:
     @torch.no_grad()
     def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor):
         self.model, self.mask = model, mask.long()
-        self.cache = DynamicCache(config=model.config)
+        # A transformers config tells the cache each layer's kind; a model without one (the bigram
+        # baseline keeps no past) gets a plain cache it never fills.
+        config = model.config if hasattr(model.config, "get_text_config") else None
+        self.cache = DynamicCache(config=config)
         self.cache_argument = _cache_argument(model)
         self.positions = positions_from_mask(self.mask)
         self.logits = self._forward(ids, self.positions)

@@ -1,5 +1,6 @@
 """The thin layer between `make compare` and the evaluator: the only module here that reaches into
-the eval stage, so it can be re-pointed when the evaluation code moves into pipeline/.
+the eval stage. The comparison itself is the one evaluator the PPO stage and evaluation use
+(pipeline/heldout_comparison.py, through stages.eval.compare).
 
 Every model answers the eval stage's held-out prompts with the eval section's sampling settings
 (the numbers match `make eval`'s); each method is then compared with SFT on the same prompts."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from pipeline.generation import answer_logprobs
 from pipeline.model import load_causal_lm
-from stages.eval.compare import Evaluated, compare, quality_bar, summarise_model
+from stages.eval.compare import Evaluated, compare, summarise_model
 from stages.eval.stage import eval_prompts, reward_model_path, run_model, score_with_gold, score_with_rm
 
 __all__ = ["Evaluated", "answer_all", "reward_model_path", "summarise_model", "versus_baseline"]
@@ -33,7 +34,8 @@ def answer_all(cfg, evaluated: list[Evaluated], device, dtype) -> tuple[list[dic
     return prompts, source, skipped
 
 
-def versus_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], device) -> list[dict]:
+def versus_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], prompts: list[dict],
+                    device) -> list[dict]:
     """For each method: win rates over the baseline (RM, gold, 95% intervals), KL(method || baseline)
     on the method's own answers, the paired gold difference and the quality-bar verdict."""
     e = cfg.eval
@@ -45,9 +47,8 @@ def versus_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], device) 
             baseline.logprobs_of_candidate = answer_logprobs(
                 base_model, ev.prompt_ids, ev.answer_ids, pad_id=base_model.config.pad_token_id,
                 temperature=e.temperature, batch_size=e.batch_size)
-        c = compare(ev, baseline, e.length_tolerance)
+        c = compare(ev, baseline, prompts, tolerance=e.length_tolerance, kl_budget=cfg.ppo.kl_budget)
         c.pop("kl_per_answer", None)
-        c["quality_bar"] = quality_bar(ev, baseline, c, cfg.ppo.kl_budget)
         c["summary"] = summarise_model(ev)
         rows.append(c)
     baseline.logprobs_of_candidate = None

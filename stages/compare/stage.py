@@ -19,7 +19,6 @@ from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.model import model_dtype
 from pipeline.runtime import pick_device, seed_everything
-from pipeline.stats import paired_difference
 from stages.compare import evaluator
 from stages.compare.report import plot_frontier, render
 
@@ -84,10 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluated = [evaluator.Evaluated(name, path, record) for name, path, record in refs]
     prompts, source, skipped = evaluator.answer_all(cfg, evaluated, device, model_dtype(cfg.run.dtype, device))
     sft, methods = evaluated[0], evaluated[1:]
-    rows = evaluator.versus_baseline(cfg, sft, methods, device)
+    rows = evaluator.versus_baseline(cfg, sft, methods, prompts, device)
     for row, ev in zip(rows, methods):
-        row["gold_difference"] = (paired_difference(ev.gold_scores, sft.gold_scores)
-                                  if ev.gold_scores is not None else None)
+        row.setdefault("gold_difference", None)  # the evaluator's, clustered by prompt; None without gold
         row["cost"] = cost(ev.path, ev.name)
     writer = start_artifact(final, "compare", resume=False)
     e = cfg.eval
