@@ -165,6 +165,11 @@ def test_the_stage_writes_its_artifact_and_a_rerun_is_up_to_date(tiny_lm_dir, tm
     capsys.readouterr()
     assert main(argv) == 0
     assert "up to date" in capsys.readouterr().out
+    answers = (out / "candidates.jsonl").read_text()
+    assert main(argv + ["rank.noise=5"]) == 0  # another labeling of the same answers
+    assert "reusing the answers" in capsys.readouterr().out
+    assert (out / "candidates.jsonl").read_text() == answers
+    assert json.loads((out / "report.json").read_text())["noise"] == 5
 
 
 def test_the_gold_labeler_without_gold_answers_is_one_clear_error(tiny_lm_dir, tmp_path):

@@ -29,6 +29,9 @@ from stages.rank.simulated import agreement, gold_scores, label_with_gold, posit
 
 # Where and how a person labels does not change what the labels are.
 _NOT_CONTENT = ("ui", "host", "port", "resume")
+# What decides the sampled answers: a change of labeler or noise alone reuses the previous artifact's.
+_SAMPLING = ("prompts", "heldout_prompts", "num_prompts", "num_heldout_prompts", "k", "temperatures",
+             "max_new_tokens", "batch_size", "chunk_prompts")
 
 
 def round_of(cfg) -> int:
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(cfg.run.seed)
     started = time.time()
     writer = start_artifact(final, "rank", resume=r.resume)
-    sampled = sample_all(cfg, policy_src, device, prompts, held_prompts, writer.checkpoint_dir)
+    key = sampling_key(cfg, inputs)
+    sampled = previous_samples(final, key) or sample_all(cfg, policy_src, device, prompts, held_prompts,
+                                                         writer.checkpoint_dir)
     sampling_s = time.time() - started
     cands = [c for c in sampled["candidates"] if not c.get("skipped")]
     held = [c for c in sampled["heldout"] if not c.get("skipped")]
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     write_jsonl(out / "rankings.jsonl", [ranking_record(x) for x in rankings])
     write_jsonl(out / "heldout_candidates.jsonl", held)
     write_jsonl(out / "heldout_rankings.jsonl", [ranking_record(x) for x in held_rankings])
+    write_jsonl(out / "skipped.jsonl", [{"set": kind, **c} for kind, recs in sampled.items() for c in recs
+                                        if c.get("skipped")])
     by_id = {c["prompt_id"]: c for c in cands}
     summary = {
         "run": cfg.run.name, "round": round_no, "policy": policy_src, "labeler": r.labeler, "noise": r.noise,
@@ -127,13 +134,35 @@ def main(argv: list[str] | None = None) -> int:
     metrics.update({f"agreement_{k}": v for k, v in ag.items() if isinstance(v, float)})
     if "remaining" in extra:
         metrics["remaining"] = extra["remaining"]
-    writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)
+    writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics, extra={"sampling": key})
     tau = ag.get("kendall_tau")
     print(f"rank: {len(rankings)} of {len(prompts)} prompts ranked by {r.labeler} ({summary['skipped']} with fewer "
           f"than 2 distinct answers, {summary['all_tied']} all tied)"
           + (f"; Kendall tau to the gold order {tau:.3f}" if tau is not None else "")
           + f"; {len(held_rankings)} held-out rankings -> {final}")
     return 0
+
+
+def sampling_key(cfg, inputs: dict) -> dict:
+    return {"rank": {k: getattr(cfg.rank, k) for k in _SAMPLING}, "seed": cfg.run.seed,
+            "policy": inputs["policy"], "prompts": inputs["prompts"], "heldout": inputs["heldout"]}
+
+
+def previous_samples(final, key: dict) -> dict | None:
+    """The answers of the finished artifact in `final` when they were sampled the same way (only the
+    labeling changed): a person reopening the page, or another noise, does not wait for sampling again."""
+    manifest = read_manifest(final)
+    if not manifest or manifest.get("status") != "complete" or \
+            json.loads(json.dumps(key)) != manifest.get("sampling"):
+        return None
+    skipped = [json.loads(line) for line in (final / "skipped.jsonl").read_text().splitlines()]
+    out = {}
+    for kind, file in (("candidates", "candidates.jsonl"), ("heldout", "heldout_candidates.jsonl")):
+        recs = [json.loads(line) for line in (final / file).read_text().splitlines()]
+        recs += [{k: v for k, v in c.items() if k != "set"} for c in skipped if c["set"] == kind]
+        out[kind] = sorted(recs, key=lambda c: c["prompt_id"])
+    print(f"rank: reusing the answers sampled for {final} (same policy, prompts and sampling settings)")
+    return out
 
 
 def sample_all(cfg, policy_src: str, device, prompts: list[dict], held_prompts: list[dict], directory) -> dict:
