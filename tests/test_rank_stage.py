@@ -181,3 +181,48 @@ def test_the_gold_labeler_without_gold_answers_is_one_clear_error(tiny_lm_dir, t
               f"rank.prompts={prompts}", "rank.heldout_prompts=none"])
     assert e.value.code != 0
     assert not (tmp_path / "t" / "rank.partial").exists()
+
+
+def test_a_person_who_stops_early_is_asked_again_and_every_label_is_kept(tiny_lm_dir, tmp_path, monkeypatch):
+    """The stage's side of the labeling page's contract (CONTRACTS.md): it names the labels file, reads
+    the latest label per prompt back, commits what is ranked, and reopens the page while prompts remain.
+    The page itself is stood in for by a function that appends labels as the page does."""
+    import sys
+    import types
+
+    from stages.rank.stage import main
+
+    calls = []
+
+    def label(candidates, labels_path, *, labeler, seed=0, **kw):
+        done = {json.loads(line)["prompt_id"] for line in labels_path.read_text().splitlines()} \
+            if labels_path.exists() else set()
+        todo = [c for c in candidates if c["prompt_id"] not in done][:2]  # the person stops after two
+        with open(labels_path, "a") as f:
+            for c in todo:
+                f.write(json.dumps({"prompt_id": c["prompt_id"], "prompt": c["prompt"], "responses": c["responses"],
+                                    "ranking": list(range(len(c["responses"])))[::-1], "labeler": labeler,
+                                    "labeler_kind": "human", "time": "2026-11-29T18:00:00Z"}) + "\n")
+        calls.append(labels_path)
+        return {"ranked": len(done) + len(todo), "remaining": len(candidates) - len(done) - len(todo)}
+
+    fake = types.ModuleType("stages.rank.human")
+    fake.label_in_terminal = label
+    monkeypatch.setitem(sys.modules, "stages.rank.human", fake)
+    monkeypatch.setattr("stages.rank.human", fake, raising=False)
+    prompts = _write_prompts(tmp_path / "p.jsonl", 3, gold=False)
+    argv = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path}", "run.name=t", f"rank.policy={tiny_lm_dir}",
+            f"rank.prompts={prompts}", "rank.heldout_prompts=none", "rank.round=1", "rank.labeler=human",
+            "rank.ui=terminal", "rank.labeler_name=alice", "rank.max_new_tokens=6"]
+    assert main(argv) == 0
+    out = tmp_path / "t" / "rank"
+    assert calls == [tmp_path / "t" / "labels" / "alice.jsonl"]
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["remaining"] >= 1
+    assert main(argv) == 0  # not "up to date": the page opens again for what is left
+    assert len(calls) == 2
+    rankings = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
+    cands = (out / "candidates.jsonl").read_text().splitlines()
+    assert len(rankings) == len(cands) and {r["labeler"] for r in rankings} == {"alice"}
+    assert all(r["labeler_kind"] == "human" and r["time"] == "2026-11-29T18:00:00Z" for r in rankings)
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["remaining"] == 0
+    assert main(argv) == 0 and len(calls) == 2  # everything ranked: up to date
