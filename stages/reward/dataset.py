@@ -79,17 +79,23 @@ def heldout_source(cfg) -> str | None:
 
 def load_training_pairs(sources: list[str]) -> list[dict]:
     """Pairs of every source; a prompt's pairs from different sources form separate groups (their
-    answers differ: the prepared candidates and the model's own)."""
+    answers differ: the prepared candidates and the model's own). An empty source beside others (a
+    rank stage whose answers all tied) is skipped with a warning."""
     from data.loaders import load_pairs
 
     out = []
     for n, source in enumerate(sources):
+        if len(sources) > 1 and Path(source).is_file() and Path(source).stat().st_size == 0:
+            log.warning("%s is empty (no prompt was ranked: see the report beside it); training on the other "
+                        "sources.", source)
+            continue
         pairs = load_pairs(source)
-        if not pairs:
-            raise UserError(f"{source} holds no usable preference pair; see data/README.md for the accepted formats.")
         if len(sources) > 1:
             pairs = [{**p, "group": f"{n}:{_group_key(p)}"} for p in pairs]
         out += pairs
+    if not out:
+        raise UserError(f"{' + '.join(sources)} holds no usable preference pair; see data/README.md for the accepted "
+                        "formats.")
     return out
 
 
