@@ -226,3 +226,24 @@ def test_a_person_who_stops_early_is_asked_again_and_every_label_is_kept(tiny_lm
     assert all(r["labeler_kind"] == "human" and r["time"] == "2026-11-29T18:00:00Z" for r in rankings)
     assert json.loads((out / "manifest.json").read_text())["metrics"]["remaining"] == 0
     assert main(argv) == 0 and len(calls) == 2  # everything ranked: up to date
+
+
+def test_a_second_round_has_its_own_artifact_and_the_reward_stage_names_both_rounds(tmp_path):
+    from pipeline.artifacts import ArtifactWriter
+    from pipeline.config import load_config
+    from stages.rank.stage import artifact_name, round_of
+    from stages.reward.dataset import training_sources
+
+    base = ["run.name=t", f"run.out_dir={tmp_path}"]
+    assert artifact_name(round_of(load_config("configs/test.yaml", base))) == "rank"
+    second = load_config("configs/test.yaml", base + ["rank.policy=runs/t/ppo"])
+    assert artifact_name(round_of(second)) == "rank-r2"
+    cfg = load_config("configs/test.yaml", base + ["reward.data=rank+rank-r2+extra.jsonl"])
+    with pytest.raises(UserError, match="make rank"):
+        training_sources(cfg)
+    for name in ("rank", "rank-r2"):
+        w = ArtifactWriter(tmp_path / "t" / name, "rank")
+        (w.out_dir / "rankings.jsonl").write_text("")
+        w.commit(config={})
+    assert training_sources(cfg) == [str(tmp_path / "t" / "rank" / "rankings.jsonl"),
+                                     str(tmp_path / "t" / "rank-r2" / "rankings.jsonl"), "extra.jsonl"]
