@@ -169,8 +169,8 @@ class RankSection:
     batch_size: int = 64  # prompts sampled together
     chunk_prompts: int = 128  # prompts per saved chunk of candidates (what a killed run keeps)
     labeler: Literal["gold", "human", "judge"] = "gold"  # gold: simulated person (gold metric + noise)
-    noise: float = 0.1  # gold labeler: Plackett-Luce temperature on gold scores (0 = the exact gold order);
-    # 0.1 puts ~78% of pairs in the gold order on the tiny model's answers, about as often as InstructGPT's labelers agreed
+    noise: float = 0.07  # gold labeler: Plackett-Luce temperature on gold scores (0 = the exact gold order);
+    # 0.07 puts ~84% of pairs in the gold order, so two simulated people agree on ~73%, as InstructGPT's labelers did
     judge: str | None = None  # labeler=judge: a reward model dir, or a causal LM (mean log-prob of the answer)
     ui: Literal["browser", "terminal"] = "browser"  # labeler=human
     host: str = "127.0.0.1"  # the labeling page binds here; change deliberately
