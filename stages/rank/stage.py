@@ -20,7 +20,7 @@ from data.loaders import source_fingerprint
 from pipeline.artifacts import already_done, fingerprint, read_manifest, resolve_model_source, start_artifact
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
-from pipeline.errors import main_guard
+from pipeline.errors import UserError, main_guard
 from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings, labels_dir
@@ -236,7 +236,11 @@ def label_judge(cands: list[dict], judge_src: str, device) -> tuple[list[dict], 
 
 def label_people(cfg, cands: list[dict], directory) -> tuple[list[dict], dict, dict]:
     """Open the labeling page (or the terminal), then read back every person's latest rankings."""
-    from stages.rank import human
+    try:
+        from stages.rank import human
+    except ImportError:
+        raise UserError("rank.labeler=human needs the labeling page, stages/rank/human.py, which this checkout "
+                        "lacks; use rank.labeler=gold or judge.") from None
 
     r = cfg.rank
     directory.mkdir(parents=True, exist_ok=True)
