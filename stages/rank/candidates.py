@@ -57,7 +57,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], *, kind: str, dir
     if done:
         print(f"rank: resuming {kind}: {len(done)} of {len(chunks)} chunks already sampled")
     records: list[dict] = []
-    bar = progress(len(prompts), initial=sum(len(chunks[c]) for c in done), desc=f"rank {kind}")
+    bar = progress(len(prompts), initial=sum(len(chunks[c]) for c in done), desc=f"rank {kind.split('-')[0]}")
     for c, chunk in enumerate(chunks):
         path = chunk_path(directory, kind, c)
         if not path.is_file():

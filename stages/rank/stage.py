@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = start_artifact(final, "rank", resume=r.resume)
     key = sampling_key(cfg, inputs)
     sampled = previous_samples(final, key) or sample_all(cfg, policy_src, device, prompts, held_prompts,
-                                                         writer.checkpoint_dir)
+                                                         writer.checkpoint_dir, key)
     sampling_s = time.time() - started
     cands = [c for c in sampled["candidates"] if not c.get("skipped")]
     held = [c for c in sampled["heldout"] if not c.get("skipped")]
@@ -165,7 +165,12 @@ def previous_samples(final, key: dict) -> dict | None:
     return out
 
 
-def sample_all(cfg, policy_src: str, device, prompts: list[dict], held_prompts: list[dict], directory) -> dict:
+def sample_all(cfg, policy_src: str, device, prompts: list[dict], held_prompts: list[dict], directory,
+               key: dict) -> dict:
+    """Every prompt's answers; chunk files carry a hash of the sampling settings, so unfinished work from
+    other settings is never resumed."""
+    import hashlib
+
     import torch
     from transformers import AutoTokenizer
 
@@ -174,10 +179,11 @@ def sample_all(cfg, policy_src: str, device, prompts: list[dict], held_prompts: 
     r = cfg.rank
     model = load_causal_lm(policy_src, dtype=torch.float32).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(policy_src)
+    tag = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     out = {}
     for kind, records in (("candidates", prompts), ("heldout", held_prompts)):
         out[kind] = generate_candidates(
-            model, tokenizer, records, kind=kind, directory=directory, k=r.k, temperatures=r.temperatures,
+            model, tokenizer, records, kind=f"{kind}-{tag}", directory=directory, k=r.k, temperatures=r.temperatures,
             max_new_tokens=r.max_new_tokens, batch_size=r.batch_size, chunk_prompts=r.chunk_prompts,
             seed=cfg.run.seed + (0 if kind == "candidates" else 1), policy=policy_src)
     return out
