@@ -1,4 +1,4 @@
-# The RLHF pipeline: make pretrain sft reward ppo eval chat
+# The RLHF pipeline: make pretrain sft rank reward ppo eval chat
 #   CONFIG=configs/small.yaml    pick a preset (default configs/tiny.yaml)
 #   LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml"   wrap a stage in a launcher
 #   any section.key=value        passed to the stage as a config override (e.g. ppo.kl_coef=0.05)
@@ -33,7 +33,7 @@ STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup lock test faults lint bench data pretrain sft reward ppo dpo grpo rloo compare eval chat serve clean
+.PHONY: help setup lock test faults lint bench data pretrain sft rank reward ppo dpo grpo rloo compare eval chat serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -78,7 +78,10 @@ pretrain: data  ## tokenizer + GPT from scratch -> runs/<preset>/pretrain
 sft: pretrain  ## instruction tuning (TRL SFTTrainer) -> runs/<preset>/sft
 	$(LAUNCH) -m stages.sft $(STAGE_ARGS)
 
-reward: sft  ## reward model on rankings (TRL RewardTrainer) -> runs/<preset>/reward
+rank: sft  ## the SFT model's own answers, ranked (rank.labeler=gold|human|judge) -> runs/<preset>/rank
+	$(PY) -m stages.rank $(STAGE_ARGS)
+
+reward: sft rank  ## reward model on rankings (TRL RewardTrainer) -> runs/<preset>/reward
 	$(LAUNCH) -m stages.reward $(STAGE_ARGS)
 
 ppo: sft reward  ## PPO with a KL leash to SFT -> runs/<preset>/ppo

@@ -10,6 +10,8 @@ Writes into cfg.data_dir (atomically, with manifest.json):
   ppo_prompts.jsonl                             {"prompt", "object"}  PPO's training prompts
   ppo_dev.jsonl                                 {"prompt", "gold", "object"}  PPO's development split
   eval_prompts.jsonl                            {"prompt", "gold", "object"}  the test set
+  rank_prompts.jsonl, rank_heldout_prompts.jsonl {"prompt", "gold", "object"}: the rankings' prompts, for
+                                                the rank stage to ask the model itself (same objects)
 
 Knowledge comes from pretraining: every object asked about anywhere has its document in
 pretrain_train; pretrain_val holds other documents only. The question sets are disjoint by object,
@@ -42,6 +44,7 @@ FILES = (
     "pretrain_train.jsonl", "pretrain_val.jsonl", "sft_train.jsonl", "sft_val.jsonl",
     "rankings_train.jsonl", "rankings_heldout.jsonl", "pairs_train.jsonl", "pairs_heldout.jsonl",
     "ppo_prompts.jsonl", "ppo_dev.jsonl", "eval_prompts.jsonl",
+    "rank_prompts.jsonl", "rank_heldout_prompts.jsonl",
 )
 # Shares of the askable objects per question set (each object goes to exactly one).
 # ppo_dev (PPO's development split) took its share from sft_train (0.45 before).
@@ -107,6 +110,10 @@ def build_sets(subset: str, k: int, seed: int, answer_words: int = 40, val_docs:
         rankings = _ranking_set(split[part], sft_objects + split[part], by_name, answers, k, rng)
         sets[f"rankings_{out}.jsonl"] = rankings
         sets[f"pairs_{out}.jsonl"] = [pair for r in rankings for pair in expand_ranking(r)]
+        # The same prompts for the rank stage, which ranks the model's own answers to them.
+        prompts_file = "rank_prompts.jsonl" if out == "train" else "rank_heldout_prompts.jsonl"
+        sets[prompts_file] = [{"prompt": r["prompt"], "gold": answers[r["object"]], "object": r["object"]}
+                              for r in rankings]
     ppo = _prompt_set(split["ppo"], by_name, answers, rng)
     sets["ppo_prompts.jsonl"] = [{"prompt": r["prompt"], "object": r["object"]} for r in ppo]  # no gold: PPO trains on these
     sets["ppo_dev.jsonl"] = _prompt_set(split["ppo_dev"], by_name, answers, rng)

@@ -18,7 +18,8 @@ PAIR_FORMATS = ('{"prompt": ..., "chosen": ..., "rejected": ...} (strings or mes
                 '{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...} (HH transcripts, '
                 'or message lists sharing their first turns)',
                 '{"prompt": ..., "responses": [...], "ranking": [best, ..., worst]} (K-way, expanded to pairs)')
-RANKING_FORMATS = ('{"prompt": ..., "responses": [...], "ranking": [best, ..., worst]}',)
+RANKING_FORMATS = ('{"prompt": ..., "responses": [...], "ranking": [best, ..., worst]}',
+                   '{"prompt": ..., "responses": [...], "ranking": [[best], [tied, tied], ..., [worst]]} (ties)')
 PROMPT_FORMATS = ('{"prompt": ...} (string or message list; optional "gold")',
                   '{"messages": [...]} (a trailing assistant turn becomes the gold answer)',
                   '{"instruction": ..., "input": ..., "output": ...} (output becomes the gold answer)',
@@ -143,14 +144,17 @@ def pairs(rec: dict) -> list[dict]:
         r = ranking(rec)
         group = _group(r["prompt"])
         out = []
-        for a, best in enumerate(r["ranking"]):
-            for b in range(a + 1, len(r["ranking"])):
-                chosen, rejected = r["responses"][best], r["responses"][r["ranking"][b]]
-                if chosen == rejected:
-                    continue  # two identical texts carry no preference
-                out.append({"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
-                            "rejected": [{"role": "assistant", "content": rejected}],
-                            "group": group, "rank_gap": b - a, "margin": None})
+        tiers = r["groups"]
+        for a, better in enumerate(tiers):  # tied answers (one tier) form no pair among themselves
+            for b in range(a + 1, len(tiers)):
+                for i in better:
+                    for j in tiers[b]:
+                        chosen, rejected = r["responses"][i], r["responses"][j]
+                        if chosen == rejected:
+                            continue  # two identical texts carry no preference
+                        out.append({"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
+                                    "rejected": [{"role": "assistant", "content": rejected}],
+                                    "group": group, "rank_gap": b - a, "margin": None})
         if not out:
             raise Drop("K-way: all responses identical")
         return out
@@ -179,7 +183,8 @@ def pairs(rec: dict) -> list[dict]:
 
 
 def ranking(rec: dict) -> dict:
-    """-> {"prompt": [msgs], "responses": [str], "ranking": [int]}; ranking must be a strict order."""
+    """-> {"prompt": [msgs], "responses": [str], "ranking": [int] (best first), "groups": [[int]] (tiers
+    best first: tied answers share one)}; every index at most once."""
     for key in ("prompt", "responses", "ranking"):
         if key not in rec:
             raise BadRecord(f'K-way record without "{key}"')
@@ -191,16 +196,40 @@ def ranking(rec: dict) -> dict:
         if isinstance(r, list):  # a one-message answer given as a message list
             r = "".join(m["content"] for m in messages(r, f"responses[{i}]", default_role="assistant"))
         texts.append(_text(r, f"responses[{i}]"))
-    if not isinstance(order, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in order):
-        raise BadRecord('"ranking" must be a list of response indices, best first')
-    bad = [i for i in order if not 0 <= i < len(texts)]
+    groups = ranking_groups(order)
+    flat = [i for g in groups for i in g]
+    bad = [i for i in flat if not 0 <= i < len(texts)]
     if bad:
         raise BadRecord(f'"ranking" has out-of-range indices {bad} for {len(texts)} responses')
-    if len(set(order)) != len(order):
-        raise BadRecord('"ranking" repeats an index (ties are not supported: give a strict order)')
-    if len(order) < 2:
+    if len(set(flat)) != len(flat):
+        raise BadRecord('"ranking" repeats an index (give each answer once; tied answers go in one group, '
+                        'e.g. [[2], [0, 3], [1]])')
+    if len(flat) < 2:
         raise BadRecord('"ranking" must order at least two responses')
-    return {"prompt": messages(rec["prompt"], "prompt"), "responses": texts, "ranking": list(order)}
+    if len(groups) < 2:
+        raise Drop("K-way: every answer tied")
+    return {"prompt": messages(rec["prompt"], "prompt"), "responses": texts, "ranking": flat, "groups": groups}
+
+
+def _is_index(i) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool)
+
+
+def ranking_groups(order) -> list[list[int]]:
+    """A ranking as tiers best first: [2, 0, 3, 1] -> [[2], [0], [3], [1]]; with ties, a list of
+    groups [[2], [0, 3], [1]] (0 and 3 tied) stays as it is (a bare index is a group of one)."""
+    if not isinstance(order, list) or not order:
+        raise BadRecord('"ranking" must be a list of response indices, best first (ties: a list of groups)')
+    groups = []
+    for g in order:
+        if _is_index(g):
+            groups.append([g])
+        elif isinstance(g, list) and g and all(_is_index(i) for i in g):
+            groups.append(list(g))
+        else:
+            raise BadRecord('"ranking" must be a list of response indices, best first, or of groups of tied '
+                            f"indices such as [[2], [0, 3], [1]]; found {g!r}")
+    return groups
 
 
 def prompt(rec: dict) -> dict:

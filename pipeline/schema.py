@@ -7,6 +7,7 @@ Paths left empty are derived from `run.out_dir/run.name/<stage>` so stages chain
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -178,9 +179,57 @@ class SFTSection:
         save_every="> 0", center_rewards_coefficient=">= 0",
         stats_prompts=">= 0")
 @dataclass
+class RankSection:
+    """Ranking the policy's own answers (issue 12): K samples per prompt, ordered by a labeler.
+
+    Writes runs/<name>/rank (round 1) or runs/<name>/rank-r<N>; the reward stage trains on it."""
+
+    policy: str | None = None  # whose answers are ranked; default runs/<name>/sft (e.g. runs/<name>/ppo)
+    round: int | None = None  # None: 1 for the default policy, 2 for another; round N>1 -> runs/<name>/rank-rN
+    prompts: str = "demo"  # demo: the reward training rankings' prompts; or a file with `prompt` (+ `gold`)
+    heldout_prompts: str = "demo"  # prompts ranked by gold (no noise) for the reward report, never trained on;
+    # demo: the held-out reward prompts; "none" skips
+    num_prompts: int | None = None  # labeling prompts used (the first N); None = all
+    num_heldout_prompts: int | None = None
+    k: int = 4  # answers sampled per prompt (identical ones are merged)
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 0.9, 1.1, 1.3])  # answer j: temperatures[j % n]
+    max_new_tokens: int = 48  # = ppo.max_new_tokens: rank answers like the ones PPO will write
+    batch_size: int = 64  # prompts sampled together
+    chunk_prompts: int = 128  # prompts per saved chunk of candidates (what a killed run keeps)
+    labeler: Literal["gold", "human", "judge"] = "gold"  # gold: simulated person (gold metric + noise)
+    noise: float = 0.07  # gold labeler: Plackett-Luce temperature on gold scores (0 = the exact gold order);
+    # 0.07 puts ~84% of pairs in the gold order, so two simulated people agree on ~73%, as InstructGPT's labelers did
+    judge: str | None = None  # labeler=judge: a reward model dir, or a causal LM (mean log-prob of the answer)
+    ui: Literal["browser", "terminal"] = "browser"  # labeler=human
+    host: str = "127.0.0.1"  # the labeling page binds here; change deliberately
+    port: int = 0  # 0 = a free port
+    labeler_name: str = "you"  # labeler=human: whose labels (runs/<name>/labels/<labeler_name>.jsonl)
+    resume: bool = True
+
+    def validate(self) -> None:
+        if not 2 <= self.k <= 16:
+            raise UserError(f"rank.k={self.k}: sample 2 to 16 answers per prompt.")
+        if not self.temperatures or any(t <= 0 for t in self.temperatures):
+            raise UserError(f"rank.temperatures={self.temperatures}: give one or more temperatures above 0.")
+        if self.noise < 0:
+            raise UserError(f"rank.noise={self.noise} must be 0 (exact gold order) or more.")
+        if self.labeler == "judge" and not self.judge:
+            raise UserError("rank.labeler=judge needs rank.judge=DIR (a reward model or a causal LM).")
+        if self.round is not None and self.round < 1:
+            raise UserError(f"rank.round={self.round} must be 1 or more.")
+        for key in ("max_new_tokens", "batch_size", "chunk_prompts"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"rank.{key} must be positive, got {getattr(self, key)}.")
+        if not re.fullmatch(r"[\w.-]+", self.labeler_name):
+            raise UserError(f"rank.labeler_name={self.labeler_name!r}: use letters, digits, '.', '_' or '-'.")
+
+
+@dataclass
 class RewardSection:
     init_from: str | None = None  # default runs/<name>/sft
-    data: str = "demo"  # pairwise, HH transcripts or K-way rankings; see data/README.md
+    # "+"-joined sources: demo (prepared rankings), rank (this run's ranked own answers), rank-r2 (round 2),
+    # or files: pairwise, HH transcripts or K-way rankings (see data/README.md)
+    data: str = "demo+rank"
     val_data: str | None = None
     val_fraction: float = 0.1
     max_length: int = 256
@@ -378,6 +427,7 @@ class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainSection = field(default_factory=TrainSection)
     sft: SFTSection = field(default_factory=SFTSection)
+    rank: RankSection = field(default_factory=RankSection)
     reward: RewardSection = field(default_factory=RewardSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     eval: EvalSection = field(default_factory=EvalSection)

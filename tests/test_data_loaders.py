@@ -147,11 +147,23 @@ def test_k_way_rankings_expand_to_every_pair(tmp_path):
     assert ("best", "worst", 3) in got and ("ok", "bad", 1) in got and ("bad", "worst", 1) in got
     assert len({p["group"] for p in pairs}) == 1
     rankings = load_rankings(path)
-    assert rankings == [{"prompt": [USER], "responses": rec["responses"], "ranking": [1, 2, 0, 3]}]
+    assert rankings == [{"prompt": [USER], "responses": rec["responses"], "ranking": [1, 2, 0, 3],
+                         "groups": [[1], [2], [0], [3]]}]
+
+
+def test_tied_answers_form_no_pair_among_themselves(tmp_path):
+    rec = {"prompt": "What does len do?", "responses": ["bad", "best", "ok", "also ok"], "ranking": [[1], [2, 3], [0]]}
+    path = write_jsonl(tmp_path / "t.jsonl", [rec, {**rec, "ranking": [[0, 1, 2, 3]]}])
+    got = {(p["chosen"][0]["content"], p["rejected"][0]["content"], p["rank_gap"]) for p in load_pairs(path)}
+    assert got == {("best", "ok", 1), ("best", "also ok", 1), ("best", "bad", 2), ("ok", "bad", 1),
+                   ("also ok", "bad", 1)}  # the all-tied record gives nothing (dropped and counted)
+    assert load_rankings(path)[0]["groups"] == [[1], [2, 3], [0]]
 
 
 @pytest.mark.parametrize("ranking, message", [
-    ([0, 0, 1], "ties are not supported"),
+    ([0, 0, 1], "repeats an index"),
+    ([[0], [0, 1]], "repeats an index"),
+    ([[0], []], "groups of tied"),
     ([0, 1, 5], r"out-of-range indices \[5\]"),
     ("0,1,2", "list of response indices"),
 ])

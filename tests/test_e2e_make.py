@@ -11,14 +11,14 @@ import pytest
 
 from tests.conftest import ROOT
 
-STAGES = ["data", "pretrain", "sft", "reward", "ppo", "eval"]
+STAGES = ["data", "pretrain", "sft", "rank", "reward", "ppo", "eval"]
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    cmd = ["make", "-C", str(ROOT), "pretrain", "sft", "reward", "ppo", "eval",
+    cmd = ["make", "-C", str(ROOT), "pretrain", "sft", "rank", "reward", "ppo", "eval",
            "CONFIG=configs/test.yaml", f"OUT={out}", f"PY={sys.executable}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"make failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -42,9 +42,23 @@ def test_every_stage_commits_a_complete_artifact(chain):
 def test_each_stage_records_the_fingerprint_of_what_it_consumed(chain):
     run, _ = chain
     fp = {s: manifest(run, s)["fingerprint"] for s in STAGES}
-    recorded = json.dumps({s: manifest(run, s)["inputs"] for s in ("sft", "reward", "ppo")})
+    recorded = json.dumps({s: manifest(run, s)["inputs"] for s in ("sft", "rank", "reward", "ppo")})
     for upstream in ("pretrain", "sft", "reward"):
         assert fp[upstream] in recorded, f"no downstream manifest names the {upstream} artifact's fingerprint"
+
+
+@pytest.mark.slow
+def test_the_reward_model_learns_from_the_ranked_own_answers_and_is_measured_on_held_out_ones(chain):
+    run, _ = chain
+    report = json.loads((run / "rank" / "report.json").read_text())
+    assert report["prompts"] == 12 and report["ranked"] + report["all_tied"] + report["skipped"] == 12
+    assert len((run / "rank" / "rankings.jsonl").read_text().splitlines()) == report["ranked"]
+    reward = manifest(run, "reward")
+    assert str(run / "rank" / "rankings.jsonl") in reward["inputs"]["data"]["train"]
+    assert any(k.endswith("data/rankings_train.jsonl") for k in reward["inputs"]["data"]["train"])
+    assert "rank" in reward["inputs"]["data"]["own_answers"]
+    assert "own answers" in (run / "reward" / "report.md").read_text()
+    assert reward["metrics"]["own_rank_answers"] > 0  # every held-out own answer scored against gold
 
 
 @pytest.mark.slow

@@ -43,7 +43,16 @@ def test_k_way_ranking_expands_to_all_pairs_with_their_rank_distance():
     item = {r[0]["content"]: i for i, r in enumerate(h.responses)}
     a, b, c = item["a"], item["b"], item["c"]
     assert sorted(h.pairs) == sorted([(c, a, 1), (c, b, 2), (a, b, 1)])
-    assert h.rankings == [[c, a, b]]
+    assert h.rankings == [[[c], [a], [b]]]
+
+
+def test_tied_answers_in_a_heldout_ranking_form_no_pair():
+    h = heldout_from_rankings([{"prompt": USER, "responses": ["a", "b", "c"], "groups": [[2], [0, 1]]}])
+    item = {r[0]["content"]: i for i, r in enumerate(h.responses)}
+    a, b, c = item["a"], item["b"], item["c"]
+    assert sorted(h.pairs) == sorted([(c, a, 1), (c, b, 1)])
+    m = heldout_metrics(torch.tensor([0.0, 0.0, 1.0]), h)  # scores of a, b, c
+    assert m["accuracy"] == 1.0 and m["kendall_tau"] == 1.0
 
 
 def test_kendall_tau_known_answers():

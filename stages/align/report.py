@@ -17,7 +17,7 @@ def heldout_prompts(cfg, n: int) -> list[dict]:
     if cfg.ppo.data == "demo":
         from data.demo import demo_file
 
-        source = str(demo_file(cfg, "ppo_gold.jsonl"))
+        source = str(demo_file(cfg, "ppo_dev.jsonl"))
     elif cfg.ppo.eval_data:
         source = cfg.ppo.eval_data
     else:

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 
+from pipeline.stats import kendall_tau as stats_kendall_tau
 from pipeline.stats import paired_difference
 
 
@@ -145,6 +146,8 @@ def read_labels(path: Path) -> Labels:
                     rec = json.loads(line)
                 except ValueError:
                     rec = None
+                if isinstance(rec, dict) and isinstance(rec.get("prompt_id"), str) and "ranking" not in rec:
+                    continue  # an event that ranks nothing (a skip), not a broken line
                 if not _valid(rec):
                     bad.append(n)
                     continue
@@ -159,20 +162,8 @@ def kendall_tau(groups_a: list[list[int]], groups_b: list[list[int]]) -> float |
     everything equal, where agreement is undefined."""
     place_a = {i: p for p, g in enumerate(groups_a) for i in g}
     place_b = {i: p for p, g in enumerate(groups_b) for i in g}
-    concordant = discordant = tied_a = tied_b = 0
-    for i, j in combinations(sorted(place_a), 2):
-        da, db = place_a[i] - place_a[j], place_b[i] - place_b[j]
-        if da == 0 or db == 0:
-            tied_a += da == 0
-            tied_b += db == 0
-            continue
-        if (da > 0) == (db > 0):
-            concordant += 1
-        else:
-            discordant += 1
-    pairs = len(place_a) * (len(place_a) - 1) // 2
-    denominator = ((pairs - tied_a) * (pairs - tied_b)) ** 0.5
-    return (concordant - discordant) / denominator if denominator else None
+    answers = sorted(place_a)
+    return stats_kendall_tau([-place_a[i] for i in answers], [-place_b[i] for i in answers])
 
 
 def agreement(records: list[dict]) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,31 +28,75 @@ log = logging.getLogger(__name__)
 MARGIN_PER_RANK = 0.5
 
 
-def training_source(cfg) -> str:
-    if cfg.reward.data == "demo":
-        from data.demo import demo_file
+RANK_SOURCE = re.compile(r"rank(-r\d+)?")  # this run's rank stage artifacts: rank, rank-r2, ...
 
-        return str(demo_file(cfg, "rankings_train.jsonl"))
-    return cfg.reward.data
+
+def data_parts(cfg) -> list[str]:
+    """reward.data split at "+": demo, rank, rank-r2 or files, e.g. demo+rank (the default)."""
+    parts = [p.strip() for p in str(cfg.reward.data).split("+")]
+    if not all(parts):
+        raise UserError(f"reward.data={cfg.reward.data!r} has an empty part; join sources with '+', "
+                        "e.g. demo+rank or demo+rank+rank-r2.")
+    return parts
+
+
+def rank_rankings(cfg, name: str, file: str = "rankings.jsonl") -> str:
+    """A file of this run's rank artifact `name` (rank, rank-r2): it must be finished."""
+    from pipeline.artifacts import require_artifact
+
+    round_hint = "" if name == "rank" else f" rank.round={name.rsplit('-r', 1)[-1]} rank.policy=..."
+    require_artifact(cfg.stage_dir(name), f"make rank{round_hint}")
+    return str(cfg.stage_dir(name) / file)
+
+
+def training_sources(cfg) -> list[str]:
+    out = []
+    for part in data_parts(cfg):
+        if part == "demo":
+            from data.demo import demo_file
+
+            out.append(str(demo_file(cfg, "rankings_train.jsonl")))
+        elif RANK_SOURCE.fullmatch(part):
+            out.append(rank_rankings(cfg, part))
+        else:
+            out.append(part)
+    return out
 
 
 def heldout_source(cfg) -> str | None:
+    """reward.val_data; else the demo's held-out rankings when the demo is trained on; else the first rank
+    artifact's held-out own-answer rankings; else None (a share of the training prompts is held out)."""
     if cfg.reward.val_data:
         return cfg.reward.val_data
-    if cfg.reward.data == "demo":
+    parts = data_parts(cfg)
+    if "demo" in parts:
         from data.demo import demo_file
 
         return str(demo_file(cfg, "rankings_heldout.jsonl"))
-    return None
+    ranks = [p for p in parts if RANK_SOURCE.fullmatch(p)]
+    return rank_rankings(cfg, ranks[0], "heldout_rankings.jsonl") if ranks else None
 
 
-def load_training_pairs(source: str) -> list[dict]:
+def load_training_pairs(sources: list[str]) -> list[dict]:
+    """Pairs of every source; a prompt's pairs from different sources form separate groups (their
+    answers differ: the prepared candidates and the model's own). An empty source beside others (a
+    rank stage whose answers all tied) is skipped with a warning."""
     from data.loaders import load_pairs
 
-    pairs = load_pairs(source)
-    if not pairs:
-        raise UserError(f"{source} holds no usable preference pair; see data/README.md for the accepted formats.")
-    return pairs
+    out = []
+    for n, source in enumerate(sources):
+        if len(sources) > 1 and Path(source).is_file() and Path(source).stat().st_size == 0:
+            log.warning("%s is empty (no prompt was ranked: see the report beside it); training on the other "
+                        "sources.", source)
+            continue
+        pairs = load_pairs(source)
+        if len(sources) > 1:
+            pairs = [{**p, "group": f"{n}:{_group_key(p)}"} for p in pairs]
+        out += pairs
+    if not out:
+        raise UserError(f"{' + '.join(sources)} holds no usable preference pair; see data/README.md for the accepted "
+                        "formats.")
+    return out
 
 
 def load_heldout(source: str) -> Heldout:

@@ -14,6 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from pipeline.reward_scoring import Messages, as_messages, encode_conversation, score_ids
+from pipeline.stats import kendall_tau
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Heldout:
     prompts: list[Messages] = field(default_factory=list)  # per item
     responses: list[Messages] = field(default_factory=list)  # per item
     pairs: list[tuple[int, int, int | None]] = field(default_factory=list)  # (chosen, rejected, rank gap)
-    rankings: list[list[int]] = field(default_factory=list)  # item ids best -> worst (K-way data)
+    rankings: list[list[list[int]]] = field(default_factory=list)  # tiers of item ids, best first (K-way data)
     _index: dict = field(default_factory=dict, repr=False)
     _ids: list[list[int]] | None = field(default=None, repr=False)
 
@@ -50,16 +51,17 @@ class Heldout:
 
 
 def heldout_from_rankings(records: list[dict]) -> Heldout:
-    """K-way records {"prompt": msgs, "responses": [str], "ranking": [best..worst]} (validated by
-    data.loaders.load_rankings) -> every pair, with its rank distance."""
+    """K-way records {"prompt": msgs, "responses": [str], "groups": [[best], ..., [worst]]} (validated
+    by data.loaders.load_rankings; tied answers share a group and form no pair) -> every pair, with
+    its rank distance."""
     h = Heldout()
     for rec in records:
         items = [h.item(rec["prompt"], r) for r in rec["responses"]]
-        order = [items[i] for i in rec["ranking"]]
-        h.rankings.append(order)
-        for a in range(len(order)):
-            for b in range(a + 1, len(order)):
-                h.pairs.append((order[a], order[b], b - a))
+        tiers = [[items[i] for i in g] for g in rec.get("groups") or [[i] for i in rec["ranking"]]]
+        h.rankings.append(tiers)
+        for a in range(len(tiers)):
+            for b in range(a + 1, len(tiers)):
+                h.pairs.extend((x, y, b - a) for x in tiers[a] for y in tiers[b] if x != y)
     return h
 
 
@@ -74,28 +76,6 @@ def heldout_from_pairs(records: list[dict]) -> Heldout:
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def kendall_tau(xs: list[float], ys: list[float]) -> float | None:
-    """Kendall's tau-b between two score lists (ties in either count as neither agreement nor
-    disagreement); None when either list is constant."""
-    conc = disc = tx = ty = 0
-    n = len(xs)
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = xs[i] - xs[j], ys[i] - ys[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif (dx > 0) == (dy > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
-    return (conc - disc) / denom if denom else None
 
 
 def _acc(wins: list[float]) -> float | None:
@@ -134,9 +114,9 @@ def heldout_metrics(scores: torch.Tensor, h: Heldout) -> dict:
         out[f"pairs_gap{gap}"] = len(by_gap[gap])
     if h.rankings:
         taus = []
-        for order in h.rankings:
-            human = [-rank for rank in range(len(order))]  # best first -> highest value
-            tau = kendall_tau([s[i] for i in order], human)
+        for tiers in h.rankings:
+            human = [-rank for rank, tier in enumerate(tiers) for _ in tier]  # best first -> highest value
+            tau = kendall_tau([s[i] for tier in tiers for i in tier], human)
             if tau is not None:
                 taus.append(tau)
         out["kendall_tau"] = sum(taus) / len(taus) if taus else None
@@ -145,17 +125,19 @@ def heldout_metrics(scores: torch.Tensor, h: Heldout) -> dict:
     return out
 
 
-def rank_pair_accuracy(s: list[float], rankings: list[list[int]], max_k: int = 6) -> dict[str, float]:
+def rank_pair_accuracy(s: list[float], rankings: list[list[list[int]]], max_k: int = 6) -> dict[str, float]:
     """Accuracy for each pair of human ranks ("1>3": the best answer against the third), which
-    shows *which* distinctions the model has learned (K-way data with up to max_k answers)."""
+    shows *which* distinctions the model has learned (K-way data with up to max_k tiers)."""
     wins: dict[str, list[float]] = {}
-    for order in rankings:
-        if len(order) > max_k:
+    for tiers in rankings:
+        if len(tiers) > max_k:
             continue
-        for a in range(len(order)):
-            for b in range(a + 1, len(order)):
-                diff = s[order[a]] - s[order[b]]
-                wins.setdefault(f"{a + 1}>{b + 1}", []).append(1.0 if diff > 0 else 0.5 if diff == 0 else 0.0)
+        for a in range(len(tiers)):
+            for b in range(a + 1, len(tiers)):
+                for x in tiers[a]:
+                    for y in tiers[b]:
+                        diff = s[x] - s[y]
+                        wins.setdefault(f"{a + 1}>{b + 1}", []).append(1.0 if diff > 0 else 0.5 if diff == 0 else 0.0)
     return {k: sum(v) / len(v) for k, v in wins.items()}
 
 

@@ -32,11 +32,11 @@ def examples_md(h: Heldout, scores: torch.Tensor, n: int = 4) -> list[str]:
     s = scores.tolist()
     lines = []
     if h.rankings:
-        for order in h.rankings[:n]:
-            lines += [f"**Prompt:** {_short(_content(h.prompts[order[0]]), 300)}", "",
+        for tiers in h.rankings[:n]:
+            lines += [f"**Prompt:** {_short(_content(h.prompts[tiers[0][0]]), 300)}", "",
                       "| human rank | score | answer |", "|---:|---:|---|"]
             lines += [f"| {rank + 1} | {s[i]:+.3f} | {_short(_content(h.responses[i]))} |"
-                      for rank, i in enumerate(order)]
+                      for rank, tier in enumerate(tiers) for i in tier]
             lines.append("")
     else:
         for c, r, _ in h.pairs[:n]:
@@ -48,7 +48,7 @@ def examples_md(h: Heldout, scores: torch.Tensor, n: int = 4) -> list[str]:
 
 
 def write_report(path: Path, *, title: str, final: dict, history: list[dict], counts: dict, stats: dict | None,
-                 heldout: Heldout, scores: torch.Tensor, settings: dict) -> None:
+                 heldout: Heldout, scores: torch.Tensor, settings: dict, own_answers: dict | None = None) -> None:
     gaps = sorted(int(k[len("accuracy_gap"):]) for k in final if k.startswith("accuracy_gap"))
     lines = [f"# {title}", "", "## Held-out evaluation", "",
              "| metric | value |", "|---|---:|",
@@ -76,6 +76,17 @@ def write_report(path: Path, *, title: str, final: dict, history: list[dict], co
         lines += ["During training:", "", "| step | accuracy | mean margin | Kendall tau |", "|---:|---:|---:|---:|"]
         lines += [f"| {h['step']} | {_fmt(h.get('accuracy'))} | {_fmt(h.get('mean_margin'))} | "
                   f"{_fmt(h.get('kendall_tau'))} |" for h in history]
+        lines.append("")
+    if own_answers:
+        lines += ["## The policy's own answers to held-out prompts", "",
+                  "Answers the policy sampled for held-out prompts (the rank stage's heldout_*.jsonl; never trained "
+                  "on), ranked by the gold metric without noise. Spearman: the reward against the gold metric over "
+                  "every answer -- can PPO, which asks the reward model about such answers, improve gold?", "",
+                  "| rank artifact | policy | rankings | pairwise accuracy | Kendall tau | answers | Spearman(RM, gold) |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {n} | {m.get('policy')} | {m.get('rankings', 0)} | {_fmt(m.get('accuracy'))} | "
+                  f"{_fmt(m.get('kendall_tau'))} | {m.get('answers', 0)} | {_fmt(m.get('spearman_gold'))} |"
+                  for n, m in own_answers.items()]
         lines.append("")
     lines += ["## Training data", "", "| | count |", "|---|---:|"]
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()]

@@ -1,7 +1,7 @@
 """Reward model: the SFT model with a scalar head, trained on human preferences with TRL's
 RewardTrainer (Bradley-Terry loss: -log sigmoid(r_chosen - r_rejected)).
 
-    python -m stages.reward --config configs/tiny.yaml [reward.data=rankings.jsonl.gz] [key=value ...]
+    python -m stages.reward --config configs/tiny.yaml [reward.data=demo+rank|rank|rankings.jsonl.gz] [key=value ...]
     accelerate launch --config_file configs/accelerate/ddp.yaml -m stages.reward --config ...
 
 Output runs/<name>/reward/: a sequence-classification model (AutoModelForSequenceClassification),
@@ -40,14 +40,16 @@ from pipeline.reward_scoring import STATS_FILE, score_conversations
 from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
 from stages.reward.dataset import (
     GroupedPairSampler,
+    data_parts,
     heldout_source,
     load_heldout,
     load_training_pairs,
     split_by_group,
     tokenize_pairs,
-    training_source,
+    training_sources,
 )
 from stages.reward.heldout import HeldoutEvalCallback, evaluate_heldout, heldout_from_pairs
+from stages.reward.own_answers import evaluate_own_answers, own_answer_inputs, own_answer_sources
 from stages.reward.report import write_report
 
 log = logging.getLogger("stages.reward")
@@ -59,7 +61,11 @@ def dependencies(cfg) -> dict:
     return {"reward": to_dict(cfg.reward), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
             "ppo": {"data": cfg.ppo.data, "temperature": cfg.ppo.temperature,
                     "max_new_tokens": cfg.ppo.max_new_tokens},
-            "data": to_dict(cfg.data) if "demo" in (cfg.reward.data, cfg.ppo.data) else {}}
+            "data": to_dict(cfg.data) if "demo" in (*data_parts(cfg), cfg.ppo.data) else {}}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def stats_prompts_source(cfg) -> str:
@@ -153,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     r = cfg.reward
     final = cfg.stage_dir("reward")
     init_source, init_record = resolve_model_source(r.init_from, cfg.stage_dir("sft"), "make sft")
-    train_src, held_src = training_source(cfg), heldout_source(cfg)
-    inputs = {"init": init_record, "data": {"train": {train_src: source_fingerprint(train_src)},
-                                            "heldout": {held_src: source_fingerprint(held_src)} if held_src else {}}}
+    train_srcs, held_src = training_sources(cfg), heldout_source(cfg)
+    train_src = "+".join(train_srcs)
+    own = own_answer_sources(cfg)
+    inputs = {"init": init_record, "data": {"train": {s: source_fingerprint(s) for s in train_srcs},
+                                            "heldout": {held_src: source_fingerprint(held_src)} if held_src else {},
+                                            "own_answers": own_answer_inputs(own)}}
     if already_done(final, dependencies(cfg), inputs):
         return 0
 
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if limit and max_length > limit:
         log.warning("reward.max_length=%d is over the model's %d positions; using %d.", max_length, limit, limit)
         max_length = limit
-    pairs = load_training_pairs(train_src)
+    pairs = load_training_pairs(train_srcs)
     if held_src:
         heldout = load_heldout(held_src)
     else:
@@ -218,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                                              batch_size=r.batch_size * 2)
     if metrics_cb.enabled:
         metrics_cb.logger.log(step, **{f"heldout_{k}": v for k, v in final_metrics.items() if isinstance(v, float)})
+    own_metrics = evaluate_own_answers(trainer.model, tokenizer, own, max_length=max_length,
+                                       batch_size=r.batch_size * 2)
 
     # statistics first: a LoRA model is merged (and so changed) by saving it
     stats = None
@@ -240,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                     "max_length": max_length}
         write_report(writer.out_dir / "report.md", title=f"Reward model: {cfg.run.name}", final=final_metrics,
                      history=heldout_history(writer.out_dir), counts=data.counts, stats=stats, heldout=heldout,
-                     scores=scores, settings=settings)
+                     scores=scores, settings=settings, own_answers=own_metrics)
         summary = {f"heldout_{k}": v for k, v in final_metrics.items() if v is not None}
         summary.update({f"data_{k}": v for k, v in data.counts.items()})
+        for name, m in own_metrics.items():
+            summary.update({f"own_{name}_{k}": v for k, v in m.items() if isinstance(v, (int, float))})
         if stats:
             summary.update(reward_mean=stats["mean"], reward_std=stats["std"])
         summary.update({k: v for k, v in metrics_cb.last.items() if k in ("loss", "accuracy", "margin")})
@@ -252,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         acc = final_metrics.get("accuracy")
         print(f"reward: held-out accuracy {acc:.3f}" + (
             f", Kendall tau {final_metrics['kendall_tau']:.3f}" if final_metrics.get("kendall_tau") is not None
-            else "") + (f"; SFT answers score {stats['mean']:.3f} +- {stats['std']:.3f}" if stats else "")
+            else "") + "".join(
+            f"; own answers ({name}): accuracy {_fmt(m.get('accuracy'))}, Spearman with gold "
+            f"{_fmt(m.get('spearman_gold'))}" for name, m in own_metrics.items())
+            + (f"; SFT answers score {stats['mean']:.3f} +- {stats['std']:.3f}" if stats else "")
             + f" -> {final}")
         if acc is not None and not math.isfinite(acc):
             return 1

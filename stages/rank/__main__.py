@@ -1,0 +1,5 @@
+import sys
+
+from stages.rank.stage import main
+
+sys.exit(main())
