@@ -30,7 +30,7 @@ class DiskFullError(UserError):
 def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         return True
-    return isinstance(exc, (OSError, RuntimeError, ValueError)) and any(p in str(exc).lower() for p in _DISK_PHRASES)
+    return any(p in str(exc).lower() for p in _DISK_PHRASES)
 
 
 def disk_full_error(path, exc: BaseException) -> DiskFullError:
