@@ -26,7 +26,7 @@ STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test lint bench data pretrain sft reward ppo eval chat clean
+.PHONY: help setup test lint bench faults data pretrain sft reward ppo eval chat clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ lint:  ## ruff
 bench:  ## benchmarks: pretrain loop vs nanoGPT, PPO vs TRL 1.12 (side by side, same run)
 	$(PY) -m benchmarks.pretrain
 	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
+
+faults:  ## fault injection: kill -9 / config change / NaN / disk full / two runs, per stage (test preset, ~20 min)
+	$(PY) -m faults $(FAULTS_ARGS)
 
 # Each stage target runs its stage, and each stage checks itself: when its artifact is complete for
 # the same config sections and input fingerprints it prints "up to date" and exits. So `make ppo`

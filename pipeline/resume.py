@@ -58,6 +58,9 @@ def check_resume_key(work_dir: str | Path, stage: str, *, config: dict, inputs: 
                             f"to this config; re-run with {resume_flag}=false to start fresh.") from None
         changes = changed_keys(have.get("config"), wanted["config"])
         changes += changed_keys(have.get("inputs"), wanted["inputs"], "inputs")
+        if changes and not has_work:  # nothing checkpointed under the old key: nothing to mix up
+            write_text(key_path, json.dumps(wanted, indent=1) + "\n")
+            return
         if changes:
             more = f" and {len(changes) - _SHOWN_CHANGES} more" if len(changes) > _SHOWN_CHANGES else ""
             raise UserError(f"{work_dir} holds an unfinished {stage} run made with other settings "
