@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import publish_dir, scratch_name
+from pipeline.atomic import publish_dir, scratch_name, translating_disk_errors
 from pipeline.errors import UserError
 
 _TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet", ".csv", ".gz", ".text")
@@ -110,7 +110,7 @@ def _write_tokens(docs: Iterator[str], tokenizer, path: Path, dtype: str) -> tup
         flat.tofile(fh)
         return flat.size
 
-    with open(tmp, "wb") as fh:
+    with translating_disk_errors(path), open(tmp, "wb") as fh:
         batch: list[str] = []
         for doc in docs:
             if not doc:

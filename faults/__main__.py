@@ -23,7 +23,9 @@ def run_suite(out: Path, *, stages=STAGES, kills: int = 20, per_trial: int = 2, 
         rep = Report(stage.name)
         t0 = time.perf_counter()
         if "kills" in checks:
-            suite.kill_trials(stage, kills, per_trial, rep, check_change="change" in checks)
+            suite.kill_trials(stage, kills, per_trial, rep)
+        if "change" in checks:
+            suite.check_change(stage, rep)
         if "diverge" in checks:
             suite.check_diverge(stage, rep)
         if "disk" in checks:

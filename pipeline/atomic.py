@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,9 @@ _DISK_PHRASES = ("no space left", "file too large", "disk quota", "os error 27",
                  "unexpected pos")
 
 
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile
+
+
 class DiskFullError(UserError):
     """A write failed for lack of space (or over a file-size limit)."""
 
@@ -30,7 +34,8 @@ class DiskFullError(UserError):
 def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         return True
-    return any(p in str(exc).lower() for p in _DISK_PHRASES)
+    text = str(exc).lower()
+    return any(p in text for p in _DISK_PHRASES) or bool(_SHORT_WRITE.search(text))
 
 
 def disk_full_error(path, exc: BaseException) -> DiskFullError:

@@ -18,7 +18,8 @@ from pipeline.errors import UserError
 LATEST = "latest.pt"
 
 
-def save_checkpoint(directory: str | Path, *, model, optimizer, step: int, tokens_seen: int) -> Path:
+def save_checkpoint(directory: str | Path, *, model, optimizer, step: int, tokens_seen: int, **extra) -> Path:
+    """`extra`: more loop state (tensors and plain values), returned as is by load_checkpoint."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -27,6 +28,7 @@ def save_checkpoint(directory: str | Path, *, model, optimizer, step: int, token
         "data_position": {"step": step},  # batches are drawn from a generator seeded by (seed, step)
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        **extra,
         "rng": {
             "python": random.getstate(),
             "torch": torch.get_rng_state(),

@@ -34,7 +34,7 @@ def non_finite(values: dict, prefix: str = "") -> list[str]:
 
 def diverged(stage: str, what: str, step, last_good) -> NonFiniteError:
     where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-    return NonFiniteError(f"{stage}: {what} at step {step}: the run diverged (lower the learning rate?); nothing was "
+    return NonFiniteError(f"{stage}: {what} is not finite at step {step}: the run diverged (lower the learning rate?); nothing was "
                           f"committed; {where}.")
 
 
@@ -52,4 +52,4 @@ def check_finite_params(stage: str, model, *, step, last_good=None) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not bool(torch.isfinite(p).all()):
-                raise diverged(stage, f"parameter {name} is not finite", step, last_good)
+                raise diverged(stage, f"parameter {name}", step, last_good)

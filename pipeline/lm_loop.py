@@ -135,12 +135,15 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
     loss_module = NextTokenLoss(model).to(device)
     optimizer = make_optimizer(loss_module, cfg, device)
     start_step, tokens_seen = 0, 0
+    loss_sum, steps_in_sum = torch.zeros((), device=device), 0  # the training loss since the last log
     state = load_checkpoint(checkpoint_dir, "train.resume") if cfg.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
+        if "loss_sum" in state:  # so the first logged loss after a resume averages the same steps
+            loss_sum, steps_in_sum = state["loss_sum"].to(device), state["steps_in_sum"]
         accelerator.print(f"resuming from step {start_step} ({checkpoint_dir})")
     if compile_model:
         loss_module.compile()
@@ -153,7 +156,6 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
     stop_after = int(os.environ.get("RLHF_STOP_AFTER_STEP", 0))  # test hook: simulate a kill (Ctrl-C)
     n_val = cfg.eval_batches * cfg.batch_size  # windows in all; shared by the processes, so W does not change them
     last = {}
-    loss_sum, steps_in_sum = torch.zeros((), device=device), 0
     t0, tokens_at_t0, excluded, train_time = time.perf_counter(), tokens_seen, 0.0, 0.0
     tokens_at_start = tokens_seen
     last_good = f"{checkpoint_dir}/{LATEST} (step {start_step})" if start_step else None
@@ -188,7 +190,8 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
             check_finite_params("pretrain", model, step=done, last_good=last_good)
             if accelerator.is_main_process:
-                save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, step=done, tokens_seen=tokens_seen)
+                save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, step=done, tokens_seen=tokens_seen,
+                                loss_sum=loss_sum.detach().cpu(), steps_in_sum=steps_in_sum)
             last_good = f"{checkpoint_dir}/{LATEST} (step {done})"
             accelerator.wait_for_everyone()
         excluded += time.perf_counter() - pause
