@@ -165,13 +165,19 @@ class Report:
 
 
 class Suite:
-    def __init__(self, out: Path, stages=STAGES, seed: int = 0, log=print):
+    def __init__(self, out: Path, stages=STAGES, seed: int = 0, log=print, reference: Path | None = None):
+        """`reference`: a directory holding an uninterrupted run of the chain on the test preset
+        (`<reference>/test/<stage>`), e.g. the end-to-end test's; built by build_reference otherwise."""
         self.out, self.stages, self.log = Path(out), list(stages), log
         self.rng = random.Random(seed)
-        self.base = self.out / "reference"
+        self.base = Path(reference) if reference else self.out / "reference"
         self.reference: dict[str, dict] = {}
         self.work_seconds: dict[str, float] = {}  # reference time from taking the lock to exit
         self._trial_no = 0
+        if reference:
+            for stage in self.stages:
+                self.reference[stage.name] = result(self.base / NAME, stage.name)
+                self.work_seconds[stage.name] = (read_manifest(self.base / NAME / stage.name) or {})["wall_time_s"]
 
     # the uninterrupted chain
     def build_reference(self) -> None:
