@@ -33,7 +33,9 @@ def run_suite(out: Path, *, stages=STAGES, kills: int = 20, per_trial: int = 2, 
         if "twice" in checks:
             suite.check_twice(stage, rep)
         log(f"{stage.name}: {rep.kills} kills in {rep.trials} trials, {time.perf_counter() - t0:.0f}s, "
-            f"{len(rep.failures)} failure(s)")
+            f"{len(rep.failures)} failure(s) {rep.checks}")
+        for f in rep.failures:
+            log(f"  FAILED {f}")
         reports.append(rep)
     return reports
 
@@ -59,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                            for s in stages)
     print(f"\nrequired: {tolerances}")
     failures = [f for r in reports for f in r.failures]
-    for f in failures:
-        print(f"\nFAILED {f}")
+    print(f"\n{len(failures)} failure(s) (printed above)" if failures else "\nno failure")
     return 1 if failures else 0
 
 

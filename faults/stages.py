@@ -17,11 +17,14 @@ class Stage:
     diverge: str  # an override that makes training non-finite
     checkpoint: str  # glob (under <name>.partial/checkpoints) that exists once a checkpoint is complete
     tolerance: float = 0.0  # 0: a resumed run's metrics must equal an uninterrupted run's bit for bit
+    summary_row: str | None = None  # a metrics row holding this key is a per-process summary: not compared
 
 
 STAGES = [
     Stage("pretrain", "train.resume", "train.lr=0.002", "train.lr=1e6", "latest.pt"),
-    Stage("sft", "sft.resume", "sft.lr=0.0002", "sft.lr=1e6", "checkpoint-*/complete.json"),
-    Stage("reward", "reward.resume", "reward.lr=0.0002", "reward.lr=1e6", "checkpoint-*/complete.json"),
+    # The Trainer's end-of-training `train_loss` averages the steps run in this process only.
+    Stage("sft", "sft.resume", "sft.lr=0.0002", "sft.lr=1e30", "checkpoint-*/complete.json", summary_row="train_loss"),
+    Stage("reward", "reward.resume", "reward.lr=0.0002", "reward.lr=1e30", "checkpoint-*/complete.json",
+          summary_row="train_loss"),
     Stage("ppo", "ppo.resume", "ppo.kl_coef=0.05", "ppo.lr=1e6", "ckpt/trainer.pt"),
 ]

@@ -104,12 +104,12 @@ def has_checkpoint(run_dir: Path, stage: Stage) -> bool:
 # ------------------------------------------------------------------------------------------ results
 
 
-def result(run_dir: Path, stage: str) -> dict:
+def result(run_dir: Path, stage: Stage) -> dict:
     """What must not depend on kills: final metrics, the metrics history, the weights."""
-    d = run_dir / stage
+    d = run_dir / stage.name
     manifest = read_manifest(d) or {}
     rows = [{k: v for k, v in r.items() if not _VOLATILE.search(k)} for r in read_metrics(d)
-            if "train_runtime" not in r]  # HF's end-of-training summary averages over this process only
+            if not (stage.summary_row and stage.summary_row in r)]
     weights = {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest()
                for f in sorted(d.rglob("*.safetensors"))}
     return {"metrics": {k: v for k, v in (manifest.get("metrics") or {}).items() if not _VOLATILE.search(k)},
@@ -176,7 +176,7 @@ class Suite:
         self._trial_no = 0
         if reference:
             for stage in self.stages:
-                self.reference[stage.name] = result(self.base / NAME, stage.name)
+                self.reference[stage.name] = result(self.base / NAME, stage)
                 self.work_seconds[stage.name] = (read_manifest(self.base / NAME / stage.name) or {})["wall_time_s"]
 
     # the uninterrupted chain
@@ -194,7 +194,7 @@ class Suite:
             if r.rc != 0:
                 raise RuntimeError(f"{stage.name} failed:\n{r.out[-3000:]}")
             self.work_seconds[stage.name] = time.perf_counter() - t_lock
-            self.reference[stage.name] = result(self.base / NAME, stage.name)
+            self.reference[stage.name] = result(self.base / NAME, stage)
             self.log(f"reference {stage.name}: {r.seconds:.1f}s")
 
     def trial_dir(self, stage: Stage, *, with_own: bool = False) -> Path:
@@ -210,7 +210,7 @@ class Suite:
         return out
 
     def compare(self, rep: Report, run_dir: Path, stage: Stage) -> float:
-        diff = max_difference(result(run_dir, stage.name), self.reference[stage.name])
+        diff = max_difference(result(run_dir, stage), self.reference[stage.name])
         rep.max_diff = max(rep.max_diff, diff)
         if diff > stage.tolerance:
             rep.fail(f"the result differs from the uninterrupted run's by {diff} in {run_dir}")

@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline.atomic import fsync_dir, swap_dir, translating_disk_errors, write_text
 from pipeline.errors import UserError
 from pipeline.finite import NonFiniteError, non_finite
-from pipeline.resume import RunLock, check_resume_key
+from pipeline.resume import RunLock, check_resume_key, without_no_effect
 
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors")
@@ -224,7 +224,8 @@ def up_to_date(final_dir: str | Path, config: dict, inputs: dict) -> bool:
     if not manifest or manifest.get("status") != "complete":
         return False
     as_json = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples/paths as saved
-    return _is_subset(as_json(config), manifest.get("config") or {}) and as_json(inputs) == manifest.get("inputs")
+    wanted = without_no_effect(as_json(config))  # e.g. `ppo.resume=false` once does not make it stale
+    return _is_subset(wanted, manifest.get("config") or {}) and as_json(inputs) == manifest.get("inputs")
 
 
 def already_done(final_dir: str | Path, config: dict, inputs: dict) -> bool:

@@ -31,7 +31,7 @@ def main_guard(fn):
 
             if not is_disk_full(e) or os.environ.get("RLHF_DEBUG"):
                 raise
-            print(f"\nerror: {disk_full_error(e.filename or 'a file', e)}", file=sys.stderr)
+            print(f"\nerror: {disk_full_error(getattr(e, 'filename', None) or 'a file', e)}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("\ninterrupted: nothing was committed; re-run the same command to resume.", file=sys.stderr)

@@ -104,6 +104,11 @@ def resume_checkpoint(checkpoint_dir: str | Path, resume_flag: str) -> str | Non
     """The checkpoint to resume from: checkpoints cut short by a kill are removed, and a complete
     one whose files were truncated since is one line naming the file and what to do."""
     last = last_checkpoint(checkpoint_dir)
+    if last and _is_final(last):
+        # Resuming the Trainer at its last step takes a path that differs from a finished run (an
+        # extra evaluation, another step count): redo the last save interval from the one before.
+        shutil.rmtree(last, ignore_errors=True)
+        last = last_checkpoint(checkpoint_dir)
     newest = int(Path(last).name.split("-")[1]) if last else -1
     for p in Path(checkpoint_dir).glob("checkpoint-*") if Path(checkpoint_dir).is_dir() else []:
         if (m := _CHECKPOINT.match(p.name)) and int(m.group(1)) > newest:
@@ -125,6 +130,14 @@ def resume_checkpoint(checkpoint_dir: str | Path, resume_flag: str) -> str | Non
         raise UserError(f"{Path(last) / COMPLETE} is corrupt: delete {last} to resume from the checkpoint before "
                         f"it, or re-run with {resume_flag}=false to start fresh.")
     return last
+
+
+def _is_final(checkpoint: str) -> bool:
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
 def step_of(checkpoint: str | None) -> int | None:

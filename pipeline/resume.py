@@ -18,6 +18,8 @@ from pipeline.atomic import write_text
 from pipeline.errors import UserError
 
 KEY_FILE = "key.json"
+# Settings that change how a run is carried out, not what it makes: never part of the key.
+NO_EFFECT = ("resume", "log_every", "save_every", "checkpoint_every")
 _SHOWN_CHANGES = 4
 _HELD: dict[Path, RunLock] = {}  # locks this process holds (a test may run a stage's main twice)
 
@@ -48,7 +50,7 @@ def check_resume_key(work_dir: str | Path, stage: str, *, config: dict, inputs: 
     """Refuse to continue `work_dir` if it was started with another key; record the key otherwise."""
     work_dir = Path(work_dir)
     key_path = work_dir / KEY_FILE
-    wanted = {"config": plain(config), "inputs": plain(inputs)}
+    wanted = {"config": without_no_effect(plain(config)), "inputs": plain(inputs)}
     ways_out = f"re-run with {resume_flag}=false to start fresh, or revert the change to resume it"
     if key_path.is_file():
         try:
@@ -72,6 +74,12 @@ def check_resume_key(work_dir: str | Path, stage: str, *, config: dict, inputs: 
                         "to start fresh.")
     work_dir.mkdir(parents=True, exist_ok=True)
     write_text(key_path, json.dumps(wanted, indent=1) + "\n")
+
+
+def without_no_effect(config: dict) -> dict:
+    """`config` without the NO_EFFECT keys of its sections."""
+    return {k: {kk: vv for kk, vv in v.items() if kk not in NO_EFFECT} if isinstance(v, dict) else v
+            for k, v in config.items() if k not in NO_EFFECT}
 
 
 class RunLock:

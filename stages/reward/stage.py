@@ -20,6 +20,7 @@ import torch
 
 from data.loaders import source_fingerprint
 from pipeline.artifacts import already_done, resolve_model_source, start_artifact
+from pipeline.atomic import translating_disk_errors
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_cb.run(trainer.model, 0)  # the untrained head: a baseline for the report
     else:
         print(f"resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    with translating_disk_errors(writer.work_dir):  # checkpoints: one line when the disk is full
+        trainer.train(resume_from_checkpoint=checkpoint)
     step = trainer.state.global_step
     final_metrics, scores = evaluate_heldout(trainer.model, tokenizer, heldout, max_length=max_length,
                                              batch_size=r.batch_size * 2)

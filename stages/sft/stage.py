@@ -18,6 +18,7 @@ import sys
 from accelerate import PartialState
 
 from pipeline.artifacts import already_done, resolve_model_source, start_artifact
+from pipeline.atomic import translating_disk_errors
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import main_guard
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     pre_loss = evaluate_loss(trainer, callback, log_it=resume is None)
     if main_process:
         print(f"held-out assistant-token loss before sft: {pre_loss:.3f}")
-    trainer.train(resume_from_checkpoint=resume)
+    with translating_disk_errors(writer.work_dir):  # checkpoints: one line when the disk is full
+        trainer.train(resume_from_checkpoint=resume)
     if callback.last_eval_step == trainer.state.global_step:
         post_loss = float(callback.last["eval_loss"])
     else:
