@@ -169,13 +169,15 @@ class Suite:
         """`reference`: a directory holding an uninterrupted run of the chain on the test preset
         (`<reference>/test/<stage>`), e.g. the end-to-end test's; built by build_reference otherwise."""
         self.out, self.stages, self.log = Path(out), list(stages), log
+        # the chain up to the last stage under test: each stage's inputs come from the ones before it
+        self.chain = STAGES[:max(STAGES.index(s) for s in self.stages) + 1]
         self.rng = random.Random(seed)
         self.base = Path(reference) if reference else self.out / "reference"
         self.reference: dict[str, dict] = {}
         self.work_seconds: dict[str, float] = {}  # reference time from taking the lock to exit
         self._trial_no = 0
         if reference:
-            for stage in self.stages:
+            for stage in self.chain:
                 self.reference[stage.name] = result(self.base / NAME, stage)
                 self.work_seconds[stage.name] = (read_manifest(self.base / NAME / stage.name) or {})["wall_time_s"]
 
@@ -185,7 +187,7 @@ class Suite:
         r = run("data", self.base)
         if r.rc != 0:
             raise RuntimeError(f"data failed:\n{r.out[-3000:]}")
-        for stage in self.stages:
+        for stage in self.chain:
             t0 = time.perf_counter()
             proc = start(stage.name, self.base)
             wait_for_lock(proc, lock_path(self.base / NAME, stage.name))
@@ -202,7 +204,7 @@ class Suite:
         self._trial_no += 1
         out = self.out / f"trial-{self._trial_no:03d}-{stage.name}"
         shutil.rmtree(out, ignore_errors=True)
-        keep = {"data", *[s.name for s in self.stages[:self.stages.index(stage)]]} | ({stage.name} if with_own else set())
+        keep = {"data", *[s.name for s in self.chain[:self.chain.index(stage)]]} | ({stage.name} if with_own else set())
         if stage.name != "pretrain" or with_own:
             keep.add("cache")  # pretrain builds its tokenizer and token cache under the kills too
         for name in keep:
