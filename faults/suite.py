@@ -58,7 +58,7 @@ def command(stage: str, out_dir: Path, *overrides: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -151,8 +151,8 @@ class Report:
     stage: str
     kills: int = 0
     trials: int = 0
-    resumed: int = 0  # final runs that continued from a checkpoint
-    stale_locks: int = 0  # final runs that took over a killed run's lock, and said so
+    resumed: int = 0  # runs that continued from a checkpoint
+    stale_locks: int = 0  # runs after a kill that took over the killed run's lock, and said so
     identical: int = 0  # final runs whose metrics, history and weights equal the reference's exactly
     within: int = 0  # ... within the stage's tolerance
     max_diff: float = 0.0
@@ -220,39 +220,44 @@ class Suite:
 
     # kill -9 at random moments
     def kill_trials(self, stage: Stage, kills: int, per_trial: int, rep: Report) -> None:
+        """Trials in fresh run directories: up to `per_trial` runs killed at random moments after they
+        took the lock, then one allowed to finish; it must match the reference."""
         while rep.kills < kills:
             out = self.trial_dir(stage)
             run_dir = out / NAME
             rep.trials += 1
-            killed_pids: list[int] = []
-            while len(killed_pids) < per_trial and rep.kills < kills:
+            killed = None  # the PID of the last killed run: the next run must take over its lock
+            for attempt in range(per_trial + 1):
+                may_kill = attempt < per_trial and rep.kills < kills
                 t0 = time.perf_counter()
                 proc = start(stage.name, out)
-                if not wait_for_lock(proc, lock_path(run_dir, stage.name)):
-                    finish(proc, t0)
+                if wait_for_lock(proc, lock_path(run_dir, stage.name)) and may_kill:
+                    time.sleep(self.rng.uniform(0, self.work_seconds[stage.name]))
+                kill_now = may_kill and proc.poll() is None
+                if kill_now:
+                    proc.send_signal(signal.SIGKILL)
+                r = finish(proc, t0)
+                if killed is not None:
+                    took_over = "took over the stale lock" in r.out and f"PID {killed}" in r.out
+                    rep.stale_locks += took_over
+                    if not took_over:
+                        rep.fail(f"the run after a kill did not say it took over the lock of PID {killed}", r.out)
+                rep.resumed += "resuming" in r.out
+                if kill_now:
+                    killed = proc.pid
+                    rep.kills += 1
+                    bad = half_written(run_dir)
+                    if bad:
+                        rep.corrupt += len(bad)
+                        rep.fail(f"half-written artifact(s) after a kill: {bad} in {run_dir}")
+                    continue
+                if r.rc != 0:
+                    rep.fail(f"the run after {attempt} kill(s) failed (exit {r.rc})", r.out)
                     break
-                time.sleep(self.rng.uniform(0, self.work_seconds[stage.name]))
-                if proc.poll() is not None:  # finished before the kill
-                    finish(proc, t0)
-                    break
-                proc.send_signal(signal.SIGKILL)
-                finish(proc, t0)
-                killed_pids.append(proc.pid)
-                rep.kills += 1
-                bad = half_written(run_dir)
-                if bad:
-                    rep.corrupt += len(bad)
-                    rep.fail(f"half-written artifact(s) after a kill: {bad} in {run_dir}")
-            final = run(stage.name, out)
-            if final.rc != 0:
-                rep.fail(f"the resumed run failed (exit {final.rc})", final.out)
-                continue
-            rep.resumed += "resuming" in final.out
-            if killed_pids and "took over the stale lock" in final.out:
-                rep.stale_locks += str(killed_pids[-1]) in final.out
-            diff = self.compare(rep, run_dir, stage)
-            rep.identical += diff == 0.0
-            rep.within += diff <= stage.tolerance
+                diff = self.compare(rep, run_dir, stage)
+                rep.identical += diff == 0.0
+                rep.within += diff <= stage.tolerance
+                break
 
     def check_change(self, stage: Stage, rep: Report) -> None:
         """Killed right after its first checkpoint, re-run with a changed config: refused; the same
