@@ -48,7 +48,7 @@ bench:  ## benchmarks: pretrain loop vs nanoGPT, PPO vs TRL 1.12 (side by side, 
 	$(PY) -m benchmarks.pretrain
 	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
 
-faults:  ## fault injection: kill -9 / config change / NaN / disk full / two runs, per stage (test preset, ~20 min)
+faults:  ## fault injection per stage on the test preset: kill -9 x20, config change, NaN, disk full, two runs (tens of minutes)
 	$(PY) -m faults $(FAULTS_ARGS)
 
 # Each stage target runs its stage, and each stage checks itself: when its artifact is complete for
