@@ -55,9 +55,6 @@ lock:  ## pin the versions installed in .venv into constraints.txt (run after CI
 test:  ## run the test suite (offline)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests
 
-faults:  ## fault-injection suite: bad inputs get one clear line, no traceback, no artifact
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_bad_inputs.py -q
-
 lint:  ## ruff
 	$(VENV)/bin/ruff check pipeline stages data tests benchmarks
 
@@ -65,6 +62,10 @@ bench:  ## benchmarks: pretrain loop vs nanoGPT, PPO vs TRL 1.12 (side by side, 
 	$(PY) -m benchmarks.pretrain
 	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
 	$(PY) -m benchmarks.serve
+
+faults:  ## fault injection: 92 bad inputs (one clear line each), then per stage kill -9 x20, config change, NaN, disk full, two runs (tens of minutes)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_bad_inputs.py -q
+	$(PY) -m faults $(FAULTS_ARGS)
 
 # Each stage target runs its stage, and each stage checks itself: when its artifact is complete for
 # the same config sections and input fingerprints it prints "up to date" and exits. So `make ppo`

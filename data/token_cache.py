@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import publish_dir, scratch_name, translating_disk_errors
 from pipeline.errors import UserError
 
 _TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet", ".csv", ".gz", ".text")
@@ -110,7 +111,7 @@ def _write_tokens(docs: Iterator[str], tokenizer, path: Path, dtype: str) -> tup
         flat.tofile(fh)
         return flat.size
 
-    with open(tmp, "wb") as fh:
+    with translating_disk_errors(path), open(tmp, "wb") as fh:
         batch: list[str] = []
         chars = 0
         for doc in docs:
@@ -136,13 +137,32 @@ def build_token_cache(sources: list[tuple[str, str]], tokenizer, cache_root: str
     root = Path(cache_root) / f"tokens-{key}"
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        root.mkdir(parents=True, exist_ok=True)
+        _build_tokens(sources, tokenizer, root, text_field, val_fraction, min_val_tokens)
+    meta = json.loads(meta_path.read_text())
+    splits = {
+        name: TokenSplit(root / s["file"], meta["dtype"], s["start"], s["stop"], s["n_bytes"], s["n_docs"])
+        for name, s in meta["splits"].items()
+    }
+    return splits, root
+
+
+def _build_tokens(sources, tokenizer, root: Path, text_field: str, val_fraction: float, min_val_tokens: int) -> None:
+    """Build the cache entry in a folder private to this process and publish it whole, so a
+    concurrent run (or a kill) never leaves a half-written entry under the real name."""
+    import shutil
+
+    if root.exists() and not (root / "meta.json").is_file():
+        shutil.rmtree(root)  # no meta.json: a half-written entry from an older version
+    scratch = scratch_name(root)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
         vocab = len(tokenizer)
         dtype = "uint16" if vocab <= np.iinfo(np.uint16).max + 1 else "uint32"
         meta = {"dtype": dtype, "vocab_size": vocab, "sources": [list(s) for s in sources], "splits": {}}
         for split in ("train", "val"):
             docs = iter_documents(sources, split, text_field, val_fraction)
-            n_tokens, n_bytes, n_docs = _write_tokens(docs, tokenizer, root / f"{split}.bin", dtype)
+            n_tokens, n_bytes, n_docs = _write_tokens(docs, tokenizer, scratch / f"{split}.bin", dtype)
             meta["splits"][split] = {"file": f"{split}.bin", "start": 0, "stop": n_tokens,
                                      "n_bytes": n_bytes, "n_docs": n_docs}
         train, val = meta["splits"]["train"], meta["splits"]["val"]
@@ -158,15 +178,10 @@ def build_token_cache(sources: list[tuple[str, str]], tokenizer, cache_root: str
             meta["splits"]["val"] = {"file": "train.bin", "start": cut, "stop": train["stop"],
                                      "n_bytes": int(train["n_bytes"] * share), "n_docs": 0}
             train.update(stop=cut, n_bytes=train["n_bytes"] - meta["splits"]["val"]["n_bytes"])
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, meta_path)
-    meta = json.loads(meta_path.read_text())
-    splits = {
-        name: TokenSplit(root / s["file"], meta["dtype"], s["start"], s["stop"], s["n_bytes"], s["n_docs"])
-        for name, s in meta["splits"].items()
-    }
-    return splits, root
+        (scratch / "meta.json").write_text(json.dumps(meta, indent=2))
+        publish_dir(scratch, root)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def prune_cache(cache_root: str | Path, in_use: list[Path], keep_others: int = 1, log=print) -> list[Path]:
@@ -183,6 +198,12 @@ def prune_cache(cache_root: str | Path, in_use: list[Path], keep_others: int = 1
         if p.exists():
             os.utime(p)
     removed: list[Path] = []
+    from pipeline.resume import pid_alive
+
+    for scratch in root.glob(".*.tmp-*"):  # left by a killed build (a live one is still writing)
+        pid = scratch.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(scratch, ignore_errors=True)
     for kind in ("tokens-", "tokenizer-"):
         others = sorted((p for p in root.glob(f"{kind}*") if p.is_dir() and p.resolve() not in in_use),
                         key=lambda p: p.stat().st_mtime, reverse=True)

@@ -3,11 +3,14 @@
 A stage works in `runs/<name>/<stage>.partial/` (checkpoints, logs, the artifact being built)
 and only on success renames the finished artifact to `runs/<name>/<stage>/`, with a
 `manifest.json` saying what produced it. So a crashed or killed stage never leaves a directory
-that the next stage could mistake for finished, and re-running it resumes from its checkpoints.
+that the next stage could mistake for finished, and re-running it resumes from its checkpoints
+(`pipeline.resume`: only with the same config key, one run at a time). A commit never replaces a
+directory that is not an artifact of the same stage, and never commits non-finite metrics.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -19,7 +22,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from pipeline.atomic import fsync_dir, swap_dir, translating_disk_errors, write_text
 from pipeline.errors import UserError
+from pipeline.finite import NonFiniteError, non_finite
+from pipeline.resume import RunLock, check_resume_key, without_no_effect
 
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors")
@@ -65,9 +71,9 @@ def read_manifest(path: str | Path) -> dict | None:
     f = Path(path) / MANIFEST
     if not f.is_file():
         return None
-    try:
+    try:  # an old manifest's NaN reads back as a float, so require_artifact can name it
         return json.loads(f.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -80,6 +86,7 @@ def require_artifact(path: str | Path, make_target: str) -> dict:
     """The manifest of a finished artifact, or a UserError naming the make target that builds it."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
+    _recover_commit(path)
     if not path.exists():
         hint = f" An unfinished run is in {partial}; re-run it to resume." if partial.exists() else ""
         raise UserError(f"{path} does not exist: run `{make_target}` first to produce it.{hint}")
@@ -87,7 +94,12 @@ def require_artifact(path: str | Path, make_target: str) -> dict:
         raise UserError(
             f"{path} is not a finished artifact (no complete {MANIFEST}); run `{make_target}` to rebuild it."
         )
-    return read_manifest(path)
+    manifest = read_manifest(path)
+    bad = non_finite(manifest.get("metrics") or {})
+    if bad:
+        raise NonFiniteError(f"{path} records non-finite metrics ({', '.join(bad[:3])}): the run that made it "
+                             f"diverged; rebuild it with `{make_target}` (after lowering its learning rate).")
+    return manifest
 
 
 def resolve_model_source(value: str | None, default_dir: Path, make_target: str) -> tuple[str, dict]:
@@ -131,6 +143,8 @@ class ArtifactWriter:
         self.out_dir = self.work_dir / "artifact"
         self.checkpoint_dir = self.work_dir / "checkpoints"
         self.started = time.time()
+        self.committed = False
+        check_replaceable(self.final_dir, stage)
         for d in (self.out_dir, self.checkpoint_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -138,8 +152,21 @@ class ArtifactWriter:
         """Forget the unfinished work (checkpoints included)."""
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_dir.is_dir() and any(
+            p.is_file() and not p.name.endswith(".tmp") for p in self.checkpoint_dir.rglob("*"))
+
+    def remove_if_unused(self) -> None:
+        """At exit: a run that failed before its first checkpoint leaves no empty work folder behind."""
+        if not self.committed and self.work_dir.exists() and not self.has_checkpoint():
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
     def commit(self, *, config: dict, inputs: dict | None = None, metrics: dict | None = None,
                extra: dict | None = None) -> Path:
+        bad = non_finite(metrics or {})
+        if bad:
+            raise NonFiniteError(f"{self.stage}: final metrics are not finite ({', '.join(bad[:3])}): the run "
+                                 f"diverged; nothing was committed (lower the learning rate?).")
         manifest = {
             "stage": self.stage,
             "status": "complete",
@@ -154,17 +181,36 @@ class ArtifactWriter:
             "host": {"platform": platform.platform(), "argv": sys.argv},
             **(extra or {}),
         }
-        tmp = self.out_dir / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        os.replace(tmp, self.out_dir / MANIFEST)
-        old = self.final_dir.with_name(self.final_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if self.final_dir.exists():
-            os.replace(self.final_dir, old)
-        os.replace(self.out_dir, self.final_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        check_replaceable(self.final_dir, self.stage)  # checked at start too; the folder may have appeared since
+        with translating_disk_errors(self.out_dir):
+            write_text(self.out_dir / MANIFEST, json.dumps(manifest, indent=2, default=str, allow_nan=False) + "\n")
+            swap_dir(self.out_dir, self.final_dir)  # fsyncs the artifact; a kill anywhere leaves a whole one
+        self.committed = True
         shutil.rmtree(self.work_dir, ignore_errors=True)
+        fsync_dir(self.final_dir.parent)
         return self.final_dir
+
+
+def check_replaceable(final_dir: Path, stage: str) -> None:
+    """A stage replaces only its own artifacts: refuse a non-empty folder without its manifest."""
+    old = final_dir.with_name(final_dir.name + ".old")
+    for path in (final_dir, old):
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+            continue
+        manifest = read_manifest(path) if path.is_dir() else None
+        if not manifest or manifest.get("stage") != stage:
+            raise UserError(f"{path} exists and is not a {stage} artifact (no {MANIFEST} of stage {stage!r}); "
+                            "refusing to replace it: move it away or point the run at another directory.")
+
+
+def _recover_commit(final_dir: Path) -> None:
+    """A kill between the two renames of a commit leaves only `<final>.old`: put it back."""
+    old = final_dir.with_name(final_dir.name + ".old")
+    if old.is_dir() and not final_dir.exists() and read_manifest(old):
+        try:
+            os.replace(old, final_dir)
+        except FileNotFoundError:
+            pass  # another process (a DDP rank) restored it first
 
 
 def up_to_date(final_dir: str | Path, config: dict, inputs: dict) -> bool:
@@ -178,7 +224,8 @@ def up_to_date(final_dir: str | Path, config: dict, inputs: dict) -> bool:
     if not manifest or manifest.get("status") != "complete":
         return False
     as_json = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples/paths as saved
-    return _is_subset(as_json(config), manifest.get("config") or {}) and as_json(inputs) == manifest.get("inputs")
+    wanted = without_no_effect(as_json(config))  # e.g. `ppo.resume=false` once does not make it stale
+    return _is_subset(wanted, manifest.get("config") or {}) and as_json(inputs) == manifest.get("inputs")
 
 
 def already_done(final_dir: str | Path, config: dict, inputs: dict) -> bool:
@@ -189,13 +236,30 @@ def already_done(final_dir: str | Path, config: dict, inputs: dict) -> bool:
     return True
 
 
-def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, is_main: bool = True) -> ArtifactWriter:
-    """The writer of a stage's artifact; without `resume`, unfinished work (checkpoints) is discarded
-    first, by the main process only."""
+def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, is_main: bool = True,
+                   config: dict | None = None, inputs: dict | None = None,
+                   resume_flag: str | None = None) -> ArtifactWriter:
+    """The writer of a stage's artifact, after the main process has
+      - locked the stage in this run directory (`<stage>.lock`; a second run refuses at once),
+      - discarded unfinished work if not `resume`,
+      - checked the work dir's key: `config` and `inputs` are what the stage gave `already_done`;
+        a work dir started with others is refused, naming the changed keys and `resume_flag`
+        (default `<stage>.resume`) as the way to start fresh.
+    A run that fails before its first checkpoint removes its work dir at exit."""
+    final_dir = Path(final_dir)
+    if not is_main:
+        return ArtifactWriter(final_dir, stage)  # the main process went first (callers wait for it)
+    check_replaceable(final_dir, stage)  # before touching anything
+    _recover_commit(final_dir)
+    RunLock(final_dir.with_name(final_dir.name + ".lock"), f"{stage} in {final_dir.parent}").acquire()
     writer = ArtifactWriter(final_dir, stage)
-    if not resume and is_main:
+    if not resume:
         writer.discard()
         writer = ArtifactWriter(final_dir, stage)
+    if config is not None or inputs is not None:
+        check_resume_key(writer.work_dir, stage, config=config or {}, inputs=inputs or {},
+                         resume_flag=resume_flag or f"{stage}.resume", has_work=writer.has_checkpoint())
+    atexit.register(writer.remove_if_unused)
     return writer
 
 

@@ -26,6 +26,13 @@ def main_guard(fn):
                 raise
             print(f"\nerror: {e}", file=sys.stderr)
             sys.exit(2)
+        except Exception as e:  # a full disk, raised from a write we did not wrap (torch, safetensors, HF)
+            from pipeline.atomic import disk_full_error, is_disk_full
+
+            if not is_disk_full(e) or os.environ.get("RLHF_DEBUG"):
+                raise
+            print(f"\nerror: {disk_full_error(getattr(e, 'filename', None) or 'a file', e)}", file=sys.stderr)
+            sys.exit(2)
         except KeyboardInterrupt:
             print("\ninterrupted: nothing was committed; re-run the same command to resume.", file=sys.stderr)
             sys.exit(130)

@@ -3,18 +3,23 @@ reward trainers are `Trainer` subclasses), so every trainer-based stage behaves 
 
     kwargs = trainer_kwargs(cfg.sft, output_dir=writer.checkpoint_dir, run=cfg.run)
     args = SFTConfig(**kwargs, max_length=...)                     # or RewardConfig(...)
+    resume = resume_checkpoint(writer.checkpoint_dir, "sft.resume")
     callback = MetricsCallback(writer.out_dir, desc="sft", resume_step=step_of(resume))
-    trainer = SFTTrainer(..., callbacks=[callback]); use_our_progress(trainer)
-    trainer.train(resume_from_checkpoint=last_checkpoint(writer.checkpoint_dir))
+    trainer = SFTTrainer(..., callbacks=[callback, RunGuard("sft")]); use_our_progress(trainer)
+    trainer.train(resume_from_checkpoint=resume)
 
-Our own progress bar, metrics.jsonl and TensorBoard replace HF's printer and `report_to`.
+Our own progress bar, metrics.jsonl and TensorBoard replace HF's printer and `report_to`. RunGuard
+stops a run at a non-finite loss and marks each checkpoint complete once it is on disk, so a
+resume never starts from a checkpoint cut short by a kill.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +27,9 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from pipeline.atomic import fsync_tree, write_text
 from pipeline.errors import UserError
+from pipeline.finite import check_finite, check_finite_params
 from pipeline.metrics import MetricsLogger, progress
 from pipeline.runtime import mixed_precision, pick_device
 from pipeline.schema import LoraSection, RunSection
@@ -30,6 +37,7 @@ from pipeline.tokenizer import ensure_chat_ready
 
 log = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+COMPLETE = "complete.json"  # written by RunGuard after the Trainer's save: {file: size}
 _NOISE = ("_runtime", "_per_second", "_preparation_time", "total_flos", "num_tokens")
 
 
@@ -81,16 +89,55 @@ def trainer_kwargs(section, *, output_dir: str | Path, run: RunSection, eval: bo
 
 
 def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
-    """The newest complete `checkpoint-N` under checkpoint_dir (one cut short by a kill lacks
-    trainer_state.json, which the Trainer writes last), or None."""
+    """The newest `checkpoint-N` under checkpoint_dir that RunGuard marked complete, or None."""
     d = Path(checkpoint_dir)
     if not d.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
     for _, path in sorted(found, reverse=True):
-        if (path / "trainer_state.json").is_file():
+        if (path / COMPLETE).is_file():
             return str(path)
     return None
+
+
+def resume_checkpoint(checkpoint_dir: str | Path, resume_flag: str) -> str | None:
+    """The checkpoint to resume from: checkpoints cut short by a kill are removed, and a complete
+    one whose files were truncated since is one line naming the file and what to do."""
+    last = last_checkpoint(checkpoint_dir)
+    if last and _is_final(last):
+        # Resuming the Trainer at its last step takes a path that differs from a finished run (an
+        # extra evaluation, another step count): redo the last save interval from the one before.
+        shutil.rmtree(last, ignore_errors=True)
+        last = last_checkpoint(checkpoint_dir)
+    newest = int(Path(last).name.split("-")[1]) if last else -1
+    for p in Path(checkpoint_dir).glob("checkpoint-*") if Path(checkpoint_dir).is_dir() else []:
+        if (m := _CHECKPOINT.match(p.name)) and int(m.group(1)) > newest:
+            shutil.rmtree(p, ignore_errors=True)  # unfinished save: the Trainer would write into it again
+    if last is None:
+        return None
+    try:
+        sizes = json.loads((Path(last) / COMPLETE).read_text())
+    except (OSError, json.JSONDecodeError):
+        sizes = None
+    for name, size in (sizes or {}).items():
+        f = Path(last) / name
+        have = f.stat().st_size if f.is_file() else None
+        if have != size:
+            state = "missing" if have is None else f"truncated: {have} of {size} bytes"
+            raise UserError(f"{f} is {state}, so the run cannot resume from {last}: delete that folder to resume "
+                            f"from the checkpoint before it, or re-run with {resume_flag}=false to start fresh.")
+    if sizes is None:
+        raise UserError(f"{Path(last) / COMPLETE} is corrupt: delete {last} to resume from the checkpoint before "
+                        f"it, or re-run with {resume_flag}=false to start fresh.")
+    return last
+
+
+def _is_final(checkpoint: str) -> bool:
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
 def step_of(checkpoint: str | None) -> int | None:
@@ -172,6 +219,37 @@ class MetricsCallback(TrainerCallback):
 
     def close(self) -> None:
         self.logger.close()
+
+
+class RunGuard(TrainerCallback):
+    """Finite or nothing, and complete checkpoints only, for a Trainer-based stage:
+    a non-finite logged loss stops training (before the step's checkpoint is saved), a checkpoint
+    with non-finite weights is deleted and stops it too, and a checkpoint that made it to disk
+    gets `complete.json` (its files' sizes) after an fsync; `last_checkpoint` trusts only those."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def _last_good(self, args) -> str | None:
+        return last_checkpoint(args.output_dir)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        losses = {k: v for k, v in (logs or {}).items() if k == "loss" or k.endswith("_loss")}
+        check_finite(self.stage, losses, step=state.global_step, last_good=self._last_good(args))
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if model is not None:
+            try:
+                check_finite_params(self.stage, model, step=state.global_step, last_good=self._last_good(args))
+            except UserError:
+                if state.is_world_process_zero:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
+        if state.is_world_process_zero and path.is_dir():
+            fsync_tree(path)
+            sizes = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
+            write_text(path / COMPLETE, json.dumps(sizes, indent=1) + "\n")
 
 
 def use_our_progress(trainer) -> None:

@@ -8,8 +8,6 @@ compute the same loss as 1 process (the tests check both).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -19,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from pipeline.checkpoint import LATEST, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.finite import check_finite, check_finite_params
 from pipeline.lm_forward import NextTokenLoss
 from pipeline.metrics import MetricsLogger, progress
 from pipeline.schema import TrainSection
@@ -128,12 +127,8 @@ def train_step(module, optimizer, micro_batches, *, lr: float, accum: int, grad_
     return total
 
 
-def state_key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: TrainSection, block: int, seed: int,
-             accelerator, checkpoint_dir, metrics_dir, key: str, val_bytes_per_token: float,
+             accelerator, checkpoint_dir, metrics_dir, val_bytes_per_token: float,
              compile_model: bool = False) -> dict:
     """Train `model` (an HF causal LM) in place; returns the final metrics."""
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
@@ -146,12 +141,15 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
     loss_module = NextTokenLoss(model).to(device)
     optimizer = make_optimizer(loss_module, cfg, device)
     start_step, tokens_seen = 0, 0
-    state = load_checkpoint(checkpoint_dir, key) if cfg.resume else None
+    loss_sum, steps_in_sum = torch.zeros((), device=device), 0  # the training loss since the last log
+    state = load_checkpoint(checkpoint_dir, "train.resume") if cfg.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
+        if "loss_sum" in state:  # so the first logged loss after a resume averages the same steps
+            loss_sum, steps_in_sum = state["loss_sum"].to(device), state["steps_in_sum"]
         accelerator.print(f"resuming from step {start_step} ({checkpoint_dir})")
     if compile_model:
         loss_module.compile()
@@ -164,9 +162,9 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
     stop_after = int(os.environ.get("RLHF_STOP_AFTER_STEP", 0))  # test hook: simulate a kill (Ctrl-C)
     n_val = cfg.eval_batches * cfg.batch_size  # windows in all; shared by the processes, so W does not change them
     last = {}
-    loss_sum, steps_in_sum = torch.zeros((), device=device), 0
     t0, tokens_at_t0, excluded, train_time = time.perf_counter(), tokens_seen, 0.0, 0.0
     tokens_at_start = tokens_seen
+    last_good = f"{checkpoint_dir}/{LATEST} (step {start_step})" if start_step else None
     ddp_module.train()
     for step in range(start_step, cfg.max_steps):
         lr = lr_at(step, cfg)
@@ -178,6 +176,7 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
         bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_in_sum
+            check_finite("pretrain", {"train_loss": train_loss}, step=done, last_good=last_good)
             loss_sum.zero_()
             steps_in_sum = 0
             elapsed = time.perf_counter() - t0 - excluded  # evaluation and checkpoints do not count
@@ -189,14 +188,17 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
         pause = time.perf_counter()
         if done % cfg.eval_every == 0 or done == cfg.max_steps:
             last = evaluate(loss_module, val_tokens, block, n_val, cfg.batch_size, accelerator, val_bytes_per_token)
+            check_finite("pretrain", last, step=done, last_good=last_good)
             logger.log(done, **last)
             if accelerator.is_main_process:
                 bar.write(f"step {done}: val loss {last['val_loss']:.4f}  ppl {last['val_ppl']:.2f}  "
                           f"bpb {last['val_bpb']:.4f}")
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+            check_finite_params("pretrain", model, step=done, last_good=last_good)
             if accelerator.is_main_process:
-                save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, step=done,
-                                tokens_seen=tokens_seen, key=key)
+                save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, step=done, tokens_seen=tokens_seen,
+                                loss_sum=loss_sum.detach().cpu(), steps_in_sum=steps_in_sum)
+            last_good = f"{checkpoint_dir}/{LATEST} (step {done})"
             accelerator.wait_for_everyone()
         excluded += time.perf_counter() - pause
         if done == stop_after:

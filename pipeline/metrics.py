@@ -1,7 +1,9 @@
 """Metrics to `metrics.jsonl` and TensorBoard, and a progress bar that shows them.
 
-Only the main process writes. On resume, lines from steps after the checkpoint are dropped,
-so the file reads as one uninterrupted run.
+Only the main process writes, by appending. On resume, lines from steps after the checkpoint (and a
+line cut by a kill) are dropped, so the file reads as one uninterrupted run; the lines before stay,
+and the file is replaced atomically, so a kill while dropping never loses them. A fresh start
+(`resume_step=None`) begins a new file.
 """
 
 from __future__ import annotations
@@ -24,15 +26,7 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = []
-            if resume_step is not None:
-                for line in self.path.read_text().splitlines():
-                    try:
-                        if json.loads(line).get("step", 0) <= resume_step:
-                            kept.append(line)
-                    except json.JSONDecodeError:
-                        pass  # a line cut by a kill
-            self.path.write_text("".join(k + "\n" for k in kept))
+            _drop_rows_after(self.path, resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -56,6 +50,22 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _drop_rows_after(path: Path, step: int | None) -> None:
+    from pipeline.atomic import write_text
+
+    text = path.read_text()
+    lines = text.splitlines()
+    kept = []
+    for line in lines if step is not None else []:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            pass  # a line cut by a kill
+    if len(kept) < len(lines) or (text and not text.endswith("\n")):
+        write_text(path, "".join(k + "\n" for k in kept))
 
 
 def _plain(v):

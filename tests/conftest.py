@@ -45,3 +45,18 @@ def tiny_lm_dir(tmp_path_factory):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def test_preset_chain(tmp_path_factory):
+    """The whole chain through the Makefile on configs/test.yaml, uninterrupted: (runs/test, make's output).
+    Shared by the end-to-end test and the fault-injection tests (their reference)."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    cmd = ["make", "-C", str(ROOT), "pretrain", "sft", "rank", "reward", "ppo", "eval",
+           "CONFIG=configs/test.yaml", f"OUT={out}", f"PY={sys.executable}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"make failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return out / "test", proc

@@ -2,7 +2,6 @@
 between each other. Every artifact is checked, and so is the report that ties them together."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,8 @@ STAGES = ["data", "pretrain", "sft", "rank", "reward", "ppo", "eval"]
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    cmd = ["make", "-C", str(ROOT), "pretrain", "sft", "rank", "reward", "ppo", "eval",
-           "CONFIG=configs/test.yaml", f"OUT={out}", f"PY={sys.executable}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"make failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return out / "test", proc
+def chain(test_preset_chain):
+    return test_preset_chain
 
 
 def manifest(run: Path, stage: str) -> dict:

@@ -299,15 +299,22 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_lm_dir, ch
     assert json.loads((tmp_path / "test" / "sft" / "manifest.json").read_text())["metrics"]["steps"] == 10
 
 
-def test_checkpoints_from_other_inputs_are_not_resumed(tmp_path):
-    from stages.sft.stage import start_writer
+def test_checkpoints_from_other_inputs_are_refused_not_resumed(tmp_path):
+    from pipeline.artifacts import start_artifact
+    from pipeline.errors import UserError
 
-    writer = start_writer(tmp_path / "sft", {"model": {"fingerprint": "a"}}, fresh=False)
+    def start(fingerprint, resume=True):
+        return start_artifact(tmp_path / "sft", "sft", resume=resume, config={"sft": {"lr": 1e-3}},
+                              inputs={"model": {"fingerprint": fingerprint}})
+
+    writer = start("a")
     (writer.checkpoint_dir / "checkpoint-5").mkdir()
-    same = start_writer(tmp_path / "sft", {"model": {"fingerprint": "a"}}, fresh=False)
-    assert (same.checkpoint_dir / "checkpoint-5").is_dir()
-    other = start_writer(tmp_path / "sft", {"model": {"fingerprint": "b"}}, fresh=False)
-    assert not (other.checkpoint_dir / "checkpoint-5").exists()
+    (writer.checkpoint_dir / "checkpoint-5" / "model.safetensors").write_text("w")
+    assert (start("a").checkpoint_dir / "checkpoint-5").is_dir()  # same key: resumed
+    with pytest.raises(UserError, match=r"inputs\.model\.fingerprint: a -> b.*sft\.resume=false"):
+        start("b")
+    assert (writer.checkpoint_dir / "checkpoint-5").is_dir()  # refused, and nothing discarded
+    assert not (start("b", resume=False).checkpoint_dir / "checkpoint-5").exists()  # the way out: start fresh
 
 
 def test_without_val_data_a_seeded_share_of_the_data_is_held_out(tmp_path, chat_files):

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     state = PartialState()
-    writer = start_artifact(final, method, resume=s.resume, is_main=state.is_main_process)
+    writer = start_artifact(final, method, resume=s.resume, is_main=state.is_main_process,
+                            config=dependencies(cfg), inputs=inputs)
     state.wait_for_everyone()
     checkpoint = last_checkpoint(writer.checkpoint_dir) if s.resume else None
     callback = MetricsCallback(writer.out_dir, desc=method, resume_step=step_of(checkpoint))

@@ -2,18 +2,22 @@
 the prompt sampler, the step, and every rank's RNG, so a resumed run continues the same stream
 of samples as one that was never killed.
 
-A checkpoint is written to `<dir>/ckpt.tmp` and renamed to `<dir>/ckpt` only when complete; a kill
-in the middle of a save leaves the previous checkpoint intact. Loading uses weights_only=True.
+A checkpoint is written to `<dir>/ckpt.tmp`, fsynced and swapped in for `<dir>/ckpt` only when
+complete (pipeline.atomic.swap_dir); a kill at any point leaves a whole checkpoint, the old or the
+new one (`exists`/`load` first put the old copy back after a kill between the two renames).
+Loading uses weights_only=True, and a corrupt file is one line naming it.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
 
 import torch
+
+from pipeline.atomic import recover_dir, save_torch, swap_dir, translating_disk_errors
+from pipeline.checkpoint import load_state_file
 
 NAME = "ckpt"
 
@@ -44,32 +48,36 @@ def save(directory: Path, *, rank: int, is_main: bool, barrier, models: dict, tr
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    torch.save(rng_state(), tmp / f"rng_{rank}.pt")
-    if is_main:
-        torch.save({k: v.state_dict() for k, v in models.items()}, tmp / "state.pt")
-        torch.save(trainer_state, tmp / "trainer.pt")
+    try:
+        save_torch(rng_state(), tmp / f"rng_{rank}.pt")
+        if is_main:
+            save_torch({k: v.state_dict() for k, v in models.items()}, tmp / "state.pt")
+            save_torch(trainer_state, tmp / "trainer.pt")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written checkpoint left behind (a full disk)
+        raise
     barrier()
     if is_main:
-        old = directory / (NAME + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        with translating_disk_errors(final):
+            swap_dir(tmp, final)
     barrier()
 
 
 def exists(directory: Path | None) -> bool:
-    return directory is not None and (Path(directory) / NAME / "trainer.pt").is_file()
+    if directory is None:
+        return False
+    recover_dir(Path(directory) / NAME)  # a kill between the swap's two renames left only ckpt.old
+    return (Path(directory) / NAME / "trainer.pt").is_file()
 
 
-def load(directory: Path, *, rank: int, models: dict) -> dict:
+def load(directory: Path, *, rank: int, models: dict, resume_flag: str = "ppo.resume") -> dict:
     """Restore models/optimizer/scheduler in place and this rank's RNG; returns the trainer state."""
     d = Path(directory) / NAME
-    states = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
+    states = load_state_file(d / "state.pt", resume_flag)
+    trainer_state = load_state_file(d / "trainer.pt", resume_flag)
     for k, obj in models.items():
         obj.load_state_dict(states[k])
     rng_file = d / f"rng_{rank}.pt"
     if rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=True))
-    return torch.load(d / "trainer.pt", map_location="cpu", weights_only=True)
+        set_rng_state(load_state_file(rng_file, resume_flag))
+    return trainer_state

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.atomic import write_text
 from pipeline.heldout_comparison import ModelAnswers, compare_models
 from pipeline.stats import mean_std
 from stages.ppo.rollout import (
@@ -106,7 +107,7 @@ def _drop_sections_after(path: Path, step: int) -> None:
         return
     parts = re.split(r"(?m)^(?=## Step \d+)", path.read_text())
     kept = [p for p in parts if not (m := re.match(r"## Step (\d+)", p)) or int(m.group(1)) <= step]
-    path.write_text("".join(kept))
+    write_text(path, "".join(kept))  # atomic: a kill here keeps the samples before the checkpoint
 
 
 @torch.no_grad()

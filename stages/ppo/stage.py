@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     share_cpu_threads(device.type)
     acc = Accelerator(mixed_precision=mixed_precision(cfg.run.dtype, device.type), cpu=device.type == "cpu")
     seed_everything(cfg.run.seed + acc.process_index)  # a different sample stream on each rank
-    writer = start_artifact(final, "ppo", resume=p.resume, is_main=acc.is_main_process)
+    writer = start_artifact(final, "ppo", resume=p.resume, is_main=acc.is_main_process, config=dependencies(cfg),
+                            inputs=inputs)
     acc.wait_for_everyone()
 
     models = load_models(p, policy_src, reward_src)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.finite import check_finite, check_finite_params
 from pipeline.metrics import MetricsLogger, progress
 from pipeline.reward_scoring import process_scores
 from pipeline.runtime import reuse_freed_cpu_memory
@@ -117,6 +118,7 @@ class PPOTrainer:
         self.sampler = torch.Generator().manual_seed(seed)
         self.order, self.cursor, self.step_no = torch.randperm(len(self.prompt_ids), generator=self.sampler), 0, 0
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.history: list[dict] = []
         if checkpointing.exists(self.checkpoint_dir):
             self._load()
         main = self.acc.is_main_process
@@ -124,7 +126,6 @@ class PPOTrainer:
         self.samples = (SampleWriter(out_dir, tokenizer, eval_prompts, eval_golds, enabled=main,
                                      resume_step=self.step_no) if out_dir and eval_prompts else None)
         self.show_progress = show_progress and main
-        self.history: list[dict] = []
 
     # ---------------------------------------------------------------- the loop
     def train(self, num_updates: int | None = None) -> list[dict]:
@@ -159,6 +160,8 @@ class PPOTrainer:
         metrics["episodes"] = self.step_no * self.cfg.batch_size
         tokens = batch.response_mask.sum().item() * self.world
         metrics["tokens_per_s"] = tokens / max(t2 - t0, 1e-9)
+        check_finite("ppo", {k: v for k, v in metrics.items() if not k.startswith("time/")}, step=self.step_no,
+                     last_good=self._last_good())
         self.history.append(metrics)
         if self.logger and self.step_no % self.cfg.log_every == 0:
             self.logger.log(self.step_no, **metrics)
@@ -327,15 +330,22 @@ class PPOTrainer:
     def _ckpt_models(self) -> dict:
         return {"model": self.acc.unwrap_model(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler}
 
+    def _last_good(self) -> str | None:
+        return str(self.checkpoint_dir / checkpointing.NAME) if checkpointing.exists(self.checkpoint_dir) else None
+
     def _save(self) -> None:
+        check_finite_params("ppo", self.acc.unwrap_model(self.model), step=self.step_no, last_good=self._last_good())
         state = {"step": self.step_no, "kl_ctl": self.kl_ctl.state_dict(), "sampler": self.sampler.get_state(),
-                 "order": self.order, "cursor": self.cursor}
+                 "order": self.order, "cursor": self.cursor,
+                 "last_metrics": self.history[-1] if self.history else None}
         checkpointing.save(self.checkpoint_dir, rank=self.rank, is_main=self.acc.is_main_process,
                            barrier=self.acc.wait_for_everyone, models=self._ckpt_models(), trainer_state=state)
 
     def _load(self) -> None:
         state = checkpointing.load(self.checkpoint_dir, rank=self.rank, models=self._ckpt_models())
         self.step_no, self.cursor, self.order = state["step"], state["cursor"], state["order"]
+        if state.get("last_metrics"):  # the stage reports the last step's metrics, even right after a resume
+            self.history = [state["last_metrics"]]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.sampler.set_state(state["sampler"])
 

@@ -21,13 +21,13 @@ from data.token_cache import (
     iter_documents,
     prune_cache,
     source_fingerprint,
-    tokenizer_fingerprint,
 )
 from pipeline.artifacts import already_done, fingerprint, start_artifact
+from pipeline.atomic import publish_dir, scratch_name
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.lm_loop import state_key, train_lm
+from pipeline.lm_loop import train_lm
 from pipeline.model import build_model, describe
 from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from pipeline.tokenizer import load_tokenizer, train_tokenizer
@@ -80,8 +80,9 @@ def get_tokenizer(cfg, sources, cache_root: Path, accelerator):
             docs = iter_documents(sources, "train", cfg.train.text_field, cfg.train.val_fraction)
             train_vocabulary = train_tokenizer if kind == "bpe" else train_word_tokenizer
             tok = train_vocabulary(docs, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
-            tok.save_pretrained(cached.with_suffix(".tmp"))
-            os.replace(cached.with_suffix(".tmp"), cached)
+            tmp = scratch_name(cached)  # private to this process: a concurrent run builds its own
+            tok.save_pretrained(tmp)
+            publish_dir(tmp, cached)
         tok, _ = load_tokenizer(str(cached))
     if kind == "word":
         accelerator.print("word vocabulary: text is written back whitespace-normalised (NFC; runs of spaces and "
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(cfg.run.dtype, device_type))
     share_cpu_threads(device_type, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
     seed_everything(cfg.run.seed)
-    writer = start_artifact(final, "pretrain", resume=cfg.train.resume, is_main=accelerator.is_main_process)
+    writer = start_artifact(final, "pretrain", resume=cfg.train.resume, is_main=accelerator.is_main_process,
+                            config=dependencies(cfg), inputs=inputs, resume_flag="train.resume")
     accelerator.wait_for_everyone()
 
     cache_root = cfg.run_dir / "cache"
@@ -127,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"model.block_size={block} is over the model's max_position_embeddings="
                         f"{model.config.max_position_embeddings}; lower model.block_size.")
     accelerator.print(describe(model, block))
-    key = state_key(dependencies(cfg), inputs, tokenizer_fingerprint(tokenizer))
     metrics = train_lm(model, train.tokens(), val.tokens(), cfg=cfg.train, block=block, seed=cfg.run.seed,
                        accelerator=accelerator, checkpoint_dir=writer.checkpoint_dir, metrics_dir=writer.out_dir,
-                       key=key, val_bytes_per_token=val.bytes_per_token, compile_model=cfg.run.compile)
+                       val_bytes_per_token=val.bytes_per_token, compile_model=cfg.run.compile)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model.save_pretrained(writer.out_dir)

@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     share_cpu_threads(device.type)
     seed_everything(cfg.run.seed)
     started = time.time()
-    writer = start_artifact(final, "rank", resume=r.resume)
+    # The people's labels file grows while they rank: it decides the artifact, not the work in progress.
+    writer = start_artifact(final, "rank", resume=r.resume, config=dependencies(cfg),
+                            inputs={k: v for k, v in inputs.items() if k != "labels"})
     key = sampling_key(cfg, inputs)
     sampled = previous_samples(final, key) or sample_all(cfg, policy_src, device, prompts, held_prompts,
                                                          writer.checkpoint_dir, key)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -21,15 +20,19 @@ import torch
 
 from data.loaders import source_fingerprint
 from pipeline.artifacts import already_done, resolve_model_source, start_artifact
+from pipeline.atomic import translating_disk_errors
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
+from pipeline.finite import check_finite
 from pipeline.hf_glue import (
     MetricsCallback,
+    RunGuard,
     last_checkpoint,
     lora_config,
     make_chat_ready,
     quantization_config,
+    resume_checkpoint,
     save_lora,
     step_of,
     trainer_kwargs,
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         heldout = heldout_from_pairs(held_pairs)
     data = tokenize_pairs(pairs, tokenizer, max_length, use_margin=r.use_margin, source=train_src)
     # the work directory only once the inputs are known to be usable: bad data leaves nothing behind
-    writer = start_artifact(final, "reward", resume=r.resume, is_main=int(os.environ.get("RANK", "0")) == 0)
+    writer = start_artifact(final, "reward", resume=r.resume, is_main=int(os.environ.get("RANK", "0")) == 0,
+                            config=dependencies(cfg), inputs=inputs)
     per_prompt = data.counts["kept"] / max(1, data.counts["prompts"])
     print(f"reward data: {data.counts['kept']} pairs from {data.counts['prompts']} prompts ({per_prompt:.1f} per "
           f"prompt); held out: {len(heldout)} pairs ({len(heldout.rankings)} rankings) from {held_src or 'a split'}")
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_length=None,  # tokenize_pairs already dropped and counted over-long pairs
                         center_rewards_coefficient=r.center_rewards_coefficient, disable_dropout=True,
                         ddp_find_unused_parameters=False)  # every parameter takes part in the reward
-    checkpoint = last_checkpoint(writer.checkpoint_dir) if r.resume else None
+    checkpoint = resume_checkpoint(writer.checkpoint_dir, "reward.resume") if r.resume else None
     metrics_cb = MetricsCallback(writer.out_dir, desc="reward", resume_step=step_of(checkpoint))
     eval_cb = HeldoutEvalCallback(heldout, tokenizer, every=r.eval_every, max_length=max_length,
                                   batch_size=r.batch_size * 2, metrics_callback=metrics_cb)
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(
         model=model, args=args, train_dataset=Dataset.from_dict(data.columns(r.use_margin)),
-        processing_class=tokenizer, callbacks=[metrics_cb, eval_cb], peft_config=peft_config,
+        processing_class=tokenizer, callbacks=[metrics_cb, eval_cb, RunGuard("reward")], peft_config=peft_config,
         pair_groups=data.groups if r.group_by_prompt else None,
     )
     use_our_progress(trainer)
@@ -221,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         eval_cb.run(trainer.model, 0)  # the untrained head: a baseline for the report
     else:
         print(f"resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    with translating_disk_errors(writer.work_dir):  # checkpoints: one line when the disk is full
+        trainer.train(resume_from_checkpoint=checkpoint)
     step = trainer.state.global_step
     final_metrics, scores = evaluate_heldout(trainer.model, tokenizer, heldout, max_length=max_length,
                                              batch_size=r.batch_size * 2)
+    check_finite("reward", final_metrics, step=step, last_good=last_checkpoint(writer.checkpoint_dir))
     if metrics_cb.enabled:
         metrics_cb.logger.log(step, **{f"heldout_{k}": v for k, v in final_metrics.items() if isinstance(v, float)})
     own_metrics = evaluate_own_answers(trainer.model, tokenizer, own, max_length=max_length,
@@ -258,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             summary.update({f"own_{name}_{k}": v for k, v in m.items() if isinstance(v, (int, float))})
         if stats:
             summary.update(reward_mean=stats["mean"], reward_std=stats["std"])
-        summary.update({k: v for k, v in metrics_cb.last.items() if k in ("loss", "accuracy", "margin")})
+        # the last training log, from the Trainer's history (a resumed run has it from its checkpoint)
+        last_log = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
+        summary.update({k: v for k, v in last_log.items() if k in ("loss", "accuracy", "margin")})
         summary["steps"] = step
         metrics_cb.close()
         writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)
@@ -270,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{_fmt(m.get('spearman_gold'))}" for name, m in own_metrics.items())
             + (f"; SFT answers score {stats['mean']:.3f} +- {stats['std']:.3f}" if stats else "")
             + f" -> {final}")
-        if acc is not None and not math.isfinite(acc):
-            return 1
     trainer.accelerator.wait_for_everyone()
     return 0
 

@@ -11,23 +11,24 @@ prompts with the gold metric: the baseline later stages are compared against.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 
 from accelerate import PartialState
 
-from pipeline.artifacts import ArtifactWriter, already_done, resolve_model_source
+from pipeline.artifacts import already_done, resolve_model_source, start_artifact
+from pipeline.atomic import translating_disk_errors
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import main_guard
 from pipeline.hf_glue import (
     MetricsCallback,
-    last_checkpoint,
+    RunGuard,
     lora_config,
     make_chat_ready,
     quantization_config,
+    resume_checkpoint,
     save_lora,
     step_of,
     trainer_kwargs,
@@ -98,7 +99,7 @@ def build_trainer(cfg, model, tokenizer, train, val, writer, callback, new_token
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer,
         train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(val),
-        peft_config=peft_config, callbacks=[callback],
+        peft_config=peft_config, callbacks=[callback, RunGuard("sft")],
     )
     use_our_progress(trainer)
     return trainer
@@ -137,25 +138,6 @@ def save_artifact(trainer, tokenizer, out_dir, lora: bool, source: str):
     return model
 
 
-def start_writer(final_dir, inputs: dict, fresh: bool) -> ArtifactWriter:
-    """The artifact writer, keeping checkpoints only if they were trained from these inputs:
-    resuming a run whose base model or data changed would silently mix the two."""
-    writer = ArtifactWriter(final_dir, "sft")
-    if not PartialState().is_main_process:
-        return writer  # the main process went first and has already decided
-    stamp = writer.work_dir / "inputs.json"
-    wanted = json.loads(json.dumps(inputs, default=str))
-    if stamp.is_file() and json.loads(stamp.read_text()) != wanted:
-        log.warning("%s: discarding checkpoints trained from other inputs (base model or data changed)",
-                    writer.work_dir)
-        fresh = True
-    if fresh:
-        writer.discard()
-        writer = ArtifactWriter(final_dir, "sft")
-    stamp.write_text(json.dumps(wanted, indent=1))
-    return writer
-
-
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("sft", argv, description=__doc__.splitlines()[0])
@@ -190,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     train_s, val_s = screen_splits(train_raw, val_raw, tokenizer, max_length)
 
     with PartialState().main_process_first():
-        writer = start_writer(final_dir, inputs, fresh=not s.resume)
-    resume = last_checkpoint(writer.checkpoint_dir)
+        writer = start_artifact(final_dir, "sft", resume=s.resume, is_main=PartialState().is_main_process,
+                                config=signature, inputs=inputs)
+    resume = resume_checkpoint(writer.checkpoint_dir, "sft.resume")
     if resume:
         print(f"resuming from {resume}")
     callback = MetricsCallback(writer.out_dir, desc="sft", resume_step=step_of(resume))
@@ -206,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     pre_loss = evaluate_loss(trainer, callback, log_it=resume is None)
     if main_process:
         print(f"held-out assistant-token loss before sft: {pre_loss:.3f}")
-    trainer.train(resume_from_checkpoint=resume)
+    with translating_disk_errors(writer.work_dir):  # checkpoints: one line when the disk is full
+        trainer.train(resume_from_checkpoint=resume)
     if callback.last_eval_step == trainer.state.global_step:
         post_loss = float(callback.last["eval_loss"])
     else:
