@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from pathlib import Path
 
 from pipeline.errors import UserError, main_guard
+from pipeline.listen import bind
 from pipeline.serve.protocol import Limits
 
 API_KEY_VARIABLE = "SERVE_API_KEY"
@@ -56,20 +56,6 @@ def model_names(paths: list[str]) -> list[str]:
     return names
 
 
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port "
-                        "(make serve PORT=...), or --port 0 for any free port") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
-
-
 @main_guard
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -81,7 +67,8 @@ def main(argv=None) -> None:
     from pipeline.serve.scheduler import Scheduler
 
     hf_logging.disable_progress_bar()
-    sock = bind(args.host, args.port)  # before loading: a taken port fails in a second, not after the load
+    # Before loading: a taken port fails in a second, not after the load.
+    sock = bind(args.host, args.port, what="the chat API", other_port="--port (make serve PORT=...)")
     device = pick_device(args.device)
     paths = [args.model] + ([args.compare] if args.compare else [])
     served = []

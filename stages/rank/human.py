@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.listen import bind, is_loopback
 from stages.rank.session import LabelingSession
 
 
@@ -31,10 +32,10 @@ def label_in_browser(candidates: list[dict], labels_path: Path, *, labeler: str,
     if session.progress()["remaining"] == 0:
         open_message(_summary(session))
         return {**_counts(session), "url": None}
-    if not web.is_loopback(host):
+    if not is_loopback(host):
         open_message(f"warning: serving on {host}, not only this machine: anyone who can reach it can read the "
                      "prompts and submit rankings. Use rank.host=127.0.0.1 unless you mean this.")
-    sock = web.bind(host, port)
+    sock = bind(host, port, what="the labeling page", other_port="rank.port", backlog=16)
     url = web.url_of(sock)
     open_message(f"rank: open {url} in a browser to rank {session.progress()['remaining']} prompts as "
                  f"{labeler!r} (Ctrl-C or the page's \"Finish for now\" stops; every ranking is saved at once)")

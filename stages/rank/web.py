@@ -11,7 +11,6 @@ A bad request gets a 4xx with {"error": "..."} and changes nothing; the server k
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from pipeline.errors import UserError
+from pipeline.listen import is_loopback
 from stages.rank.labels import BadRanking
 from stages.rank.session import LabelingSession, UnknownPrompt
 
@@ -131,30 +130,6 @@ def build_app(session: LabelingSession, stop, loopback_only: bool = True) -> Fas
         return {"progress": session.progress()}
 
     return app
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0: a free one), made before serving so the URL can be printed first."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise UserError(f"cannot serve the labeling page on {host}:{port} ({e.strerror}); choose another "
-                        "rank.port, or rank.port=0 for a free one.") from None
-    sock.listen(16)
-    return sock
 
 
 def url_of(sock: socket.socket) -> str:
