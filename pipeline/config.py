@@ -129,6 +129,10 @@ def limits(**ranges: str):
             _in_range(0.0, alternative)  # a malformed spec fails at import, not on a user's run
 
     def decorate(cls):
+        unknown = sorted(set(ranges) - set(getattr(cls, "__dataclass_fields__", {})))
+        if unknown:  # a range above the wrong class (a bad merge) would silently check nothing
+            raise TypeError(f"@limits on {cls.__name__} names keys it does not have: {', '.join(unknown)} "
+                            "(put @limits directly above @dataclass)")
         cls.__limits__ = {**getattr(cls, "__limits__", {}), **ranges}
         return cls
 

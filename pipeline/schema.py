@@ -174,10 +174,7 @@ class SFTSection:
     lora: LoraSection = field(default_factory=LoraSection)
 
 
-@limits(val_fraction="[0, 1)", max_length="> 0", lr="> 0", epochs="> 0", max_steps="> 0 | -1", batch_size="> 0",
-        grad_accum="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", eval_every="> 0", log_every="> 0",
-        save_every="> 0", center_rewards_coefficient=">= 0",
-        stats_prompts=">= 0")
+@limits(k="> 0", max_new_tokens="> 0", batch_size="> 0", chunk_prompts="> 0", noise=">= 0", port=">= 0")
 @dataclass
 class RankSection:
     """Ranking the policy's own answers (issue 12): K samples per prompt, ordered by a labeler.
@@ -224,6 +221,10 @@ class RankSection:
             raise UserError(f"rank.labeler_name={self.labeler_name!r}: use letters, digits, '.', '_' or '-'.")
 
 
+@limits(val_fraction="[0, 1)", max_length="> 0", lr="> 0", epochs="> 0", max_steps="> 0 | -1", batch_size="> 0",
+        grad_accum="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", eval_every="> 0", log_every="> 0",
+        save_every="> 0", center_rewards_coefficient=">= 0",
+        stats_prompts=">= 0")
 @dataclass
 class RewardSection:
     init_from: str | None = None  # default runs/<name>/sft
@@ -303,8 +304,6 @@ class PPOSection:
     lora: LoraSection = field(default_factory=LoraSection)
 
 
-@limits(lm_max_tokens="> 0", num_prompts="> 0", max_new_tokens="> 0", temperature=">= 0", top_k=">= 0",
-        top_p="(0, 1]", batch_size="> 0", num_side_by_side=">= 0", length_tolerance=">= 0")
 @dataclass
 class AlignSection:
     """Which alignment method `python -m stages.align` runs (`make dpo|grpo|rloo` set it)."""
@@ -312,6 +311,9 @@ class AlignSection:
     method: Literal["dpo", "grpo", "rloo"] = "dpo"
 
 
+@limits(eval_pairs="> 0", beta="> 0", max_length="> 0", lr="> 0", epochs="> 0", max_steps="> 0 | -1",
+        batch_size="> 0", grad_accum="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", eval_every="> 0",
+        log_every="> 0", save_every="> 0", report_prompts="> 0", max_new_tokens="> 0", temperature="> 0")
 @dataclass
 class DPOSection:
     """Direct preference optimisation (TRL DPOTrainer) of the SFT model on preference pairs."""
@@ -340,6 +342,10 @@ class DPOSection:
     lora: LoraSection = field(default_factory=LoraSection)
 
 
+@limits(total_episodes="> 0", num_generations="> 1", batch_size="> 0", grad_accum="> 0", num_iterations="> 0",
+        lr="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", beta=">= 0", epsilon="> 0", max_new_tokens="> 0",
+        max_prompt_length="> 0", temperature="> 0", top_k=">= 0", top_p="(0, 1]", log_every="> 0",
+        save_every="> 0", report_prompts="> 0")
 @dataclass
 class OnlineRLSection:
     """Online RL from the reward model with TRL's GRPO/RLOO trainers: `num_generations` answers per
@@ -397,6 +403,8 @@ class RLOOSection(OnlineRLSection):
     normalize_advantages: bool = False
 
 
+@limits(lm_max_tokens="> 0", num_prompts="> 0", max_new_tokens="> 0", temperature=">= 0", top_k=">= 0",
+        top_p="(0, 1]", batch_size="> 0", num_side_by_side=">= 0", length_tolerance=">= 0")
 @dataclass
 class EvalSection:
     """Compare models on held-out data; the last model listed is compared against the others."""

@@ -129,3 +129,16 @@ def test_a_preset_that_is_binary_empty_a_list_or_not_yaml_is_refused_in_one_line
     with pytest.raises(UserError) as e:
         load_config(path)
     assert str(path) in str(e.value) and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_range_naming_a_key_its_section_lacks_fails_at_import():
+    """A range above the wrong class (what a bad merge does) must not silently check nothing."""
+    from dataclasses import dataclass
+
+    from pipeline.config import limits
+
+    with pytest.raises(TypeError, match="epochs"):
+        @limits(epochs="> 0")
+        @dataclass
+        class Section:
+            lr: float = 1e-3

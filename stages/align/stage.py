@@ -25,7 +25,7 @@ from pipeline.artifacts import already_done, resolve_model_source, start_artifac
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.hf_glue import MetricsCallback, last_checkpoint, save_lora, step_of
+from pipeline.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
 from pipeline.model import load_causal_lm, set_generation_defaults
 from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
 from stages.align import dpo, online, preferences
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = start_artifact(final, method, resume=s.resume, is_main=state.is_main_process,
                             config=dependencies(cfg), inputs=inputs)
     state.wait_for_everyone()
-    checkpoint = last_checkpoint(writer.checkpoint_dir) if s.resume else None
+    checkpoint = resume_checkpoint(writer.checkpoint_dir, f"{method}.resume") if s.resume else None
     callback = MetricsCallback(writer.out_dir, desc=method, resume_step=step_of(checkpoint))
     clock = TrainingClock(checkpoint)
     if method == "dpo":
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.add_callback(clock)
     if checkpoint:
         print(f"resuming from {checkpoint}")
+    trainer.add_callback(RunGuard(method))  # finite losses, and only complete checkpoints are resumed
     trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = clock.seconds
     callback.close()
