@@ -1,7 +1,7 @@
 """The stages the fault-injection suite drives, in chain order: one line per stage.
 
 A stage runs as `python -m stages.<name>`; the ones before it in this list (and the demo data)
-are its inputs. To add a stage (e.g. rank, between sft and reward), add its line here.
+are its inputs. To add a stage, add its line here.
 """
 
 from __future__ import annotations
@@ -14,16 +14,19 @@ class Stage:
     name: str  # stages.<name> and runs/<preset>/<name>
     resume_flag: str  # the override that starts fresh instead of resuming
     change: str  # an override that changes the stage's key (a config change after a kill)
-    diverge: str  # an override that makes training non-finite
+    diverge: str | None  # an override that makes training non-finite (None: the stage trains nothing)
     checkpoint: str  # glob (under <name>.partial/checkpoints) that exists once a checkpoint is complete
     tolerance: float = 0.0  # 0: a resumed run's metrics must equal an uninterrupted run's bit for bit
     summary_row: str | None = None  # a metrics row holding this key is a per-process summary: not compared
+    disk_limit: int = 64 << 10  # the file-size limit (bytes) of the disk-full check: below what the stage writes
 
 
 STAGES = [
     Stage("pretrain", "train.resume", "train.lr=0.002", "train.lr=1e6", "latest.pt"),
     # The Trainer's end-of-training `train_loss` averages the steps run in this process only.
     Stage("sft", "sft.resume", "sft.lr=0.0002", "sft.lr=1e30", "checkpoint-*/complete.json", summary_row="train_loss"),
+    # rank trains nothing (no divergence to inject); its sampled chunks are its checkpoints.
+    Stage("rank", "rank.resume", "rank.noise=0.2", None, "candidates-*.jsonl", disk_limit=2 << 10),
     Stage("reward", "reward.resume", "reward.lr=0.0002", "reward.lr=1e30", "checkpoint-*/complete.json",
           summary_row="train_loss"),
     Stage("ppo", "ppo.resume", "ppo.kl_coef=0.05", "ppo.lr=1e6", "ckpt/trainer.pt"),
