@@ -271,6 +271,21 @@ def _build_lock(data_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def pretrain_sources(cfg) -> list[tuple[str, str]]:
+    """The pretraining text as (source, role) pairs: the demo corpus comes with its own validation file;
+    other sources are split (train.val_fraction). Pretraining trains on them; evaluation scores the held-out part."""
+    sources: list[tuple[str, str]] = []
+    for source in cfg.train.data:
+        if source == "demo":
+            sources += [(str(demo_file(cfg, "pretrain_train.jsonl")), "train"),
+                        (str(demo_file(cfg, "pretrain_val.jsonl")), "val")]
+        else:
+            sources.append((source, "split"))
+    if not sources:
+        raise UserError("train.data is empty: list the text files, folders, globs or hub datasets to pretrain on.")
+    return sources
+
+
 def demo_source(cfg, value: str | None, name: str) -> str:
     """A stage's data setting: "demo" (or empty) means the demo set `name`; anything else is kept."""
     return str(demo_file(cfg, name)) if value in (None, "", "demo") else value

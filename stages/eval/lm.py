@@ -19,10 +19,10 @@ def heldout_texts(cfg) -> tuple[list[str] | None, str]:
     from data.loaders import iter_texts
 
     if value == "pretrain":  # the documents pretraining held out of train.data
+        from data.demo import pretrain_sources
         from data.token_cache import iter_documents
-        from stages.pretrain.stage import data_sources
 
-        texts = [t for t in iter_documents(data_sources(cfg), "val", cfg.train.text_field, cfg.train.val_fraction)
+        texts = [t for t in iter_documents(pretrain_sources(cfg), "val", cfg.train.text_field, cfg.train.val_fraction)
                  if t and t.strip()]
         return (texts, "the held-out split of train.data") if texts else (None, "train.data holds out no document")
     if value == "demo":

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from data.demo import pretrain_sources
 from data.token_cache import (
     build_token_cache,
     cache_key,
@@ -37,22 +38,6 @@ from stages.pretrain.samples import write_samples
 
 # Keys that change nothing in the trained model: editing them must not make the artifact stale.
 _NO_EFFECT = {"resume", "log_every", "checkpoint_every"}
-
-
-def data_sources(cfg) -> list[tuple[str, str]]:
-    """(source, role) pairs: the demo corpus comes with its own validation file; others are split."""
-    sources: list[tuple[str, str]] = []
-    for source in cfg.train.data:
-        if source == "demo":
-            from data.demo import demo_file
-
-            sources += [(str(demo_file(cfg, "pretrain_train.jsonl")), "train"),
-                        (str(demo_file(cfg, "pretrain_val.jsonl")), "val")]
-        else:
-            sources.append((source, "split"))
-    if not sources:
-        raise UserError("train.data is empty: list the text files, folders, globs or hub datasets to pretrain on.")
-    return sources
 
 
 def dependencies(cfg) -> dict:
@@ -94,7 +79,7 @@ def get_tokenizer(cfg, sources, cache_root: Path, accelerator):
 def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("pretrain", argv, description="Pretrain a GPT from scratch on raw text.")
     final = cfg.stage_dir("pretrain")
-    sources = data_sources(cfg)
+    sources = pretrain_sources(cfg)
     inputs = {"data": {s: source_fingerprint(s) for s, _ in sources}}
     if cfg.tokenizer.from_:
         inputs["tokenizer"] = {
