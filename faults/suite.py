@@ -18,6 +18,7 @@ Then, per stage, in copies of the reference run directory holding only the stage
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -58,7 +59,8 @@ def command(stage: str, out_dir: Path, *overrides: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+    # The thread count of the reference run (tests/conftest.py's chain): float sums depend on it.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -104,14 +106,28 @@ def has_checkpoint(run_dir: Path, stage: Stage) -> bool:
 # ------------------------------------------------------------------------------------------ results
 
 
+def tensors_digest(path: Path) -> str:
+    """A hash of a safetensors file's tensors and metadata, not of its bytes: the library writes the
+    metadata's keys in no fixed order, so two equal files can differ byte for byte."""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="np") as f:
+        h.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
+        for key in sorted(f.keys()):
+            t = f.get_tensor(key)
+            h.update(f"{key}:{t.dtype}:{t.shape}".encode())
+            h.update(t.tobytes())
+    return h.hexdigest()
+
+
 def result(run_dir: Path, stage: Stage) -> dict:
     """What must not depend on kills: final metrics, the metrics history, the weights."""
     d = run_dir / stage.name
     manifest = read_manifest(d) or {}
     rows = [{k: v for k, v in r.items() if not _VOLATILE.search(k)} for r in read_metrics(d)
             if not (stage.summary_row and stage.summary_row in r)]
-    weights = {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest()
-               for f in sorted(d.rglob("*.safetensors"))}
+    weights = {str(f.relative_to(d)): tensors_digest(f) for f in sorted(d.rglob("*.safetensors"))}
     return {"metrics": {k: v for k, v in (manifest.get("metrics") or {}).items() if not _VOLATILE.search(k)},
             "rows": rows, "weights": weights}
 
