@@ -53,3 +53,14 @@ def check_finite_params(stage: str, model, *, step, last_good=None) -> None:
         for name, p in model.named_parameters():
             if not bool(torch.isfinite(p).all()):
                 raise diverged(stage, f"parameter {name}", step, last_good)
+
+
+def json_safe(x):
+    """A report for JSON, which has no NaN/inf: non-finite floats become null (nested dicts and lists too)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v) for v in x]
+    return x

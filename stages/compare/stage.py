@@ -11,12 +11,12 @@ answer length, wall time and the data each used, and the quality-bar verdict in 
 from __future__ import annotations
 
 import json
-import math
 
 from pipeline.artifacts import already_done, is_complete, read_manifest, resolve_model_source, start_artifact
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
+from pipeline.finite import json_safe
 from pipeline.model import model_dtype
 from pipeline.runtime import pick_device, seed_everything
 from stages.compare import evaluator
@@ -55,16 +55,6 @@ def dependencies(cfg) -> dict:
     return {"eval": to_dict(cfg.eval), "ppo": {"kl_budget": cfg.ppo.kl_budget}, "run": {"dtype": cfg.run.dtype}}
 
 
-def _finite(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
-
-
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("compare", argv, description=__doc__.splitlines()[0])
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                            "max_new_tokens": e.max_new_tokens},
               "sft": evaluator.summarise_model(sft), "methods": rows, "skipped": skipped,
               "plot": plot_frontier(rows, writer.out_dir)}
-    (writer.out_dir / "compare.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
+    (writer.out_dir / "compare.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     (writer.out_dir / "compare.md").write_text(render(report))
     headline = {}
     for r in rows:
@@ -103,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 headline[f"{r['candidate']}/{key}"] = r[key]["win_rate"]
         if r.get("kl"):
             headline[f"{r['candidate']}/kl"] = r["kl"]["k1_mean"]
-    writer.commit(config=to_dict(cfg), inputs=inputs, metrics=_finite(headline))
+    writer.commit(config=to_dict(cfg), inputs=inputs, metrics=json_safe(headline))
     print(f"\ncompare: wrote {final / 'compare.md'}")
     for r in rows:
         verdict = (r.get("quality_bar") or {}).get("verdict", "not judged (no reward model)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from pipeline.artifacts import ArtifactWriter, is_complete, read_manifest, resol
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
+from pipeline.finite import json_safe
 from pipeline.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
 from pipeline.loading import loading, require_score_head
 from pipeline.metrics import progress
@@ -302,7 +302,7 @@ def evaluate(cfg) -> Path:
     report["plots"] = plot_all(report, curves, per_answer, out)
     report["curves"] = {stage: sorted({k for r in rows for k in r if k not in ("step", "time")})
                         for stage, rows in curves.items()}
-    (out / "report.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     (out / "report.md").write_text(render_report(report))
     with open(out / "answers.jsonl", "w") as f:
         for i, p in enumerate(prompts):
@@ -315,17 +315,6 @@ def evaluate(cfg) -> Path:
     final = writer.commit(config=to_dict(cfg), inputs={ev.name: ev.record for ev in evaluated},
                           metrics=headline(report))
     return final
-
-
-def _finite(x):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 @main_guard
