@@ -2,7 +2,7 @@
 
     python -m pipeline.serve --model runs/tiny/ppo                          # http://127.0.0.1:8000
     python -m pipeline.serve --model runs/tiny/sft --compare runs/tiny/ppo  # the page answers with both
-    SERVE_API_KEY=secret python -m pipeline.serve --model runs/tiny/ppo --host 0.0.0.0
+    SERVE_API_KEY=secret python -m pipeline.serve --model runs/tiny/ppo --host 192.168.1.20   # your LAN address
 
 Binds 127.0.0.1 unless --host says otherwise (then it prints a warning: anyone who can reach the
 port can use the model; set an API key). Port 0 picks a free port; the URL is printed either way.
