@@ -196,3 +196,18 @@ def test_hh_conversations_over_the_length_limit_are_counted_as_truncated_or_drop
     assert (len(s.records), s.truncated, s.dropped_too_long) == (2, 1, 1)
     ids, dropped = encode_prompts(tok, [p["prompt"] for p in load_prompts(path)], max_prompt_length=64)
     assert (len(ids), dropped) == (2, 1)
+
+
+def test_the_reward_statistics_sample_answers_to_the_prompts_ppo_will_use(files, tmp_path, tiny_lm_dir):
+    from stages.reward.stage import dependencies, load_reward_init, reward_statistics, stats_policy
+
+    cfg = load_config(ROOT_CONFIG, [f"run.out_dir={tmp_path}", f"ppo.data={files['hh']}", "ppo.max_new_tokens=4"])
+    model, tok = load_reward_init(str(tiny_lm_dir), cfg)
+    stats = reward_statistics(cfg, stats_policy(cfg, str(tiny_lm_dir)), model, tok, max_length=128)
+    assert (stats["prompts_source"], stats["n"], stats["policy"]) == (files["hh"], 3, str(tiny_lm_dir))
+    assert not (tmp_path / "test" / "data").exists()  # the demo's prompts were not read
+    # ppo.policy, when given, is whose answers are scored, and changing it makes the reward stage stale;
+    # unset (the tiny preset), the dependencies are what they were, so finished runs stay current
+    given = load_config(ROOT_CONFIG, ["ppo.policy=elsewhere/policy"])
+    assert stats_policy(given, "runs/test/sft") == "elsewhere/policy"
+    assert dependencies(given)["ppo"]["policy"] == "elsewhere/policy" and "policy" not in dependencies(cfg)["ppo"]
