@@ -42,7 +42,7 @@ PLAN := $(shell $(PY) -m pipeline.plan $(STAGE_ARGS) 2>/dev/null)
 endif
 PLAN := $(or $(PLAN),$(FULL_CHAIN))
 needs = $(subst $(comma),$(space),$(patsubst $(1):%,%,$(filter $(1):%,$(PLAN))))
-stage = $(if $(filter skip:$(1),$(PLAN)),@$(PY) -m pipeline.plan --why $(1) $(STAGE_ARGS),$(2))
+run_or_skip = $(if $(filter skip:$(1),$(PLAN)),@$(PY) -m pipeline.plan --why $(1) $(STAGE_ARGS),$(2))
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -85,10 +85,10 @@ faults:  ## fault injection: 92 bad inputs (one clear line each), then per stage
 # runs only what is missing or stale, and a command-line override makes exactly its stage stale.
 # The prerequisites follow the config (PLAN above): `make -n sft sft.init_from=DIR` shows no pretraining.
 data:  ## build the embedded demo data (offline, seconds)
-	$(call stage,data,$(PY) -m data.demo $(STAGE_ARGS))
+	$(call run_or_skip,data,$(PY) -m data.demo $(STAGE_ARGS))
 
 pretrain: $(call needs,pretrain)  ## tokenizer + GPT from scratch -> runs/<preset>/pretrain
-	$(call stage,pretrain,$(LAUNCH) -m stages.pretrain $(STAGE_ARGS))
+	$(call run_or_skip,pretrain,$(LAUNCH) -m stages.pretrain $(STAGE_ARGS))
 
 sft: $(call needs,sft)  ## instruction tuning (TRL SFTTrainer) -> runs/<preset>/sft
 	$(LAUNCH) -m stages.sft $(STAGE_ARGS)

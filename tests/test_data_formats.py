@@ -201,10 +201,15 @@ def test_hh_conversations_over_the_length_limit_are_counted_as_truncated_or_drop
 def test_the_reward_statistics_sample_answers_to_the_prompts_ppo_will_use(files, tmp_path, tiny_lm_dir):
     from stages.reward.stage import dependencies, load_reward_init, reward_statistics, stats_policy
 
-    cfg = load_config(ROOT_CONFIG, [f"run.out_dir={tmp_path}", f"ppo.data={files['hh']}", "ppo.max_new_tokens=4"])
+    long = {"chosen": "\n\nHuman: " + "Why? " * 80 + "\n\nAssistant: Because.", "rejected": "\n\nHuman: x\n\nAssistant: y"}
+    prompts = write_jsonl(tmp_path / "ppo_prompts.jsonl", [long] + HH)
+    cfg = load_config(ROOT_CONFIG, [f"run.out_dir={tmp_path}", f"ppo.data={prompts}", "ppo.max_new_tokens=4",
+                                    "ppo.max_prompt_length=64", "reward.stats_prompts=2"])
     model, tok = load_reward_init(str(tiny_lm_dir), cfg)
     stats = reward_statistics(cfg, stats_policy(cfg, str(tiny_lm_dir)), model, tok, max_length=128)
-    assert (stats["prompts_source"], stats["n"], stats["policy"]) == (files["hh"], 3, str(tiny_lm_dir))
+    # the first two prompts PPO would keep (it drops the one over ppo.max_prompt_length), by the given policy
+    assert (stats["prompts_source"], stats["n"], stats["prompts_too_long"]) == (prompts, 2, 1)
+    assert stats["policy"] == str(tiny_lm_dir)
     assert not (tmp_path / "test" / "data").exists()  # the demo's prompts were not read
     # ppo.policy, when given, is whose answers are scored, and changing it makes the reward stage stale;
     # unset (the tiny preset), the dependencies are what they were, so finished runs stay current

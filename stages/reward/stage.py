@@ -63,7 +63,7 @@ def dependencies(cfg) -> dict:
     settings of the reward statistics (PPO's, whose rewards they normalise)."""
     return {"reward": to_dict(cfg.reward), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
             "ppo": {"data": cfg.ppo.data, "temperature": cfg.ppo.temperature,
-                    "max_new_tokens": cfg.ppo.max_new_tokens,
+                    "max_new_tokens": cfg.ppo.max_new_tokens, "max_prompt_length": cfg.ppo.max_prompt_length,
                     **({"policy": cfg.ppo.policy} if cfg.ppo.policy else {})},
             "data": to_dict(cfg.data) if "demo" in (*data_parts(cfg), cfg.ppo.data) else {}}
 
@@ -131,12 +131,21 @@ def reward_statistics(cfg, policy_source: str, model, tokenizer, max_length: int
     from pipeline.model import load_causal_lm
 
     source = stats_prompts_source(cfg)
-    prompts = [p["prompt"] for p in load_prompts(source)][: cfg.reward.stats_prompts]
+    prompts, ids, too_long = [], [], 0
+    for record in load_prompts(source):  # the first reward.stats_prompts that PPO would keep
+        if len(prompts) == cfg.reward.stats_prompts:
+            break
+        x = tokenizer.apply_chat_template(record["prompt"], tokenize=True, return_dict=True,
+                                          add_generation_prompt=True)["input_ids"]
+        if len(x) > cfg.ppo.max_prompt_length:  # PPO drops these too (stages/ppo/rollout.encode_prompts)
+            too_long += 1
+            continue
+        prompts.append(record["prompt"])
+        ids.append(x)
     if not prompts:
-        raise UserError(f"{source} holds no prompt for the reward statistics (reward.stats_prompts).")
+        raise UserError(f"{source} holds no prompt for the reward statistics (reward.stats_prompts) within "
+                        f"ppo.max_prompt_length={cfg.ppo.max_prompt_length} tokens ({too_long} longer).")
     policy = load_causal_lm(policy_source).to(next(model.parameters()).device).eval()
-    ids = [tokenizer.apply_chat_template(p, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
-           for p in prompts]
     gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.run.seed)
     answers = generate_batched(policy, ids, batch_size=cfg.ppo.forward_batch_size,
                                max_new_tokens=cfg.ppo.max_new_tokens, eos_ids=eos_ids_of(policy, tokenizer),
@@ -150,7 +159,7 @@ def reward_statistics(cfg, policy_source: str, model, tokenizer, max_length: int
         "mean": float(scores.mean()), "std": float(scores.std(unbiased=False)), "n": len(texts),
         "min": float(scores.min()), "max": float(scores.max()),
         "ended_with_eos": sum(bool(a) and a[-1] in eos_ids_of(model, tokenizer) for a in answers),
-        "max_length": max_length, "prompts_source": source, "policy": policy_source,
+        "max_length": max_length, "prompts_source": source, "prompts_too_long": too_long, "policy": policy_source,
         "temperature": cfg.ppo.temperature, "max_new_tokens": cfg.ppo.max_new_tokens,
     }
 
