@@ -216,3 +216,13 @@ def test_the_reward_statistics_sample_answers_to_the_prompts_ppo_will_use(files,
     given = load_config(ROOT_CONFIG, ["ppo.policy=elsewhere/policy"])
     assert stats_policy(given, "runs/test/sft") == "elsewhere/policy"
     assert dependencies(given)["ppo"]["policy"] == "elsewhere/policy" and "policy" not in dependencies(cfg)["ppo"]
+
+
+def test_the_gold_labeler_ranks_the_hh_prompts_that_have_a_reference_and_counts_the_rest(files, capsys):
+    from stages.rank.candidates import load_prompt_records, require_gold
+
+    kept = require_gold(load_prompt_records(files["hh"], "p", None), files["hh"], "the simulated labeler")
+    assert [r["prompt_id"] for r in kept] == ["p000000", "p000001"]
+    assert "dropped 1 of 3 prompts" in capsys.readouterr().out
+    with pytest.raises(UserError, match="none of 1 prompts has a \"gold\" answer"):
+        require_gold(load_prompt_records(files["hh"], "p", None)[2:], files["hh"], "the simulated labeler")
