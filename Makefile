@@ -30,6 +30,19 @@ space := $(empty) $(empty)
 # Command-line variables with a dot in their name are config overrides (make passes them as variables).
 OVERRIDES := $(strip $(foreach v,$(MAKEOVERRIDES),$(if $(findstring .,$(firstword $(subst =, ,$(v)))),$(v))) $(ARGS))
 STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
+# Which stages each target builds first, read from the config and overrides (pipeline/plan.py): a stage
+# whose input is given (sft.init_from, reward.init_from, ppo.policy, ppo.reward_model, rank.policy, ...)
+# does not build the one before it, and a target with no job in this config (pretrain when sft.init_from
+# is set, data when no stage reads the demo) says why instead of running. Without a usable config (or
+# .venv), the full chain, as the stage itself then reports what is wrong.
+STAGE_TARGETS := data pretrain sft rank reward ppo dpo grpo rloo
+FULL_CHAIN := data: pretrain:data sft:pretrain rank:sft reward:sft,rank ppo:sft,reward dpo:sft grpo:sft,reward rloo:sft,reward
+ifneq ($(filter $(STAGE_TARGETS),$(MAKECMDGOALS)),)
+PLAN := $(shell $(PY) -m pipeline.plan $(STAGE_ARGS) 2>/dev/null)
+endif
+PLAN := $(or $(PLAN),$(FULL_CHAIN))
+needs = $(subst $(comma),$(space),$(patsubst $(1):%,%,$(filter $(1):%,$(PLAN))))
+run_or_skip = $(if $(filter skip:$(1),$(PLAN)),@$(PY) -m pipeline.plan --why $(1) $(STAGE_ARGS),$(2))
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -70,31 +83,32 @@ faults:  ## fault injection: 92 bad inputs (one clear line each), then per stage
 # Each stage target runs its stage, and each stage checks itself: when its artifact is complete for
 # the same config sections and input fingerprints it prints "up to date" and exits. So `make ppo`
 # runs only what is missing or stale, and a command-line override makes exactly its stage stale.
+# The prerequisites follow the config (PLAN above): `make -n sft sft.init_from=DIR` shows no pretraining.
 data:  ## build the embedded demo data (offline, seconds)
-	$(PY) -m data.demo $(STAGE_ARGS)
+	$(call run_or_skip,data,$(PY) -m data.demo $(STAGE_ARGS))
 
-pretrain: data  ## tokenizer + GPT from scratch -> runs/<preset>/pretrain
-	$(LAUNCH) -m stages.pretrain $(STAGE_ARGS)
+pretrain: $(call needs,pretrain)  ## tokenizer + GPT from scratch -> runs/<preset>/pretrain
+	$(call run_or_skip,pretrain,$(LAUNCH) -m stages.pretrain $(STAGE_ARGS))
 
-sft: pretrain  ## instruction tuning (TRL SFTTrainer) -> runs/<preset>/sft
+sft: $(call needs,sft)  ## instruction tuning (TRL SFTTrainer) -> runs/<preset>/sft
 	$(LAUNCH) -m stages.sft $(STAGE_ARGS)
 
-rank: sft  ## the SFT model's own answers, ranked (rank.labeler=gold|human|judge) -> runs/<preset>/rank
+rank: $(call needs,rank)  ## the SFT model's own answers, ranked (rank.labeler=gold|human|judge) -> runs/<preset>/rank
 	$(PY) -m stages.rank $(STAGE_ARGS)
 
-reward: sft rank  ## reward model on rankings (TRL RewardTrainer) -> runs/<preset>/reward
+reward: $(call needs,reward)  ## reward model on rankings (TRL RewardTrainer) -> runs/<preset>/reward
 	$(LAUNCH) -m stages.reward $(STAGE_ARGS)
 
-ppo: sft reward  ## PPO with a KL leash to SFT -> runs/<preset>/ppo
+ppo: $(call needs,ppo)  ## PPO with a KL leash to SFT -> runs/<preset>/ppo
 	$(LAUNCH) -m stages.ppo $(STAGE_ARGS)
 
-dpo: sft  ## DPO (TRL DPOTrainer) on the reward model's preference pairs -> runs/<preset>/dpo
+dpo: $(call needs,dpo)  ## DPO (TRL DPOTrainer) on the reward model's preference pairs -> runs/<preset>/dpo
 	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=dpo
 
-grpo: sft reward  ## GRPO (TRL GRPOTrainer), rewarded as PPO is, PPO's answer budget -> runs/<preset>/grpo
+grpo: $(call needs,grpo)  ## GRPO (TRL GRPOTrainer), rewarded as PPO is, PPO's answer budget -> runs/<preset>/grpo
 	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=grpo
 
-rloo: sft reward  ## RLOO (TRL RLOOTrainer), rewarded as PPO is, PPO's answer budget -> runs/<preset>/rloo
+rloo: $(call needs,rloo)  ## RLOO (TRL RLOOTrainer), rewarded as PPO is, PPO's answer budget -> runs/<preset>/rloo
 	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=rloo
 
 compare:  ## SFT vs PPO, DPO, GRPO, RLOO (those that exist) -> runs/<preset>/compare/compare.md

@@ -13,15 +13,20 @@ import re
 
 SFT_FORMATS = ('{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}',
                '{"prompt": ..., "completion": ...} (strings or message lists)',
-               '{"instruction": ..., "input": ..., "output": ...} (Alpaca)')
+               '{"instruction": ..., "input": ..., "output": ...} (Alpaca)',
+               'preference data: the chosen conversation of {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", '
+               '"rejected": ...} (HH), of chosen message lists, or {"prompt": ..., "chosen": ..., "rejected": ...}')
 PAIR_FORMATS = ('{"prompt": ..., "chosen": ..., "rejected": ...} (strings or message lists)',
                 '{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...} (HH transcripts, '
                 'or message lists sharing their first turns)',
                 '{"prompt": ..., "responses": [...], "ranking": [best, ..., worst]} (K-way, expanded to pairs)')
 RANKING_FORMATS = ('{"prompt": ..., "responses": [...], "ranking": [best, ..., worst]}',
                    '{"prompt": ..., "responses": [...], "ranking": [[best], [tied, tied], ..., [worst]]} (ties)')
-PROMPT_FORMATS = ('{"prompt": ...} (string or message list; optional "gold")',
+PROMPT_FORMATS = ('{"prompt": ...} (string or message list; the gold answer: "gold", else "completion", "chosen" or '
+                  'the answer in "messages")',
                   '{"messages": [...]} (a trailing assistant turn becomes the gold answer)',
+                  '{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", ...} (HH) or {"chosen": [messages], ...}: the '
+                  'conversation up to the last assistant turn, which becomes the gold answer',
                   '{"instruction": ..., "input": ..., "output": ...} (output becomes the gold answer)',
                   'a .txt file: one prompt per line')
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
@@ -80,6 +85,11 @@ def sft(rec: dict) -> dict:
     if "instruction" in rec and "output" in rec:
         return {"messages": [{"role": "user", "content": alpaca_prompt(rec)},
                              {"role": "assistant", "content": _text(rec["output"], "output")}]}
+    if "chosen" in rec:  # preference data: learn the preferred conversation
+        conversation = _prompt_and_chosen(rec)
+        if not conversation[-1]["content"].strip():
+            raise Drop("empty chosen answer")
+        return {"messages": _check_conversation(conversation, "chosen")}
     raise BadRecord(f"no known SFT fields (found: {', '.join(sorted(rec)) or 'none'})")
 
 
@@ -109,6 +119,26 @@ def prompt_messages(value) -> list[dict]:
     if isinstance(value, str) and value.lstrip("\n").startswith("Human:") and _HH_TURN.match(value):
         return [m for m in parse_hh(value, "prompt") if m["content"] or m["role"] == "user"]
     return messages(value, "prompt")
+
+
+def conversation(value, key: str) -> list[dict]:
+    """A whole conversation: an HH transcript string or a message list."""
+    return parse_hh(value, key) if isinstance(value, str) else messages(value, key)
+
+
+def _prompt_and_chosen(rec: dict) -> list[dict]:
+    """The chosen conversation of a preference record: prompt + chosen answer when there is a
+    prompt (a chosen list that repeats the prompt is not doubled), else the chosen transcript."""
+    if rec.get("prompt") not in (None, ""):
+        prompt = prompt_messages(rec["prompt"])
+        return prompt + _strip_prompt(prompt, messages(rec["chosen"], "chosen", default_role="assistant"))
+    return conversation(rec["chosen"], "chosen")
+
+
+def _answer_text(msgs: list[dict]) -> str | None:
+    """The gold answer a reference conversation carries: its assistant turns' text (None if empty)."""
+    text = "\n\n".join(m["content"] for m in msgs if m["role"] == "assistant").strip()
+    return text or None
 
 
 def _split_shared_prefix(chosen: list[dict], rejected: list[dict]) -> tuple[list, list, list]:
@@ -165,10 +195,8 @@ def pairs(rec: dict) -> list[dict]:
         chosen = _strip_prompt(prompt, messages(rec["chosen"], "chosen", default_role="assistant"))
         rejected = _strip_prompt(prompt, messages(rec["rejected"], "rejected", default_role="assistant"))
     else:
-        c = parse_hh(rec["chosen"], "chosen") if isinstance(rec["chosen"], str) else messages(rec["chosen"], "chosen")
-        r_ = (parse_hh(rec["rejected"], "rejected") if isinstance(rec["rejected"], str)
-              else messages(rec["rejected"], "rejected"))
-        prompt, chosen, rejected = _split_shared_prefix(c, r_)
+        prompt, chosen, rejected = _split_shared_prefix(conversation(rec["chosen"], "chosen"),
+                                                        conversation(rec["rejected"], "rejected"))
     if chosen == rejected:
         raise Drop("chosen == rejected")
     if not chosen or not rejected:
@@ -233,10 +261,22 @@ def ranking_groups(order) -> list[list[int]]:
 
 
 def prompt(rec: dict) -> dict:
-    """-> {"prompt": [msgs ending with a user turn], "gold": str | None}."""
+    """-> {"prompt": [msgs ending with a user turn], "gold": str | None}. The gold (reference) answer
+    is "gold", else what the record offers as the answer: a completion, the chosen answer, a
+    trailing assistant turn."""
     gold = rec.get("gold")
     if "prompt" in rec:
         msgs = prompt_messages(rec["prompt"])
+        for key in ("completion", "chosen", "messages"):  # TL;DR, UltraFeedback / TL;DR pairs, no_robots
+            if gold is None and rec.get(key) not in (None, "", []):
+                gold = _answer_text(_strip_prompt(msgs, messages(rec[key], key, default_role="assistant")))
+    elif "chosen" in rec:  # a preference transcript without a prompt field (HH, chosen message lists)
+        msgs = conversation(rec["chosen"], "chosen")
+        if msgs[-1]["role"] == "assistant":
+            gold = gold if gold is not None else _answer_text(msgs[-1:])
+            msgs = msgs[:-1]
+        if not msgs or msgs[-1]["role"] != "user":
+            raise Drop("no user turn before the last assistant turn")
     elif "messages" in rec:
         msgs = messages(rec["messages"], "messages")
         if msgs[-1]["role"] == "assistant" and len(msgs) > 1:

@@ -7,7 +7,8 @@
     iter_texts(sources)   -> pretraining documents (str)
 
 A source is a local .jsonl/.json/.parquet/.csv/.txt file (optionally .gz), a folder or glob of
-such files, a dataset saved with `datasets.save_to_disk`, or a hub name `owner/name[:split]`.
+such files, a dataset saved with `datasets.save_to_disk`, or a hub name `owner/name[:split]`
+(default split "train"; a slice such as `Anthropic/hh-rlhf:test[:50%]` takes part of one).
 Records are normalised by data.formats; a record that fits no format raises a UserError naming
 the file, the line and the accepted formats; usable-but-empty records are dropped and counted.
 
@@ -91,6 +92,10 @@ def _looks_like_hub(source: str) -> bool:
     return bool(_HUB_NAME.match(source)) and _suffix(Path(source.split(":")[0]))[0] not in SUFFIXES
 
 
+def _is_saved_dataset(p: Path) -> bool:
+    return p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists())
+
+
 def resolve(source: str) -> list[Path] | str:
     """The files a source names (sorted), or the source itself when it is a hub name."""
     source = str(source)
@@ -98,16 +103,18 @@ def resolve(source: str) -> list[Path] | str:
         raise UserError('"demo" names the embedded demo data: resolve it with data.demo.demo_file(cfg, name) '
                         "before calling a loader.")
     p = Path(source).expanduser()
+    if not p.exists() and _is_saved_dataset(Path(source.rpartition(":")[0])):
+        return source  # a split of a saved DatasetDict: folder:split
     if p.is_file():
         return [p]
     if p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists():
+        if _is_saved_dataset(p):
             return source  # saved with datasets.save_to_disk: read by _hub_records
         files = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f)[0] in SUFFIXES)
         if not files:
             raise UserError(f"{p} is a folder without data files ({', '.join(SUFFIXES)}, optionally .gz).")
         return files
-    if any(c in source for c in "*?["):
+    if any(c in source for c in "*?[") and not _looks_like_hub(source):  # hub splits may be sliced: name:test[:50%]
         files = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())
         if not files:
             raise UserError(f"{source} matches no file.")
@@ -123,13 +130,19 @@ def _hub_records(source: str) -> Iterator[tuple[str, int, dict]]:
         import datasets
     except ImportError:
         raise UserError(f"{source}: reading hub datasets needs the `datasets` package (pip install datasets).") from None
-    if Path(source).is_dir():
+    folder, _, split = (source, "", "") if Path(source).is_dir() else source.rpartition(":")
+    if folder and Path(folder).is_dir():
         try:
-            ds = datasets.load_from_disk(source)
+            ds = datasets.load_from_disk(folder)
         except Exception as e:  # any failure of a foreign directory is the user's to fix
-            raise UserError(f"{source}: cannot load the saved dataset ({e}).") from None
+            raise UserError(f"{folder}: cannot load the saved dataset ({e}).") from None
         if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+            if split and split not in ds:
+                raise UserError(f"{source}: the saved dataset has no split {split!r}; it has {', '.join(ds)} "
+                                f"(write {folder}:{next(iter(ds))}).")
+            ds = ds[split or ("train" if "train" in ds else next(iter(ds)))]
+        elif split:
+            raise UserError(f"{source}: {folder} holds one split; name the folder without ':{split}'.")
     else:
         name, _, split = source.partition(":")
         try:
@@ -138,7 +151,8 @@ def _hub_records(source: str) -> Iterator[tuple[str, int, dict]]:
             raise UserError(
                 f"Could not load the hub dataset {name!r} (split {split or 'train'!r}): {type(e).__name__}: {e}. "
                 f"No local file or folder {name!r} exists either. Hub datasets need network access (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and an exact "
-                "name such as Anthropic/hh-rlhf:train; offline, download it once or give a local file."
+                "name and split such as Anthropic/hh-rlhf:test (a dataset without a train split needs one: "
+                "HuggingFaceH4/ultrafeedback_binarized:train_prefs); offline, download it once or give a local file."
             ) from None
     for i, rec in enumerate(ds, 1):
         yield source, i, rec
@@ -363,6 +377,9 @@ def source_fingerprint(source: str) -> str:
     name (`hub:<name>`). Stages put it in their manifest so a changed dataset makes them stale."""
     if Path(source).exists():
         return fingerprint(source)
+    folder, _, split = source.rpartition(":")
+    if folder and _is_saved_dataset(Path(folder)):
+        return f"{fingerprint(folder)}:{split}"
     matches = sorted(glob.glob(source, recursive=True)) if glob.has_magic(source) else []
     if matches:
         h = hashlib.sha256()

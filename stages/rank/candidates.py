@@ -148,8 +148,14 @@ def prompt_messages(rec: dict) -> list[dict]:
     return rec.get("messages") or [{"role": "user", "content": rec["prompt"]}]
 
 
-def require_gold(records: list[dict], source: str, what: str) -> None:
-    missing = sum(r.get("gold") is None for r in records)
-    if missing:
-        raise UserError(f"{source}: {missing} of {len(records)} prompts have no \"gold\" answer, which {what} "
+def require_gold(records: list[dict], source: str, what: str) -> list[dict]:
+    """The prompts with a gold answer. Public data has a few without one (an HH transcript whose
+    chosen answer is empty): those are dropped and counted; none with one is an error."""
+    kept = [r for r in records if r.get("gold") is not None]
+    if not kept:
+        raise UserError(f"{source}: none of {len(records)} prompts has a \"gold\" answer, which {what} "
                         "needs; add a gold field or use rank.labeler=human or rank.labeler=judge.")
+    if len(kept) < len(records):
+        print(f"rank: dropped {len(records) - len(kept)} of {len(records)} prompts of {source} without a gold "
+              f"answer ({what} needs one)")
+    return kept

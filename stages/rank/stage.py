@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_prompt_records(train_src, "p", r.num_prompts)
     held_prompts = load_prompt_records(held_src, "h", r.num_heldout_prompts) if held_src else []
     if r.labeler == "gold":
-        require_gold(prompts, train_src, "the simulated labeler (rank.labeler=gold)")
+        prompts = require_gold(prompts, train_src, "the simulated labeler (rank.labeler=gold)")
     if held_prompts and any(p.get("gold") is None for p in held_prompts):
         print(f"rank: {held_src} lacks gold answers; no held-out own-answer rankings")
         held_prompts = []

@@ -92,8 +92,11 @@ def write_report(path: Path, *, title: str, final: dict, history: list[dict], co
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]
     if stats:
+        skipped = stats.get("prompts_too_long")
+        skipped = f"; {skipped} longer than ppo.max_prompt_length skipped, as PPO drops them" if skipped else ""
         lines += ["## Reward statistics for PPO", "",
-                  f"The SFT model answered {stats['n']} prompts ({stats['prompts_source']}; temperature "
+                  f"The policy `{stats['policy']}` answered {stats['n']} of PPO's prompts ({stats['prompts_source']}"
+                  f"{skipped}; temperature "
                   f"{stats['temperature']}, up to {stats['max_new_tokens']} new tokens). Their rewards: mean "
                   f"{stats['mean']:.4f}, std {stats['std']:.4f} (saved in reward_stats.json; PPO normalises "
                   "rewards with them).", ""]

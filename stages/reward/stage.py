@@ -63,7 +63,8 @@ def dependencies(cfg) -> dict:
     settings of the reward statistics (PPO's, whose rewards they normalise)."""
     return {"reward": to_dict(cfg.reward), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
             "ppo": {"data": cfg.ppo.data, "temperature": cfg.ppo.temperature,
-                    "max_new_tokens": cfg.ppo.max_new_tokens},
+                    "max_new_tokens": cfg.ppo.max_new_tokens, "max_prompt_length": cfg.ppo.max_prompt_length,
+                    **({"policy": cfg.ppo.policy} if cfg.ppo.policy else {})},
             "data": to_dict(cfg.data) if "demo" in (*data_parts(cfg), cfg.ppo.data) else {}}
 
 
@@ -72,6 +73,7 @@ def _fmt(v) -> str:
 
 
 def stats_prompts_source(cfg) -> str:
+    """The prompts PPO will train on (ppo.data): the statistics normalise rewards of answers to them."""
     if cfg.ppo.data == "demo":
         from data.demo import demo_file
 
@@ -114,20 +116,36 @@ def load_reward_init(source: str, cfg):
     return model, tokenizer
 
 
+def stats_policy(cfg, init_source: str) -> str:
+    """Whose answers the statistics score: ppo.policy when set (the model PPO starts from), else the model
+    the reward model starts from (this run's SFT model by default), so `make reward` with reward.init_from
+    set needs no SFT model of this run."""
+    return cfg.ppo.policy or init_source
+
+
 @torch.no_grad()
 def reward_statistics(cfg, policy_source: str, model, tokenizer, max_length: int) -> dict:
-    """Mean/std of the rewards of the SFT model's own sampled answers to PPO-style prompts."""
+    """Mean/std of the rewards of the policy's own sampled answers to PPO's prompts (ppo.data)."""
     from data.loaders import load_prompts
     from pipeline.generation import eos_ids_of, generate_batched
     from pipeline.model import load_causal_lm
 
     source = stats_prompts_source(cfg)
-    prompts = [p["prompt"] for p in load_prompts(source)][: cfg.reward.stats_prompts]
+    prompts, ids, too_long = [], [], 0
+    for record in load_prompts(source):  # the first reward.stats_prompts that PPO would keep
+        if len(prompts) == cfg.reward.stats_prompts:
+            break
+        x = tokenizer.apply_chat_template(record["prompt"], tokenize=True, return_dict=True,
+                                          add_generation_prompt=True)["input_ids"]
+        if len(x) > cfg.ppo.max_prompt_length:  # PPO drops these too (stages/ppo/rollout.encode_prompts)
+            too_long += 1
+            continue
+        prompts.append(record["prompt"])
+        ids.append(x)
     if not prompts:
-        raise UserError(f"{source} holds no prompt for the reward statistics (reward.stats_prompts).")
+        raise UserError(f"{source} holds no prompt for the reward statistics (reward.stats_prompts) within "
+                        f"ppo.max_prompt_length={cfg.ppo.max_prompt_length} tokens ({too_long} longer).")
     policy = load_causal_lm(policy_source).to(next(model.parameters()).device).eval()
-    ids = [tokenizer.apply_chat_template(p, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
-           for p in prompts]
     gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.run.seed)
     answers = generate_batched(policy, ids, batch_size=cfg.ppo.forward_batch_size,
                                max_new_tokens=cfg.ppo.max_new_tokens, eos_ids=eos_ids_of(policy, tokenizer),
@@ -141,7 +159,7 @@ def reward_statistics(cfg, policy_source: str, model, tokenizer, max_length: int
         "mean": float(scores.mean()), "std": float(scores.std(unbiased=False)), "n": len(texts),
         "min": float(scores.min()), "max": float(scores.max()),
         "ended_with_eos": sum(bool(a) and a[-1] in eos_ids_of(model, tokenizer) for a in answers),
-        "max_length": max_length, "prompts_source": source, "policy": policy_source,
+        "max_length": max_length, "prompts_source": source, "prompts_too_long": too_long, "policy": policy_source,
         "temperature": cfg.ppo.temperature, "max_new_tokens": cfg.ppo.max_new_tokens,
     }
 
@@ -239,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # statistics first: a LoRA model is merged (and so changed) by saving it
     stats = None
     if r.stats_prompts > 0 and main_process:
-        stats = reward_statistics(cfg, init_source, trainer.model, tokenizer, max_length)
+        stats = reward_statistics(cfg, stats_policy(cfg, init_source), trainer.model, tokenizer, max_length)
     if r.lora.enabled:
         if main_process:
             save_lora(trainer.model, writer.out_dir, tokenizer)

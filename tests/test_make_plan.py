@@ -1,0 +1,96 @@
+"""Make targets follow the config: a stage whose input is given does not build the stage before it,
+whether the key comes from a command-line override or from the preset file, and a target the config
+gives no job (pretrain when SFT starts from an existing model, data when nothing reads the demo)
+says why instead of running. `make -n` shows what would run; no stage is run here."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.plan import demo_readers, needs
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAIN = ["pretrain", "sft", "rank", "reward", "ppo", "eval"]
+COMMAND = re.compile(r"-m (data\.demo|stages\.\w+|pipeline\.plan --why \w+)")
+
+
+def make(*args, dry=True) -> subprocess.CompletedProcess:
+    cmd = ["make", "-C", str(ROOT), *(["-n"] if dry else []), *args, f"PY={sys.executable}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def commands(*args) -> list[str]:
+    """The stage commands `make -n ARGS` would run, in order: data, pretrain, ... (skip:X for a skipped target)."""
+    proc = make(*args)
+    assert proc.returncode == 0, proc.stderr
+    out = []
+    for m in COMMAND.finditer(proc.stdout):
+        word = m.group(1)
+        out.append("skip:" + word.split()[-1] if word.startswith("pipeline") else word.split(".")[-1])
+    return out
+
+
+def test_the_tiny_preset_runs_the_whole_chain_as_before():
+    assert commands(*CHAIN) == ["demo", *CHAIN]
+    assert commands("sft") == ["demo", "pretrain", "sft"]
+    assert commands("ppo") == ["demo", "pretrain", "sft", "rank", "reward", "ppo"]
+
+
+def test_sft_from_an_existing_model_runs_no_pretraining():
+    assert commands("sft", "sft.init_from=some/model") == ["demo", "sft"]  # the demo's SFT data is still read
+    assert commands("sft", "sft.init_from=some/model", "sft.data=chat.jsonl") == ["sft"]
+    assert commands("pretrain", "sft", "sft.init_from=some/model", "sft.data=chat.jsonl") == ["skip:pretrain", "sft"]
+
+
+def test_given_models_are_not_built():
+    assert commands("ppo", "ppo.policy=a", "ppo.reward_model=b") == ["demo", "ppo"]
+    assert commands("ppo", "ppo.reward_model=b") == ["demo", "pretrain", "sft", "ppo"]
+    assert commands("rank", "rank.policy=a") == ["demo", "rank"]
+    assert commands("grpo", "grpo.policy=a", "grpo.reward_model=b") == ["align"]
+    # the reward model's own start needs no SFT model; its rankings of this run's answers still do
+    assert commands("reward", "reward.init_from=a", "reward.data=pairs.jsonl", "ppo.data=p.jsonl") == ["reward"]
+    assert commands("reward", "reward.init_from=a") == ["demo", "pretrain", "sft", "rank", "reward"]
+
+
+def test_a_preset_file_that_names_its_inputs_runs_no_pretraining_and_no_demo_build(tmp_path):
+    assert commands(*CHAIN, "CONFIG=configs/hh-smollm.yaml") == ["skip:pretrain", "sft", "rank", "reward", "ppo",
+                                                                  "eval"]
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(f"base: {ROOT / 'configs/tiny.yaml'}\nsft:\n  init_from: some/model\n")
+    assert commands("sft", f"CONFIG={preset}") == ["demo", "sft"]
+
+
+def test_a_skipped_target_says_why_and_succeeds(tmp_path):
+    args = ("data", "pretrain", "CONFIG=configs/hh-smollm.yaml", f"OUT={tmp_path}")
+    assert commands(*args) == ["skip:data", "skip:pretrain"]  # checked first: never start a real stage here
+    proc = make(*args, dry=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "data: skipped: no stage of this config reads the demo data" in proc.stdout
+    assert "pretrain: skipped: sft.init_from=HuggingFaceTB/SmolLM2-135M-Instruct" in proc.stdout
+
+
+def test_an_unreadable_config_falls_back_to_the_full_chain_so_the_stage_reports_it():
+    assert commands("sft", "CONFIG=configs/no-such-preset.yaml") == ["demo", "pretrain", "sft"]
+    assert commands("sft", "sft.no_such_key=1") == ["demo", "pretrain", "sft"]
+
+
+def test_the_hh_smollm_preset_validates_and_reads_no_demo_data():
+    cfg = load_config(ROOT / "configs/hh-smollm.yaml")
+    assert cfg.run.name == "hh-smollm" and cfg.sft.init_from == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert demo_readers(cfg) == []
+    assert needs(cfg)["sft"] == [] and needs(cfg)["ppo"] == ["sft", "reward"]
+    assert cfg.ppo.max_prompt_length + cfg.ppo.max_new_tokens <= cfg.reward.max_length
+    # development and test prompts are disjoint halves of HH's test split
+    assert cfg.ppo.eval_data.endswith("test[:50%]") and cfg.eval.prompts.endswith("test[50%:]")
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_preset_plans(preset):
+    cfg = load_config(ROOT / "configs" / preset)
+    assert set(needs(cfg)) >= {"data", "pretrain", "sft", "rank", "reward", "ppo"}
