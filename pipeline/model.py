@@ -66,10 +66,12 @@ def set_generation_defaults(model, tokenizer) -> None:
     per call, not baked in."""
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
+    if tokenizer.bos_token_id is not None:  # a foreign tokenizer's BOS (ours has none)
+        model.config.bos_token_id = tokenizer.bos_token_id
     stops = sorted(turn_end_ids(tokenizer) - {tokenizer.eos_token_id})
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, *stops] if stops else tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, do_sample=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, do_sample=True,
         temperature=1.0, top_k=0, top_p=1.0,
     )
 

@@ -69,14 +69,15 @@ _SPECIALS = {
 
 
 def _text() -> str:
-    """A few KB of prose and chat-like lines: enough for a BPE that merges common words."""
-    words = ("the king said that the river is red and the castle is blue what colour is the apple "
-             "a horse a sword a crown explain why how does this work answer user assistant system").split()
-    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12)) for i in range(120)]
+    """A few KB of chat-like lines: enough for a BPE that merges the words tests talk about."""
+    things = "apple river castle horse sword crown letter candle garden ship".split()
+    colours = "red green blue yellow black white".split()
+    lines = [f"What colour is the {t}? The {t} is {c}. Explain why the king said so, and how it works."
+             for t in things for c in colours]
     return "\n".join(lines)
 
 
-def tiny_tokenizer(family: str = "chatml", vocab_size: int = 320) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(family: str = "chatml", vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with `family`'s special tokens, BOS/EOS/PAD and chat template."""
     specials, bos, eos, pad, adds_bos = _SPECIALS[family]
     raw = Tokenizer(models.BPE())
@@ -113,7 +114,7 @@ def build_tiny_chatml_model(out_dir, *, seed: int = 0) -> Path:
 
     tok = tiny_tokenizer("chatml")
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=_rows(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=_rows(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
