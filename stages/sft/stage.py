@@ -20,8 +20,8 @@ from accelerate import PartialState
 
 from pipeline.artifacts import already_done, resolve_model_source, start_artifact
 from pipeline.atomic import translating_disk_errors
-from pipeline.cli import stage_config
 from pipeline.chat_format import assistant_mask, has_generation_markers
+from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import main_guard
 from pipeline.hf_glue import (
