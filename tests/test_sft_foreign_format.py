@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline.config import load_config
-from tests.foreign_models import build_tiny_chatml_model
+from tests.foreign_models import build_tiny_chatml_model, build_tiny_llama3_model
 
 CHATS = [{"messages": [{"role": "user", "content": f"What colour is the {t}?"},
                        {"role": "assistant", "content": f"The {t} is red."}]}
@@ -17,6 +17,11 @@ CHATS = [{"messages": [{"role": "user", "content": f"What colour is the {t}?"},
 @pytest.fixture(scope="module")
 def chatml_dir(tmp_path_factory):
     return build_tiny_chatml_model(tmp_path_factory.mktemp("chatml"))
+
+
+@pytest.fixture(scope="module")
+def llama3_dir(tmp_path_factory):
+    return build_tiny_llama3_model(tmp_path_factory.mktemp("llama3"))
 
 
 def first_batch(tmp_path, model_dir, *overrides):
@@ -32,12 +37,18 @@ def first_batch(tmp_path, model_dir, *overrides):
     return tok, next(iter(trainer.get_train_dataloader()))
 
 
-def test_trl_trains_on_the_answer_and_its_turn_end_only(tmp_path, chatml_dir):
-    tok, batch = first_batch(tmp_path, chatml_dir)
-    answers = {c["messages"][1]["content"] + "<|im_end|>" for c in CHATS}
+@pytest.mark.parametrize("family, turn_end, start", [
+    ("chatml", "<|im_end|>", "<|startoftext|><|im_start|>user\n"),
+    ("llama3", "<|eot_id|>", "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"),
+])
+def test_trl_trains_on_the_answer_and_its_turn_end_only(tmp_path, request, family, turn_end, start):
+    tok, batch = first_batch(tmp_path, request.getfixturevalue(f"{family}_dir"))
+    answers = {c["messages"][1]["content"] + turn_end for c in CHATS}
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
         assert tok.decode(ids[labels != -100]) in answers
-        assert tok.decode(ids[ids != tok.pad_token_id]).startswith("<|startoftext|><|im_start|>user\n")
+        real = ids[ids != tok.pad_token_id]
+        assert tok.decode(real).startswith(start)
+        assert (real == tok.bos_token_id).sum() == 1  # the Llama-3 tokenizer also adds BOS on encode: not twice
 
 
 def test_assistant_only_loss_off_trains_on_the_whole_conversation(tmp_path, chatml_dir):
