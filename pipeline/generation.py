@@ -19,14 +19,14 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from pipeline.chat_format import turn_end_ids
 from pipeline.lm_forward import positions_from_mask
 
 
 def eos_ids_of(model, tokenizer) -> set[int]:
-    """Every token id that ends a turn: the tokenizer's EOS and the generation config's."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
+    """Every token id that ends a turn: the tokenizer's EOS, the chat template's end of turn
+    (`<|im_end|>`, `<|eot_id|>`, ...) and the generation config's."""
+    ids = turn_end_ids(tokenizer)
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)

@@ -262,8 +262,9 @@ def use_our_progress(trainer) -> None:
 
 
 def make_chat_ready(model, tokenizer, *, source: str = "") -> list[str]:
-    """Give a foreign tokenizer our chat template and special tokens, grow the model's embeddings
-    to match, and point the model config at PAD/EOS. Returns (and logs) what was changed."""
+    """Make a foreign tokenizer chat-ready (it keeps its own template; one without gets ours; PAD
+    distinct from EOS and the end of a turn), grow the model's embeddings to match, and point the
+    model config at PAD. Returns (and logs) what was changed."""
     changes = ensure_chat_ready(tokenizer)
     n_emb = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_emb:

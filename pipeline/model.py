@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from pipeline.chat_format import turn_end_ids
 from pipeline.loading import loading
 from pipeline.schema import ModelSection
 
@@ -61,11 +62,16 @@ def load_causal_lm(name_or_path: str, *, dtype=None, attn_implementation: str | 
 
 
 def set_generation_defaults(model, tokenizer) -> None:
-    """EOS stops generation, PAD pads; sampling knobs are chosen per call, not baked in."""
+    """EOS and the chat template's end of turn stop generation, PAD pads; sampling knobs are chosen
+    per call, not baked in."""
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
+    if tokenizer.bos_token_id is not None:  # a foreign tokenizer's BOS (ours has none)
+        model.config.bos_token_id = tokenizer.bos_token_id
+    stops = sorted(turn_end_ids(tokenizer) - {tokenizer.eos_token_id})
     model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True,
+        eos_token_id=[tokenizer.eos_token_id, *stops] if stops else tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, do_sample=True,
         temperature=1.0, top_k=0, top_p=1.0,
     )
 

@@ -2,7 +2,7 @@
 
 One encoding is shared by training, evaluation and every consumer (PPO, eval):
 the chat template renders `prompt messages + assistant response` (the template closes the
-answer with EOS), and a conversation longer than `max_length` keeps its *last* tokens, so the
+answer with EOS or its end-of-turn token, where the encoding ends, as a sampled answer does), and a conversation longer than `max_length` keeps its *last* tokens, so the
 response and its final EOS -- where the model's own last-token pooling reads the reward -- are
 never cut. Training drops a pair whose response alone does not fit; scoring cannot drop, so it
 scores the last `max_length` tokens.
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.chat_format import close_at_turn_end, turn_end_ids
 from pipeline.errors import UserError
 
 STATS_FILE = "reward_stats.json"
@@ -56,7 +57,10 @@ def encode_conversation(tokenizer, prompt: Messages, response: str | Messages,
 def _chat_ids(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> list[int]:
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                         add_generation_prompt=add_generation_prompt)
-    return list(out["input_ids"])
+    if add_generation_prompt:
+        return list(out["input_ids"])
+    # End at the answer's end-of-turn token, as a sampled answer does (ChatML writes a newline after it).
+    return close_at_turn_end(tokenizer, list(out["input_ids"]))
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,8 +180,8 @@ class RewardFunction:
 
     def score_ids(self, prompt_ids: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
         """Processed reward of each answer (token ids, EOS last where the answer ended)."""
-        eos = self.tokenizer.eos_token_id
-        has_eos = torch.tensor([bool(a) and a[-1] == eos for a in answer_ids])
+        eos = turn_end_ids(self.tokenizer)
+        has_eos = torch.tensor([bool(a) and a[-1] in eos for a in answer_ids])
         raw = score_ids(self.model, [list(p) + list(a) for p, a in zip(prompt_ids, answer_ids)],
                         self.tokenizer.pad_token_id, self.batch_size)
         self.scored += len(answer_ids)
@@ -189,8 +193,8 @@ class RewardFunction:
         prompt_ids = [_chat_ids(self.tokenizer, as_prompt(p), add_generation_prompt=True) for p in prompts]
         scores = self.score_ids(prompt_ids, completion_ids)
         if log_metric is not None:  # TRL averages these into its logs, beside the reward
-            eos = self.tokenizer.eos_token_id
-            log_metric("eos_fraction", sum(bool(a) and a[-1] == eos for a in completion_ids) / len(completion_ids))
+            eos = turn_end_ids(self.tokenizer)
+            log_metric("eos_fraction", sum(bool(a) and a[-1] in eos for a in completion_ids) / len(completion_ids))
         return scores.tolist()
 
 

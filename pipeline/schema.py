@@ -146,6 +146,9 @@ class SFTSection:
     val_fraction: float = 0.05
     max_length: int = 256
     packing: bool = False  # pack conversations into max_length rows (attention kept within each one)
+    # loss on the assistant's tokens only; false trains on whole conversations (for a chat template whose
+    # assistant turns cannot be marked: pipeline/chat_format.py)
+    assistant_only_loss: bool = True
     lr: float = 5e-4
     epochs: float = 3.0
     max_steps: int = -1  # >0 overrides epochs

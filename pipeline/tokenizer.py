@@ -3,7 +3,7 @@
 One token, `<|end|>`, ends both a pretraining document and a chat turn, and is the EOS that
 generation stops at. Padding has its own token, so PPO can tell padding from a real EOS.
 The template wraps assistant content in `{% generation %}` markers: TRL's assistant-only loss
-(SFT) and our PPO masks read them.
+(SFT) reads them. A foreign tokenizer keeps its own template (`ensure_chat_ready`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from pipeline.chat_format import turn_end_ids
 from pipeline.loading import loading
 
 PAD, EOS = "<|pad|>", "<|end|>"
@@ -71,22 +72,29 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> tuple[
 
 
 def ensure_chat_ready(tok: PreTrainedTokenizerBase) -> list[str]:
-    """Give a foreign tokenizer our role tokens, a PAD distinct from EOS, and our chat template.
+    """Make a tokenizer chat-ready without changing what it already means.
 
-    Returns what was added, so the caller can log it and resize the model's embeddings.
+    A tokenizer with a chat template keeps it, with its special tokens and BOS (SFT's assistant-only
+    loss reads any consistent template: pipeline.chat_format). One without gets our role tokens and
+    template, behind its BOS when it has one. PAD must differ from EOS and from the template's end of
+    turn (PPO tells padding from a finished answer by it): where it does not, a new PAD token is
+    added; EOS is never reassigned. Returns what was added, so the caller can log it and resize the
+    model's embeddings.
     """
     changes = []
     if tok.eos_token is None:
         tok.add_special_tokens({"eos_token": EOS})
         changes.append(f"added EOS token {EOS}")
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+    if tok.pad_token is None or tok.pad_token_id in turn_end_ids(tok):
         tok.add_special_tokens({"pad_token": PAD})
-        changes.append(f"added PAD token {PAD} (distinct from EOS)")
-    if not tok.chat_template or "{% generation %}" not in tok.chat_template:
+        changes.append(f"added PAD token {PAD} (distinct from EOS and the end of a turn)")
+    if not tok.chat_template:
         missing = [t for t in ROLE_TOKENS if t not in tok.get_vocab()]
         if missing:
             tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
             changes.append(f"added role tokens {', '.join(missing)}")
-        tok.chat_template = CHAT_TEMPLATE
-        changes.append("set our chat template (with {% generation %} markers for assistant-only loss)")
+        has_bos = tok.bos_token is not None and tok.bos_token != tok.eos_token
+        tok.chat_template = ("{{ bos_token }}" if has_bos else "") + CHAT_TEMPLATE
+        changes.append("set our chat template (with {% generation %} markers for assistant-only loss)"
+                       + (f", starting with BOS {tok.bos_token}" if has_bos else ""))
     return changes

@@ -10,7 +10,7 @@ Logits at position P-1+t predict response token t; values are read at the same p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 
 import torch
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from pipeline import generation
+from pipeline.chat_format import turn_end_ids
 from pipeline.errors import UserError
 from pipeline.lm_forward import lean_llama_body, llama_hidden_states
 from pipeline.lm_forward import positions_from_mask as position_ids
@@ -86,9 +87,11 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask.bool()
 
 
-def truncate_after_eos(responses: torch.Tensor, eos_id: int, pad_id: int):
-    """(responses with PAD after the first EOS, mask up to and including it, has_eos per row)."""
-    is_eos = responses == eos_id
+def truncate_after_eos(responses: torch.Tensor, eos_id: int | Collection[int], pad_id: int):
+    """(responses with PAD after the first EOS, mask up to and including it, has_eos per row).
+    `eos_id` may be several ids: EOS and the chat template's end of turn both end an answer."""
+    stops = torch.tensor(sorted(_ids(eos_id)), device=responses.device)
+    is_eos = torch.isin(responses, stops)
     has_eos = is_eos.any(1)
     # Index of the first EOS, or R (past the end) when there is none.
     first = torch.where(has_eos, is_eos.int().argmax(1), torch.full_like(has_eos, responses.size(1), dtype=torch.long))
@@ -102,17 +105,28 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float, top_k: i
         raise UserError("ppo.temperature must be > 0: PPO needs the sampling distribution's log-probabilities.")
     return GenerationConfig(
         do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-        min_new_tokens=0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        # Every id that ends a turn: a ChatML model ends its answer with <|im_end|>, not EOS.
+        min_new_tokens=0, eos_token_id=_one_or_list(turn_end_ids(tokenizer)), pad_token_id=tokenizer.pad_token_id,
         use_cache=True, repetition_penalty=1.0,
     )
+
+
+def _ids(ids: int | Collection[int] | None) -> set[int]:
+    return set() if ids is None else {int(ids)} if isinstance(ids, int) else {int(i) for i in ids}
+
+
+def _one_or_list(ids: set[int]) -> int | list[int]:
+    return next(iter(ids)) if len(ids) == 1 else sorted(ids)
 
 
 def generate(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, gen_config: GenerationConfig,
              eos_id: int, pad_id: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one answer per prompt, `chunk` prompts at a time, with the KV cache; returns
-    (answers with PAD after EOS, mask up to and including EOS, has_eos per row)."""
+    (answers with PAD after EOS, mask up to and including EOS, has_eos per row). The answer ends at
+    `eos_id` or at any of the config's EOS ids (the chat template's end of turn)."""
+    eos_id = _ids(eos_id) | _ids(gen_config.eos_token_id)
     pieces = [generation.sample(policy, query_ids[s:s + chunk], query_mask[s:s + chunk],
-                                max_new_tokens=gen_config.max_new_tokens, eos_ids={eos_id}, pad_id=pad_id,
+                                max_new_tokens=gen_config.max_new_tokens, eos_ids=eos_id, pad_id=pad_id,
                                 temperature=gen_config.temperature, top_k=gen_config.top_k or 0,
                                 top_p=gen_config.top_p or 1.0)
               for s in range(0, query_ids.size(0), chunk)]

@@ -74,13 +74,15 @@ class Judge:
         return self.mean_logprobs(reference_prompt(record), record["responses"])
 
     def mean_logprobs(self, prompt: list[dict], answers: list[str]) -> list[float]:
+        from pipeline.chat_format import close_at_turn_end
         from pipeline.generation import answer_logprobs
 
         tok = self.tokenizer
         context = tok.apply_chat_template(prompt, tokenize=True, return_dict=True,
                                           add_generation_prompt=True)["input_ids"]
-        full = [tok.apply_chat_template(prompt + [{"role": "assistant", "content": a}], tokenize=True,
-                                        return_dict=True)["input_ids"] for a in answers]
+        full = [close_at_turn_end(tok, tok.apply_chat_template(prompt + [{"role": "assistant", "content": a}],
+                                                               tokenize=True, return_dict=True)["input_ids"])
+                for a in answers]  # each answer up to its end-of-turn token, as the policy samples it
         tails = [ids[len(context):] if ids[:len(context)] == context else ids[-max(1, len(ids) - len(context)):]
                  for ids in full]
         lps = answer_logprobs(self.model, [context] * len(answers), tails, pad_id=tok.pad_token_id,

@@ -12,6 +12,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
+from pipeline.chat_format import MaskError, assistant_mask, check_assistant_mask, refusal
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 class Screened:
     """The usable conversations and what happened to the rest."""
 
-    records: list[dict]
+    records: list[dict]  # {"messages": ...}
     total: int = 0
     no_assistant: int = 0  # conversations without any assistant turn: dropped
     truncated: int = 0  # longer than max_length: cut at max_length, kept
@@ -92,19 +93,26 @@ def _messages(record: dict) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
 
 
-def screen(records: list[dict], tokenizer, max_length: int) -> Screened:
+def screen(records: list[dict], tokenizer, max_length: int, assistant_only: bool = True,
+           source: str = "sft.data") -> Screened:
     """Keep conversations that still teach something within max_length: count truncations,
-    drop those without an assistant turn or with no assistant token inside the window."""
+    drop those without an assistant turn or (assistant-only loss) with no assistant token inside
+    the window. Token ids and assistant masks come from the model's own chat template."""
     out = Screened(records=[], total=len(records))
-    for rec in records:
+    for n_rec, rec in enumerate(records, 1):
         msgs = _messages(rec)
         if not any(m["role"] == "assistant" and m["content"] for m in msgs):
             out.no_assistant += 1
             continue
-        enc = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        mask = enc["assistant_masks"]
-        n = len(enc["input_ids"])
+        if assistant_only:
+            try:
+                ids, mask = assistant_mask(tokenizer, msgs)
+            except MaskError as e:
+                raise UserError(refusal(f"{source}, conversation {n_rec}", str(e))) from None
+        else:
+            ids = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+            mask = [1] * len(ids)
+        n = len(ids)
         out.lengths.append(min(n, max_length))
         if not any(mask[:max_length]):
             out.dropped_too_long += 1
@@ -115,14 +123,18 @@ def screen(records: list[dict], tokenizer, max_length: int) -> Screened:
     return out
 
 
-def screen_splits(train: list[dict], val: list[dict], tokenizer, max_length: int) -> tuple[Screened, Screened]:
-    """Screen both splits, log what was dropped or cut, and fail on a split left empty."""
-    if "{% generation %}" not in (tokenizer.chat_template or ""):
-        raise UserError("the tokenizer's chat template has no {% generation %} markers, so the assistant's "
-                        "tokens cannot be told apart; pipeline.tokenizer.ensure_chat_ready adds ours.")
+def screen_splits(train: list[dict], val: list[dict], tokenizer, max_length: int,
+                  assistant_only: bool = True) -> tuple[Screened, Screened]:
+    """Screen both splits, log what was dropped or cut, and fail on a split left empty (or, with
+    assistant-only loss, on a chat template that cannot mark the assistant's tokens)."""
+    if assistant_only:
+        try:
+            check_assistant_mask(tokenizer, "the model's tokenizer")
+        except MaskError as e:
+            raise UserError(str(e)) from None
     result = []
     for name, records in (("train", train), ("validation", val)):
-        s = screen(records, tokenizer, max_length)
+        s = screen(records, tokenizer, max_length, assistant_only, source=f"the {name} split")
         msg = s.summary(name, max_length)
         (log.warning if s.total != len(s.records) or s.truncated else log.info)(msg)
         if not s.records:

@@ -3,7 +3,8 @@
     python -m stages.sft --config configs/tiny.yaml [sft.init_from=DIR_OR_HUB_NAME] [sft.lora.enabled=true]
 
 Built on TRL's SFTTrainer with the loss on assistant tokens only (our chat template's
-{% generation %} markers). Output runs/<name>/sft/: model + tokenizer (chat template), for LoRA
+{% generation %} markers, or a foreign model's own template read by pipeline/chat_format.py;
+sft.assistant_only_loss=false trains on whole conversations). Output runs/<name>/sft/: model + tokenizer (chat template), for LoRA
 runs merged weights plus adapter/, manifest.json, metrics.jsonl, tb/, samples.md. Before and after
 training it measures the held-out assistant-token loss, and scores greedy answers to held-out
 prompts with the gold metric: the baseline later stages are compared against.
@@ -19,6 +20,7 @@ from accelerate import PartialState
 
 from pipeline.artifacts import already_done, resolve_model_source, start_artifact
 from pipeline.atomic import translating_disk_errors
+from pipeline.chat_format import assistant_mask, has_generation_markers
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import main_guard
@@ -69,11 +71,24 @@ def load_model(source: str, cfg, quant=None):
     return model, tokenizer, changes, new_ids
 
 
+def trainer_data(cfg, tokenizer, records: list[dict]) -> tuple[list[dict], bool]:
+    """(records for SFTTrainer, whether TRL computes the assistant mask). A template with
+    {% generation %} markers (ours) goes to TRL as conversations; any other keeps its own format and
+    goes as token ids with the assistant mask read from it (pipeline/chat_format.py)."""
+    if not cfg.sft.assistant_only_loss:
+        return records, False
+    if has_generation_markers(tokenizer):
+        return records, True
+    return [dict(zip(("input_ids", "assistant_masks"), assistant_mask(tokenizer, r["messages"])))
+            for r in records], False
+
+
 def build_trainer(cfg, model, tokenizer, train, val, writer, callback, new_token_ids, max_length=None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     s = cfg.sft
+    (train, trl_masks), (val, _) = trainer_data(cfg, tokenizer, train), trainer_data(cfg, tokenizer, val)
     if s.packing and model.config._attn_implementation != "flash_attention_2":
         # Correct (position ids restart per conversation, so attention stays inside each), but
         # without flash-attention's varlen kernels SDPA attends over the whole flattened batch.
@@ -82,7 +97,7 @@ def build_trainer(cfg, model, tokenizer, train, val, writer, callback, new_token
     args = SFTConfig(
         **trainer_kwargs(s, output_dir=writer.checkpoint_dir, run=cfg.run),
         max_length=max_length or s.max_length,
-        assistant_only_loss=True,
+        assistant_only_loss=trl_masks,  # else the masks come with the ids (or none: whole conversations)
         packing=s.packing,
         packing_strategy="bfd",  # whole conversations per row; position ids restart at each one
         eval_packing=False,  # held-out loss per conversation, comparable across runs
@@ -169,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("sft.max_length=%d is over the model's context of %d positions; using %d",
                     max_length, context, context)
         max_length = context
-    train_s, val_s = screen_splits(train_raw, val_raw, tokenizer, max_length)
+    train_s, val_s = screen_splits(train_raw, val_raw, tokenizer, max_length, s.assistant_only_loss)
 
     with PartialState().main_process_first():
         writer = start_artifact(final_dir, "sft", resume=s.resume, is_main=PartialState().is_main_process,
