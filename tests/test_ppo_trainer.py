@@ -158,6 +158,22 @@ def test_resume_after_a_kill_gives_the_same_run(tiny_lm_dir, tmp_path):
     assert (tmp_path / "b" / "samples.md").read_text().count("## Step 3") == 1
 
 
+def test_a_run_killed_before_its_first_checkpoint_leaves_no_rows_behind(tiny_lm_dir, tmp_path):
+    from pipeline.metrics import read_metrics
+
+    cfg = make_cfg(total_episodes=16 * 2, save_every=2)
+    killed = make_trainer(tiny_lm_dir, cfg, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ckpt",
+                          eval_prompts=PROMPTS[:3])
+    killed.train(num_updates=1)  # wrote the step-0 and step-1 rows and samples; no checkpoint yet
+    assert not (tmp_path / "ckpt").exists()
+    fresh = make_trainer(tiny_lm_dir, cfg, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ckpt",
+                         eval_prompts=PROMPTS[:3])
+    assert fresh.step_no == 0
+    fresh.train()
+    assert [r["step"] for r in read_metrics(tmp_path / "b")] == [0, 1, 1, 2, 2]  # eval at 0, then update + eval
+    assert (tmp_path / "b" / "samples.md").read_text().count("## Step 0") == 1
+
+
 def test_lora_reference_is_the_policy_with_adapters_disabled(tiny_lm_dir):
     from peft import LoraConfig, get_peft_model
 

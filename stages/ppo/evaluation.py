@@ -67,7 +67,7 @@ class SampleWriter:
     """Every few updates: answers to the same development prompts into samples.md, and their scores."""
 
     def __init__(self, out_dir, tokenizer, prompts: list, golds: list | None, *, enabled: bool = True,
-                 resume_step: int = 0, seed: int = 1234, shown: int = 4):
+                 resume_step: int | None = None, seed: int = 1234, shown: int = 4):
         self.path = Path(out_dir) / "samples.md"
         self.enabled, self.seed, self.shown = enabled, seed, shown
         self.prompt_ids, _ = encode_prompts(tokenizer, prompts, 10**9)
@@ -101,9 +101,13 @@ class SampleWriter:
         return metrics
 
 
-def _drop_sections_after(path: Path, step: int) -> None:
-    """On resume, forget samples written after the checkpoint (they will be written again)."""
+def _drop_sections_after(path: Path, step: int | None) -> None:
+    """On resume, forget samples written after the checkpoint (they will be written again); on a
+    fresh start (`step` None), all of them."""
     if not path.exists():
+        return
+    if step is None:
+        path.unlink()
         return
     parts = re.split(r"(?m)^(?=## Step \d+)", path.read_text())
     kept = [p for p in parts if not (m := re.match(r"## Step (\d+)", p)) or int(m.group(1)) <= step]

@@ -119,12 +119,16 @@ class PPOTrainer:
         self.order, self.cursor, self.step_no = torch.randperm(len(self.prompt_ids), generator=self.sampler), 0, 0
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.history: list[dict] = []
-        if checkpointing.exists(self.checkpoint_dir):
+        resumed = checkpointing.exists(self.checkpoint_dir)
+        if resumed:
             self._load()
+        # A fresh start begins new files: what a run killed before its first checkpoint wrote (the step-0
+        # samples) would otherwise be kept and written again.
+        since = self.step_no if resumed else None
         main = self.acc.is_main_process
-        self.logger = MetricsLogger(out_dir, enabled=main, resume_step=self.step_no) if out_dir else None
+        self.logger = MetricsLogger(out_dir, enabled=main, resume_step=since) if out_dir else None
         self.samples = (SampleWriter(out_dir, tokenizer, eval_prompts, eval_golds, enabled=main,
-                                     resume_step=self.step_no) if out_dir and eval_prompts else None)
+                                     resume_step=since) if out_dir and eval_prompts else None)
         self.show_progress = show_progress and main
 
     # ---------------------------------------------------------------- the loop
