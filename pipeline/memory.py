@@ -74,6 +74,7 @@ def _meta_shapes(config) -> dict[str, list[int]]:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # meta tensors are not tied on creation
     return {k: list(p.shape) for k, p in model.named_parameters()}  # named_parameters skips tied copies
 
 
