@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from pipeline.errors import UserError
 from pipeline.finite import check_finite, check_finite_params
 from pipeline.lm_forward import checkpoint_layers
