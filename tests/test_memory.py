@@ -108,3 +108,16 @@ def test_refusal_names_exactly_the_options_that_would_fit(tiny_lm_dir):
         check_fits("ppo", parts, 1.0, alternatives, "cuda:0")
     assert not any("qlora" in k for k in ppo_alternatives(s, s, s, plan, cuda=False))  # 4-bit needs CUDA
     json.dumps(by_option)  # plain numbers
+
+
+def test_trl_stages_pass_gradient_checkpointing_to_their_trainer_off_by_default(tmp_path):
+    from trl import RewardConfig, SFTConfig
+
+    from pipeline.hf_glue import trainer_kwargs
+    from pipeline.schema import RewardSection, RunSection, SFTSection
+
+    run = RunSection(device="cpu")
+    for section, config in ((SFTSection(), SFTConfig), (RewardSection(), RewardConfig)):
+        assert not config(**trainer_kwargs(section, output_dir=tmp_path, run=run)).activation_checkpointing
+        on = type(section)(gradient_checkpointing=True)
+        assert config(**trainer_kwargs(on, output_dir=tmp_path, run=run)).activation_checkpointing

@@ -15,6 +15,7 @@ first PPO ratio is 1.
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -112,7 +113,8 @@ def check_memory(cfg, policy_source: str, reward_source: str, device: torch.devi
     parts = memory.ppo_memory(policy, reward, value, plan)
     budget = memory.available_bytes(device)
     where = f"{device.type}:{device.index}" if device.type == "cuda" and device.index is not None else device.type
-    print(memory.describe("ppo", parts, budget, where))
+    if int(os.environ.get("RANK", 0)) == 0:  # every rank checks its own device; one prints
+        print(memory.describe("ppo", parts, budget, where))
     if p.check_memory:
         alternatives = memory.ppo_alternatives(policy, reward, value, plan, cuda=device.type == "cuda")
         memory.check_fits("ppo", parts, budget, alternatives, where)
