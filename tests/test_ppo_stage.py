@@ -126,3 +126,21 @@ def test_stage_refuses_before_loading_when_the_estimate_exceeds_free_memory(run_
     assert "ppo.lora.enabled=true" in line and "run.dtype=bfloat16" in line
     assert not (run_dir / "runs" / "t" / "ppo").exists()  # refused before anything was written
     assert main(argv(run_dir, "ppo.check_memory=false", "ppo.total_episodes=16")) == 0  # the way past a rough estimate
+
+
+def test_stage_with_lora_over_a_bf16_base_saves_an_fp32_merged_policy(run_dir):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: bf16 for this run
+    try:
+        assert main(argv(run_dir, "run.dtype=bfloat16", "ppo.lora.enabled=true", "ppo.lora.r=4",
+                         "ppo.total_episodes=16", "ppo.lr=0.01")) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    out = run_dir / "runs" / "t" / "ppo"
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert merged.dtype == torch.float32  # merged into the base reloaded in fp32, not into the bf16 copy
+    sft = AutoModelForCausalLM.from_pretrained(run_dir / "runs" / "t" / "sft")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    delta = merged.state_dict()[q] - sft.state_dict()[q]
+    assert delta.abs().max() > 0 and json.loads((out / "report.json").read_text())["split"] == "development"

@@ -130,20 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     policy = acc.unwrap_model(trainer.model).policy
     value = acc.unwrap_model(trainer.model).value
     ref = models.ref
-    if p.lora.enabled:
-        policy = merged_policy(policy, writer.out_dir, policy_src, models.tokenizer).to(acc.device)
-        ref = None
-    if ref is None:  # LoRA: the SFT model, reloaded for the comparison
+    if p.lora.enabled:  # the merged fp32 policy is saved; the comparison holds no more than training did
         from pipeline.model import load_causal_lm
 
-        ref = load_causal_lm(policy_src, dtype=torch.float32).to(acc.device).eval()
+        policy = merged_policy(policy, writer.out_dir, policy_src, models.tokenizer)
+        policy.save_pretrained(writer.out_dir)
+        if policy.device != acc.device:  # merged on the CPU into a reloaded fp32 base: the training copy leaves
+            trainer.model.to("cpu")
+            policy = policy.to(acc.device, frozen_dtype)
+        ref = load_causal_lm(policy_src, dtype=frozen_dtype).to(acc.device).eval()  # the SFT model
+        if acc.device.type == "cuda":
+            torch.cuda.empty_cache()
     comparison = compare_to_reference(
         policy, ref, models.reward, models.tokenizer, report_prompts, report_golds, gen_config=trainer.gen_config,
         temperature=p.temperature, batch_size=p.forward_batch_size, score_stats=score_stats,
         kl_budget=p.kl_budget, device=acc.device, seed=cfg.run.seed)
     report = {"split": "development", "prompts_source": dev_source, "answers_per_prompt": p.report_samples,
               **comparison}
-    policy.save_pretrained(writer.out_dir)
+    if not p.lora.enabled:
+        policy.save_pretrained(writer.out_dir)
     models.tokenizer.save_pretrained(writer.out_dir)
     save_value(value, writer.out_dir)
     (writer.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
