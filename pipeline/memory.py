@@ -82,12 +82,14 @@ def model_size(source: str | Path) -> ModelSize:
     """The size of a local model folder or hub model, read from headers and config.json only."""
     from transformers import AutoConfig
 
-    from pipeline.loading import loading
+    from pipeline.loading import WEIGHT_FILES, loading
 
-    with loading(source, "model config", model=False):
+    local = Path(source).is_dir()
+    has_weights = local and any((Path(source) / name).is_file() for name in WEIGHT_FILES)
+    with loading(source, "model", model=has_weights):  # a truncated or corrupt file: one line naming it
         config = AutoConfig.from_pretrained(str(source))
+        shapes = _local_shapes(Path(source)) if local else None
     text = getattr(config, "text_config", None) or config  # multimodal configs nest the language model's
-    shapes = _local_shapes(Path(source)) if Path(source).is_dir() else None
     if shapes is None:
         shapes = _meta_shapes(config)
     heads = text.num_attention_heads
