@@ -146,3 +146,16 @@ def test_a_bf16_base_is_merged_in_fp32_so_the_lora_update_survives(tiny_lm_dir, 
     naive = policy.merge_and_unload().state_dict()[key].float()  # merged into the bf16 weights: update rounded
     assert (naive - reference.state_dict()[key]).abs().max() > 1e-4
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_the_value_option_keys_the_run_only_with_lora_and_memory_options_never_do():
+    from pipeline.cli import stage_config
+    from pipeline.resume import without_no_effect
+    from stages.ppo.stage import dependencies
+
+    plain = dependencies(stage_config("ppo", ["--config", "configs/test.yaml"], description=""))
+    assert "lora_value" not in plain["ppo"]  # a PPO run from before the option stays up to date
+    lora = dependencies(stage_config("ppo", ["--config", "configs/test.yaml", "ppo.lora.enabled=true"], description=""))
+    assert lora["ppo"]["lora_value"] == "head"
+    kept = without_no_effect(plain)["ppo"]
+    assert "gradient_checkpointing" not in kept and "check_memory" not in kept  # memory, not results

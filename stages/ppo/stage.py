@@ -58,7 +58,10 @@ def load_prompt_sets(cfg):
 
 
 def dependencies(cfg) -> dict:
-    return {"ppo": to_dict(cfg.ppo), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
+    ppo = to_dict(cfg.ppo)
+    if not cfg.ppo.lora.enabled:
+        ppo.pop("lora_value")  # no LoRA, no choice: a run from before the option stays up to date
+    return {"ppo": ppo, "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
             "data": to_dict(cfg.data) if cfg.ppo.data == "demo" else {}}
 
 
