@@ -113,7 +113,8 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device=None) -> tupl
 def _cache_argument(model) -> str:
     """The keyword a model's forward takes its KV cache by: `cache` in current transformers
     (`past_key_values` is deprecated there and warns), `past_key_values` in older ones."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA model passes it on
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 class Decoding:

@@ -74,7 +74,8 @@ def trainer_kwargs(section, *, output_dir: str | Path, run: RunSection, eval: bo
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device.type == "cpu",
-        activation_checkpointing=False,  # TRL turns it on by default; it only costs time on small models
+        # TRL turns it on by default; it only costs time on small models, so it is an option (off)
+        activation_checkpointing=getattr(section, "gradient_checkpointing", False),
         report_to="none",  # metrics.jsonl + TensorBoard come from MetricsCallback
         disable_tqdm=True,  # our progress bar instead
         include_num_input_tokens_seen="non_padding",

@@ -190,3 +190,22 @@ def _attention(attn: nn.Module, x: torch.Tensor, cos, sin_signed, mask, start: i
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+
+def checkpoint_layers(model: nn.Module) -> int:
+    """Activation (gradient) checkpointing for a model kept in eval mode, as PPO keeps its networks:
+    HF checkpoints a decoder layer only when that layer is in training mode, so the layers alone
+    are marked training (their attention and dropout modules stay in eval mode: no dropout).
+    The lean forward then steps aside (`lean_llama_body`). Returns the number of layers checkpointed."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers 5 renamed the method (the old name warns); accept either.
+    if hasattr(hf_model, "activation_checkpointing_enable"):
+        hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in hf_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.training = True
+    return len(layers)

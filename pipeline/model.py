@@ -53,11 +53,11 @@ def build_model(cfg: ModelSection, tokenizer, attn_implementation: str | None = 
 
 
 def load_causal_lm(name_or_path: str, *, dtype=None, attn_implementation: str | None = "sdpa",
-                   trust_remote_code: bool = False):
+                   trust_remote_code: bool = False, quantization_config=None):
     with loading(name_or_path, "causal LM"):
         return AutoModelForCausalLM.from_pretrained(
             name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, quantization_config=quantization_config,
         )
 
 

@@ -19,7 +19,8 @@ from pipeline.errors import UserError
 
 KEY_FILE = "key.json"
 # Settings that change how a run is carried out, not what it makes: never part of the key.
-NO_EFFECT = ("resume", "log_every", "save_every", "checkpoint_every")
+NO_EFFECT = ("resume", "log_every", "save_every", "checkpoint_every",
+             "gradient_checkpointing", "check_memory")  # memory, not results: change them and resume
 _SHOWN_CHANGES = 4
 _HELD: dict[Path, RunLock] = {}  # locks this process holds (a test may run a stage's main twice)
 

@@ -164,6 +164,7 @@ class SFTSection:
     gold_prompts: int = 64  # held-out prompts whose greedy answers get the gold-metric score
     max_new_tokens: int = 64  # answer length for samples.md and the gold score
     lora: LoraSection = field(default_factory=LoraSection)
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, more time
 
 
 @limits(k="> 0", max_new_tokens="> 0", batch_size="> 0", chunk_prompts="> 0", noise=">= 0", port=">= 0")
@@ -242,6 +243,7 @@ class RewardSection:
     resume: bool = True
     stats_prompts: int = 64  # SFT samples scored after training for PPO's reward normalisation
     lora: LoraSection = field(default_factory=LoraSection)
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, more time
 
 
 @limits(num_eval_prompts=">= 0", report_prompts="> 0", report_samples="> 0", total_episodes="> 0",
@@ -294,6 +296,12 @@ class PPOSection:
     save_every: int = 10
     resume: bool = True
     lora: LoraSection = field(default_factory=LoraSection)
+    # With LoRA, the value model: head = a scalar head on the policy's hidden states (one shared base,
+    # the value loss also trains the adapters); base_head = a head on the base's (adapters off, only the
+    # head trains); model = a separate value model from value_model / the reward model (a full copy).
+    lora_value: Literal["head", "base_head", "model"] = "head"
+    gradient_checkpointing: bool = False  # recompute each layer in the backward: less memory, ~30% more time
+    check_memory: bool = True  # refuse before loading when the memory estimate exceeds what the device has free
 
 
 @limits(lm_max_tokens="> 0", num_prompts="> 0", max_new_tokens="> 0", temperature=">= 0", top_k=">= 0",

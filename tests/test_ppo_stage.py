@@ -103,3 +103,44 @@ def test_stage_with_lora_saves_the_merged_policy_and_the_adapter(run_dir):
     merged = AutoModelForCausalLM.from_pretrained(out)  # a plain causal LM: later stages need no peft
     sft = AutoModelForCausalLM.from_pretrained(run_dir / "runs" / "t" / "sft")
     assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), sft.state_dict().values()))
+    # the value: a head on the policy's base (ppo.lora_value=head), saved as its own tensors
+    head = json.loads((out / "value" / "value_head.json").read_text())
+    assert head["on_adapters"] and head["hidden_size"] == sft.config.hidden_size
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "value" / "value_head.safetensors")
+    assert weights["score.weight"].shape == (1, sft.config.hidden_size) and weights["score.weight"].abs().sum() > 0
+
+
+def test_stage_refuses_before_loading_when_the_estimate_exceeds_free_memory(run_dir, capsys, monkeypatch):
+    import pipeline.memory
+
+    monkeypatch.setattr(pipeline.memory, "available_bytes", lambda device: 20_000.0)  # an injected budget
+    with pytest.raises(SystemExit) as e:
+        main(argv(run_dir))
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert "memory estimate before loading" in out and "policy (fp32 + AdamW)" in out
+    line = err.strip().removeprefix("error: ")
+    assert "\n" not in line and "ppo needs about" in line and "ppo.check_memory=false" in line
+    assert "ppo.lora.enabled=true" in line and "run.dtype=bfloat16" in line
+    assert not (run_dir / "runs" / "t" / "ppo").exists()  # refused before anything was written
+    assert main(argv(run_dir, "ppo.check_memory=false", "ppo.total_episodes=16")) == 0  # the way past a rough estimate
+
+
+def test_stage_with_lora_over_a_bf16_base_saves_an_fp32_merged_policy(run_dir):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: bf16 for this run
+    try:
+        assert main(argv(run_dir, "run.dtype=bfloat16", "ppo.lora.enabled=true", "ppo.lora.r=4",
+                         "ppo.total_episodes=16", "ppo.lr=0.01")) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    out = run_dir / "runs" / "t" / "ppo"
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert merged.dtype == torch.float32  # merged into the base reloaded in fp32, not into the bf16 copy
+    sft = AutoModelForCausalLM.from_pretrained(run_dir / "runs" / "t" / "sft")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    delta = merged.state_dict()[q] - sft.state_dict()[q]
+    assert delta.abs().max() > 0 and json.loads((out / "report.json").read_text())["split"] == "development"

@@ -169,7 +169,19 @@ def answer_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
     if lm is None:
         logits = policy_logits(model, input_ids, attention_mask, prompt_len)
         return response_logprobs(logits, response_ids, temperature) * keep
-    h = hidden_states(lm, input_ids, attention_mask, first=prompt_len - 1)[:, :-1][keep]
+    return logprobs_from_states(lm, answer_states(lm, input_ids, attention_mask, prompt_len), keep, response_ids,
+                                temperature)
+
+
+def answer_states(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """[B, R, D] final hidden states at the positions that predict answer tokens (= value positions)."""
+    return hidden_states(lm, input_ids, attention_mask, first=prompt_len - 1)[:, :-1]
+
+
+def logprobs_from_states(lm, states: torch.Tensor, keep: torch.Tensor, response_ids: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+    """[B, R] log pi of the answer tokens from `answer_states`, 0 where `keep` is False."""
+    h = states[keep]
     head = lm.get_output_embeddings()
     if type(head) is torch.nn.Linear and head.bias is None and not (head._forward_hooks or head._forward_pre_hooks):
         lp = token_logprobs(h, head.weight, response_ids[keep], temperature)
@@ -213,8 +225,7 @@ def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 def token_values(value_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
     """V(state before response token t) for every t: the scalar head on every position."""
-    h = hidden_states(value_model, input_ids, attention_mask, first=prompt_len - 1)[:, :-1]
-    return value_model.score(h).squeeze(-1).float()
+    return value_model.score(answer_states(value_model, input_ids, attention_mask, prompt_len)).squeeze(-1).float()
 
 
 def sequence_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

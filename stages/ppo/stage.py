@@ -3,7 +3,8 @@
     python -m stages.ppo --config configs/tiny.yaml [ppo.kl_coef=0.05 ppo.total_episodes=4096 ...]
 
 Reads runs/<name>/sft and runs/<name>/reward; writes runs/<name>/ppo/ (the policy as a Hugging
-Face causal LM with the tokenizer/chat template, value/, manifest.json, metrics.jsonl,
+Face causal LM with the tokenizer/chat template; with LoRA also adapter/), value/ (the value model, or with
+LoRA by default its head on the shared base), manifest.json, metrics.jsonl,
 samples.md, report.json, report.md). A killed run resumes from its last checkpoint when re-run.
 
 The stage reports on development prompts (`ppo.eval_data`, by default the demo's ppo_dev.jsonl:
@@ -23,9 +24,10 @@ from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.heldout_comparison import summary_line
+from pipeline.model import model_dtype
 from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from stages.ppo.evaluation import compare_to_reference
-from stages.ppo.models import load_models
+from stages.ppo.models import check_memory, load_models, merged_policy, save_value
 from stages.ppo.report import dev_headline, render_report
 from stages.ppo.trainer import PPOTrainer
 
@@ -56,7 +58,10 @@ def load_prompt_sets(cfg):
 
 
 def dependencies(cfg) -> dict:
-    return {"ppo": to_dict(cfg.ppo), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
+    ppo = to_dict(cfg.ppo)
+    if not cfg.ppo.lora.enabled:
+        ppo.pop("lora_value")  # no LoRA, no choice: a run from before the option stays up to date
+    return {"ppo": ppo, "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
             "data": to_dict(cfg.data) if cfg.ppo.data == "demo" else {}}
 
 
@@ -94,13 +99,15 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(cfg.run.device)
     share_cpu_threads(device.type)
+    frozen_dtype = model_dtype(cfg.run.dtype, device)  # reference, reward model, a LoRA base
+    check_memory(cfg, policy_src, reward_src, device, frozen_dtype, world=int(os.environ.get("WORLD_SIZE", 1)))
     acc = Accelerator(mixed_precision=mixed_precision(cfg.run.dtype, device.type), cpu=device.type == "cpu")
     seed_everything(cfg.run.seed + acc.process_index)  # a different sample stream on each rank
     writer = start_artifact(final, "ppo", resume=p.resume, is_main=acc.is_main_process, config=dependencies(cfg),
                             inputs=inputs)
     acc.wait_for_everyone()
 
-    models = load_models(p, policy_src, reward_src)
+    models = load_models(p, policy_src, reward_src, frozen_dtype)
     score_stats = read_score_stats(reward_src, p)
     prompts, dev_prompts, dev_golds, dev_source = load_prompt_sets(cfg)
     eval_prompts, eval_golds = dev_prompts[: p.num_eval_prompts], dev_golds[: p.num_eval_prompts]
@@ -126,23 +133,27 @@ def main(argv: list[str] | None = None) -> int:
     policy = acc.unwrap_model(trainer.model).policy
     value = acc.unwrap_model(trainer.model).value
     ref = models.ref
-    if p.lora.enabled:
-        policy.save_pretrained(writer.out_dir / "adapter")
-        policy = policy.merge_and_unload()
-        ref = None
-    if ref is None:  # LoRA: the SFT model, reloaded for the comparison
+    if p.lora.enabled:  # the merged fp32 policy is saved; the comparison holds no more than training did
         from pipeline.model import load_causal_lm
 
-        ref = load_causal_lm(policy_src, dtype=torch.float32).to(acc.device).eval()
+        policy = merged_policy(policy, writer.out_dir, policy_src, models.tokenizer)
+        policy.save_pretrained(writer.out_dir)
+        if policy.device != acc.device:  # merged on the CPU into a reloaded fp32 base: the training copy leaves
+            trainer.model.to("cpu")
+            policy = policy.to(acc.device, frozen_dtype)
+        ref = load_causal_lm(policy_src, dtype=frozen_dtype).to(acc.device).eval()  # the SFT model
+        if acc.device.type == "cuda":
+            torch.cuda.empty_cache()
     comparison = compare_to_reference(
         policy, ref, models.reward, models.tokenizer, report_prompts, report_golds, gen_config=trainer.gen_config,
         temperature=p.temperature, batch_size=p.forward_batch_size, score_stats=score_stats,
         kl_budget=p.kl_budget, device=acc.device, seed=cfg.run.seed)
     report = {"split": "development", "prompts_source": dev_source, "answers_per_prompt": p.report_samples,
               **comparison}
-    policy.save_pretrained(writer.out_dir)
+    if not p.lora.enabled:
+        policy.save_pretrained(writer.out_dir)
     models.tokenizer.save_pretrained(writer.out_dir)
-    value.save_pretrained(writer.out_dir / "value")
+    save_value(value, writer.out_dir)
     (writer.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (writer.out_dir / "report.md").write_text(render_report(report))
     last = history[-1] if history else {}

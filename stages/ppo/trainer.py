@@ -10,7 +10,8 @@ Programmatic use (tests, benchmarks/ppo.py):
 
   * models are plain HF modules: policy/ref_policy causal LMs, reward_model/value_model
     AutoModelForSequenceClassification (num_labels=1). ref_policy=None means LoRA: the policy is a
-    peft model and the reference is the same model with its adapters disabled.
+    peft model and the reference is the same model with its adapters disabled; value_model may
+    then be a `stages.ppo.value.ValueHead` on the policy's own hidden states (one shared base).
   * prompts: user strings or message lists; they get the chat template + `<|assistant|>`.
   * every metrics dict has "time/rollout", "time/update" (seconds), "episodes", "tokens_per_s".
   * out_dir (metrics.jsonl, samples.md) and checkpoint_dir are optional; with checkpoint_dir an
@@ -24,10 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.finite import check_finite, check_finite_params
+from pipeline.lm_forward import checkpoint_layers
 from pipeline.metrics import MetricsLogger, progress
 from pipeline.reward_scoring import process_scores
 from pipeline.runtime import reuse_freed_cpu_memory
@@ -53,24 +54,9 @@ from stages.ppo.rollout import (
     pad_answer_columns,
     sampling_config,
     sequence_scores,
-    token_values,
     trim_padding,
 )
-
-
-class PolicyAndValue(nn.Module):
-    """The two trained networks behind one forward, so DDP syncs both in one backward."""
-
-    def __init__(self, policy: nn.Module, value: nn.Module):
-        super().__init__()
-        self.policy, self.value = policy, value
-
-    def forward(self, input_ids, attention_mask, response_ids, prompt_len: int, temperature: float):
-        width = response_ids.size(1)
-        ids, attn, p, kept = trim_padding(input_ids, attention_mask, prompt_len)
-        logprobs = answer_token_logprobs(self.policy, ids, attn, response_ids[:, :kept], p, temperature)
-        values = token_values(self.value, ids, attn, p)
-        return pad_answer_columns(logprobs, width), pad_answer_columns(values, width)
+from stages.ppo.value import PolicyAndValue
 
 
 class PPOTrainer:
@@ -112,6 +98,10 @@ class PPOTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: max(0.0, 1.0 - s / total_opt_steps))
         self.model, self.optimizer = self.acc.prepare(PolicyAndValue(policy, value_model).eval(), self.optimizer)
+        if getattr(cfg, "gradient_checkpointing", False):
+            for m in (policy, value_model):
+                if hasattr(m, "gradient_checkpointing_enable") or hasattr(m, "get_base_model"):
+                    checkpoint_layers(m)
         self.kl_ctl = make_kl_controller(cfg)
         self.gen_config = sampling_config(tokenizer, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
         # Same prompt order on every rank (same seed); each rank takes its own slice.
