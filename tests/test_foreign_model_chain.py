@@ -1,7 +1,9 @@
 """A model from elsewhere through every stage: a tiny Qwen2 with its own ChatML template and BOS
-(tests/foreign_models.py) goes SFT -> reward -> PPO -> eval on small local files, and its format
-survives into every artifact: the template, <|im_start|>/<|im_end|>, BOS once, and answers that end
-at <|im_end|> (not only at EOS) in PPO's rollouts."""
+(tests/foreign_models.py) goes SFT -> reward -> PPO -> eval on small local files in the public
+layouts (TL;DR prompt/completion and UltraFeedback message lists for SFT, HH transcripts and TL;DR
+pairs for the reward model, HH transcripts as PPO's prompts, UltraFeedback records as development and
+evaluation prompts), and its format survives into every artifact: the template, <|im_start|>/<|im_end|>,
+BOS once, and answers that end at <|im_end|> (not only at EOS) in PPO's rollouts."""
 
 import json
 import random
@@ -22,22 +24,41 @@ def write_jsonl(path, records):
     return str(path)
 
 
+def hh(*turns: str) -> str:
+    """An HH-RLHF transcript: alternating Human/Assistant turns."""
+    return "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(turns))
+
+
+def uf(question: str, chosen: str, rejected: str) -> dict:
+    """An UltraFeedback-binarized record: a prompt and two message lists that share it."""
+    user = {"role": "user", "content": question}
+    return {"prompt": question, "chosen": [user, {"role": "assistant", "content": chosen}],
+            "rejected": [user, {"role": "assistant", "content": rejected}]}
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """SFT conversations (`messages`), preference pairs (`prompt`/`chosen`/`rejected`), PPO and eval prompts."""
+    """Each stage's input in a public layout: SFT from TL;DR prompt/completion (validation: UltraFeedback),
+    reward pairs from HH transcripts plus TL;DR prompt/chosen/rejected, PPO prompts from HH transcripts
+    (the conversation up to the last assistant turn), development and evaluation prompts from
+    UltraFeedback records (the chosen answer is the reference)."""
     d = tmp_path_factory.mktemp("foreign_data")
     rng = random.Random(0)
     facts = [(t, c) for t in THINGS for c in COLOURS]
     rng.shuffle(facts)
-    chats = [{"messages": [{"role": "user", "content": f"What colour is the {t}?"},
-                           {"role": "assistant", "content": f"The {t} is {c}."}]} for t, c in facts]
-    pairs = [{"prompt": f"What colour is the {t}?", "chosen": f"The {t} is {c}.", "rejected": f"No {t} here, {c}!"}
-             for t, c in facts[:40]]
-    prompts = [{"prompt": f"What colour is the {t}?"} for t in THINGS]
-    golds = [{"prompt": f"What colour is the {t}?", "gold": f"The {t} is {c}."} for t, c in facts[:6]]
-    return {"sft": write_jsonl(d / "sft.jsonl", chats[:50]), "sft_val": write_jsonl(d / "sft_val.jsonl", chats[50:58]),
-            "pairs": write_jsonl(d / "pairs.jsonl", pairs), "prompts": write_jsonl(d / "prompts.jsonl", prompts),
-            "golds": write_jsonl(d / "golds.jsonl", golds)}
+    q = "What colour is the {}?".format
+    sft = [{"prompt": q(t), "completion": f"The {t} is {c}."} for t, c in facts[:50]]
+    sft_val = [uf(q(t), f"The {t} is {c}.", f"No {t} here.") for t, c in facts[50:58]]
+    hh_pairs = [{"chosen": hh(q(t), f"The {t} is {c}."), "rejected": hh(q(t), f"No {t} here, {c}!")}
+                for t, c in facts[:20]]
+    tldr_pairs = [{"prompt": q(t), "chosen": f"The {t} is {c}.", "rejected": f"{c} {c} {c}"} for t, c in facts[20:40]]
+    # multi-turn transcripts: PPO's prompt is everything up to the last assistant turn
+    prompts = [{"chosen": hh("Hello.", "Hi! Ask me about colours.", q(t), "It is red."),
+                "rejected": hh("Hello.", "Hi! Ask me about colours.", q(t), "Go away.")} for t in THINGS]
+    golds = [uf(q(t), f"The {t} is {c}.", f"No {t}.") for t, c in facts[:6]]
+    return {"sft": write_jsonl(d / "sft.jsonl", sft), "sft_val": write_jsonl(d / "sft_val.jsonl", sft_val),
+            "pairs": write_jsonl(d / "hh.jsonl", hh_pairs) + "+" + write_jsonl(d / "tldr.jsonl", tldr_pairs),
+            "prompts": write_jsonl(d / "prompts.jsonl", prompts), "golds": write_jsonl(d / "golds.jsonl", golds)}
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +127,23 @@ def test_ppo_renders_prompts_with_chatml_and_ends_answers_at_im_end(chain):
     for q_ids, q_mask, resp, mask, has_eos in rollouts:
         for q, qm, r, m, e in zip(q_ids, q_mask, resp, mask, has_eos):
             prompt = tok.decode(q[qm.bool()])
-            assert prompt.startswith("<|startoftext|><|im_start|>user\nWhat colour is the ")
-            assert prompt.endswith("?<|im_end|>\n<|im_start|>assistant\n")
+            assert prompt.startswith("<|startoftext|><|im_start|>user\nHello.<|im_end|>\n<|im_start|>assistant\n"
+                                     "Hi! Ask me about colours.<|im_end|>\n<|im_start|>user\nWhat colour is the ")
+            assert prompt.endswith("?<|im_end|>\n<|im_start|>assistant\n")  # HH's last answer is not in it
             answer = r[m].tolist()
             assert end not in answer[:-1] and eos not in answer[:-1]  # the answer ends at its first turn end
             assert bool(e) == (answer[-1] in (end, eos))
             ended += answer[-1] == end
     assert ended > 0  # after SFT the policy closes its answers with <|im_end|>, and PPO counts that as their end
+
+
+def test_make_runs_no_pretraining_or_demo_data_for_a_given_model(files, tmp_path):
+    import subprocess
+
+    base = tmp_path / "model"  # the plan reads the config only: the folder need not exist for -n
+    args = ["make", "-n", "sft", "reward", "ppo", f"sft.init_from={base}", f"sft.data={files['sft']}",
+            f"sft.val_data={files['sft_val']}", f"reward.data={files['pairs']}", f"ppo.data={files['prompts']}",
+            f"ppo.eval_data={files['golds']}", f"eval.prompts={files['golds']}", f"OUT={tmp_path}"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    assert "stages.sft" in out and "stages.reward" in out and "stages.ppo" in out
+    assert "stages.pretrain" not in out and "data.demo" not in out
