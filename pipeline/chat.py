@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +338,9 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     hf_logging.disable_progress_bar()
+    # Ctrl-C is how a person stops an answer. A shell starts background jobs with SIGINT ignored and
+    # Python keeps it so: take it back, or the chat could not be interrupted when started from a script.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         model, tok = load_chat_model(args.model, pick_device(args.device))
     except KeyboardInterrupt:
