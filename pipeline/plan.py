@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 from pipeline.config import load_config
 
 TARGETS = ("data", "pretrain", "sft", "rank", "reward", "ppo", "dpo", "grpo", "rloo")
-_RANK_PART = re.compile(r"rank(-r\d+)?")
 
 
 def _is_demo(value) -> bool:
@@ -32,6 +30,7 @@ def _is_demo(value) -> bool:
 
 
 def reward_parts(cfg) -> list[str]:
+    """reward.data split at "+": demo, rank, rank-r2 or files (the reward stage checks the parts)."""
     return [p.strip() for p in str(cfg.reward.data).split("+")]
 
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Sampler
 
 from pipeline.errors import UserError
+from pipeline.plan import reward_parts
 from pipeline.reward_scoring import encode_conversation
 from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
 
@@ -33,7 +34,7 @@ RANK_SOURCE = re.compile(r"rank(-r\d+)?")  # this run's rank stage artifacts: ra
 
 def data_parts(cfg) -> list[str]:
     """reward.data split at "+": demo, rank, rank-r2 or files, e.g. demo+rank (the default)."""
-    parts = [p.strip() for p in str(cfg.reward.data).split("+")]
+    parts = reward_parts(cfg)
     if not all(parts):
         raise UserError(f"reward.data={cfg.reward.data!r} has an empty part; join sources with '+', "
                         "e.g. demo+rank or demo+rank+rank-r2.")
