@@ -145,3 +145,39 @@ def test_an_hh_transcript_pair_trains_on_the_shared_prefix_as_prompt_in_our_chat
     prompt = "<|user|>Hi there<|end|><|assistant|>Hello!<|end|><|user|>Name a list method<|end|><|assistant|>"
     assert tok.decode(data.chosen_ids[0]) == prompt + "append<|end|>"
     assert tok.decode(data.rejected_ids[0]) == prompt + "no<|end|>"
+
+
+def test_each_distinct_answer_is_forwarded_once_with_the_same_loss_and_gradient(tiny_lm_dir, tok):
+    """One prompt, K=4 answers, all 6 pairs in one batch: 12 rows but 4 distinct answers. The shared
+    forward must give exactly the per-row rewards, Bradley-Terry loss and gradient of forwarding every row."""
+    from transformers import AutoModelForSequenceClassification
+
+    from stages.reward.trainer import forward_unique_rows
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_lm_dir, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    answers = [encode_conversation(tok, USER, a, max_length=None)[0]
+               for a in ("The number of items.", "A count.", "It returns nothing useful at all.", "len")]
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    width = max(map(len, answers))
+    rows = [answers[i] for i, _ in pairs] + [answers[j] for _, j in pairs]  # chosen, then rejected
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+
+    def loss_and_grad(forward):
+        model.zero_grad()
+        rewards = forward(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+        chosen, rejected = rewards.chunk(2)
+        loss = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+        loss.backward()
+        return rewards.detach(), loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    counts = {}
+    shared = loss_and_grad(forward_unique_rows(model, counts))
+    every_row = loss_and_grad(model)
+    assert counts == {"rows": 12, "forwarded": 4}
+    assert torch.allclose(shared[0], every_row[0], atol=1e-5)
+    assert shared[1] == pytest.approx(every_row[1], abs=1e-6)
+    assert len(shared[2]) == len(every_row[2]) > 0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared[2], every_row[2]))

@@ -42,7 +42,6 @@ from pipeline.metrics import read_metrics
 from pipeline.reward_scoring import STATS_FILE, score_conversations
 from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
 from stages.reward.dataset import (
-    GroupedPairSampler,
     data_parts,
     heldout_source,
     load_heldout,
@@ -54,6 +53,7 @@ from stages.reward.dataset import (
 from stages.reward.heldout import HeldoutEvalCallback, evaluate_heldout, heldout_from_pairs
 from stages.reward.own_answers import evaluate_own_answers, own_answer_inputs, own_answer_sources
 from stages.reward.report import write_report
+from stages.reward.trainer import make_trainer_class
 
 log = logging.getLogger("stages.reward")
 
@@ -79,23 +79,6 @@ def stats_prompts_source(cfg) -> str:
 
         return str(demo_file(cfg, "ppo_prompts.jsonl"))
     return cfg.ppo.data
-
-
-def make_trainer_class():
-    """RewardTrainer whose training order can keep each prompt's pairs together."""
-    from trl import RewardTrainer
-
-    class PromptGroupedRewardTrainer(RewardTrainer):
-        def __init__(self, *args, pair_groups: list[int] | None = None, **kwargs):
-            self.pair_groups = pair_groups
-            super().__init__(*args, **kwargs)
-
-        def _get_train_sampler(self, train_dataset=None):
-            if self.pair_groups is None:
-                return super()._get_train_sampler(train_dataset)
-            return GroupedPairSampler(self.pair_groups, self.args.data_seed or self.args.seed)
-
-    return PromptGroupedRewardTrainer
 
 
 def load_reward_init(source: str, cfg):
@@ -286,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         last_log = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         summary.update({k: v for k, v in last_log.items() if k in ("loss", "accuracy", "margin")})
         summary["steps"] = step
+        fc = trainer.forward_counts  # rows the batches held vs distinct answers forwarded (this process)
+        if fc.get("rows"):
+            summary.update(rows_in_batches=fc["rows"], rows_forwarded=fc["forwarded"])
         metrics_cb.close()
         writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)
         acc = final_metrics.get("accuracy")
