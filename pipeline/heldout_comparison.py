@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.quality_bar import MIN_WIN_RATE, quality_verdict
-from pipeline.stats import kl_estimates, length_matched, mean_std, paired_difference, win_rate
+from pipeline.stats import kl_estimates, length_matched, mean_std, paired_difference, spearman, win_rate
 
 
 @dataclass
@@ -59,6 +59,9 @@ def compare_models(candidate: ModelAnswers, baseline: ModelAnswers, prompts: Seq
         out[f"win_rate_{judge}_matched_length"] = win_rate([c[i] for i in matched], [b[i] for i in matched],
                                                            clusters=[keys[i] for i in matched])
     out["matched_length_pairs"] = len(matched)
+    if "gold_candidate" in out and "rm_candidate" in out:  # does the RM order both models' answers as gold does?
+        out["rm_gold_spearman"] = spearman(candidate.rm_scores + baseline.rm_scores,
+                                           candidate.gold_scores + baseline.gold_scores)
     if "gold_candidate" in out:
         out["gold_difference"] = paired_difference(candidate.gold_scores, baseline.gold_scores, clusters=keys)
     if kl_logprobs is not None:
@@ -90,5 +93,7 @@ def summary_line(c: dict, where: str) -> str:
         parts.append(f"KL {c['kl']['k1_mean']:.2f} nats" + (f" (budget {budget})" if budget is not None else ""))
     if "gold_candidate" in c:
         parts.append(f"gold {c['gold_candidate']:.3f} vs {c['gold_baseline']:.3f}")
+    if c.get("rm_gold_spearman") is not None:
+        parts.append(f"Spearman(RM, gold) {c['rm_gold_spearman']:.2f}")
     parts.append(f"answer length {c['words_candidate']:.1f} vs {c['words_baseline']:.1f} words")
     return "; ".join(parts)

@@ -71,3 +71,15 @@ def test_one_evaluator_judges_hand_made_answers_and_counts_prompts():
     assert c["kl"]["k1_mean"] == pytest.approx(1.0)
     bar = c["quality_bar"]
     assert bar["gold_state"] == "gold level" and not bar["met"] and "over 3 prompts" in bar["verdict"]
+
+
+def test_the_rm_gold_rank_correlation_pools_both_models_answers():
+    # Pooled over both models: first the RM orders the four answers exactly as gold does (1.0); then the
+    # baseline's answers are better by gold than the RM says, and only the cross-model pairs disagree.
+    cand = ModelAnswers("ppo", ["a", "b"], rm_scores=[3.0, 1.0], gold_scores=[0.9, 0.2])
+    base = ModelAnswers("sft", ["c", "d"], rm_scores=[2.0, 0.0], gold_scores=[0.5, 0.0])
+    assert compare_models(cand, base, ["p1", "p2"], kl_budget=10.0)["rm_gold_spearman"] == pytest.approx(1.0)
+    base = ModelAnswers("sft", ["c", "d"], rm_scores=[2.0, 0.0], gold_scores=[0.95, 0.3])
+    assert compare_models(cand, base, ["p1", "p2"], kl_budget=10.0)["rm_gold_spearman"] == pytest.approx(0.6)
+    assert "rm_gold_spearman" not in compare_models(ModelAnswers("ppo", ["a"], rm_scores=[1.0]),
+                                                    ModelAnswers("sft", ["b"], rm_scores=[0.0]), ["p"], kl_budget=1.0)

@@ -17,7 +17,9 @@ def dev_headline(r: dict) -> dict:
         out["dev_kl_to_sft"] = r["kl"]["k1_mean"]
     if "gold_difference" in r:
         out.update(dev_gold_ppo=r["gold_candidate"], dev_gold_sft=r["gold_baseline"],
-                   dev_gold_difference=r["gold_difference"]["mean"])
+                   dev_gold_difference=r["gold_difference"]["mean"], dev_gold_win_rate=r["win_rate_gold"]["win_rate"])
+    if r.get("rm_gold_spearman") is not None:
+        out["dev_rm_gold_spearman"] = r["rm_gold_spearman"]
     if "quality_bar" in r:
         out.update(dev_gold_state=r["quality_bar"]["gold_state"], verdict=r["quality_bar"]["verdict"])
     return out
@@ -44,6 +46,8 @@ def render_report(r: dict) -> str:
         rows.append(("gold difference (paired)", f"{d['mean']:+.3f} [{_interval(d, '+.3f')}]"))
         w = r["win_rate_gold"]
         rows.append(("gold win rate", f"{w['win_rate']:.3f} [{_interval(w)}]"))
+    if r.get("rm_gold_spearman") is not None:
+        rows.append(("Spearman(RM score, gold) over both models' answers", f"{r['rm_gold_spearman']:.3f}"))
     if "kl" in r:
         rows.append(("KL(PPO ‖ SFT) per answer (k1 / k3)", f"{r['kl']['k1_mean']:.2f} / {r['kl']['k3_mean']:.2f} nats"))
     rows.append(("answer length, PPO vs SFT", f"{r['words_candidate']:.1f} vs {r['words_baseline']:.1f} words"))
