@@ -181,3 +181,13 @@ def test_each_distinct_answer_is_forwarded_once_with_the_same_loss_and_gradient(
     assert shared[1] == pytest.approx(every_row[1], abs=1e-6)
     assert len(shared[2]) == len(every_row[2]) > 0
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared[2], every_row[2]))
+
+
+def test_a_batch_size_that_splits_equal_sized_prompts_is_warned_about_and_mixed_sizes_are_not():
+    from stages.reward.dataset import straddling_batches
+
+    six_each = [g for g in range(4) for _ in range(6)]  # K=4 rankings: 6 pairs per prompt
+    assert straddling_batches(six_each, 12) is None
+    assert "not a multiple of the 6 pairs" in straddling_batches(six_each, 16)
+    mixed = six_each + [9] * 28 + [10] * 3  # prepared K=4 beside own K=8 answers with ties
+    assert straddling_batches(mixed, 12) is None

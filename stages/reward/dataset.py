@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +202,17 @@ def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int, *, use_margin:
             "Fix the data or raise reward.max_length."
         )
     return out
+
+
+def straddling_batches(groups: list[int], batch_size: int) -> str | None:
+    """Why whole prompts will not fill batches exactly, when every prompt has the same number of pairs and
+    batch_size is not a multiple of it; None otherwise (mixed counts, as prepared K=4 rankings beside
+    own answers with ties, straddle batches whatever the size, and that is no mistake to warn about)."""
+    sizes = set(Counter(groups).values())
+    if len(sizes) != 1 or (size := sizes.pop()) <= 1 or batch_size % size == 0:
+        return None
+    return (f"batch_size={batch_size} is not a multiple of the {size} pairs per prompt, so some prompts' pairs "
+            "straddle two batches.")
 
 
 class GroupedPairSampler(Sampler):

@@ -47,6 +47,7 @@ from stages.reward.dataset import (
     load_heldout,
     load_training_pairs,
     split_by_group,
+    straddling_batches,
     tokenize_pairs,
     training_sources,
 )
@@ -198,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     per_prompt = data.counts["kept"] / max(1, data.counts["prompts"])
     print(f"reward data: {data.counts['kept']} pairs from {data.counts['prompts']} prompts ({per_prompt:.1f} per "
           f"prompt); held out: {len(heldout)} pairs ({len(heldout.rankings)} rankings) from {held_src or 'a split'}")
-    if r.group_by_prompt and per_prompt > 1 and r.batch_size % round(per_prompt):
-        log.warning("reward.group_by_prompt: batch_size=%d is not a multiple of the %d pairs per prompt, so some "
-                    "prompts' pairs straddle two batches.", r.batch_size, round(per_prompt))
+    if r.group_by_prompt and (why := straddling_batches(data.groups, r.batch_size)):
+        log.warning("reward.group_by_prompt: %s", why)
 
     args = RewardConfig(**trainer_kwargs(r, output_dir=writer.checkpoint_dir, run=cfg.run, eval=False),
                         max_length=None,  # tokenize_pairs already dropped and counted over-long pairs
