@@ -269,9 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         last_log = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         summary.update({k: v for k, v in last_log.items() if k in ("loss", "accuracy", "margin")})
         summary["steps"] = step
-        fc = trainer.forward_counts  # rows the batches held vs distinct answers forwarded (this process)
-        if fc.get("rows"):
-            summary.update(rows_in_batches=fc["rows"], rows_forwarded=fc["forwarded"])
         metrics_cb.close()
         writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)
         acc = final_metrics.get("accuracy")
@@ -282,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{_fmt(m.get('spearman_gold'))}" for name, m in own_metrics.items())
             + (f"; SFT answers score {stats['mean']:.3f} +- {stats['std']:.3f}" if stats else "")
             + f" -> {final}")
+        fc = trainer.forward_counts  # not in the manifest: a resumed run counts only what it trained itself
+        if fc.get("rows"):
+            print(f"reward: the training batches held {fc['rows']:,} answers, {fc['forwarded']:,} distinct, each "
+                  "forwarded once" + (" (since the resume)" if checkpoint else ""))
     trainer.accelerator.wait_for_everyone()
     return 0
 
