@@ -46,7 +46,7 @@ def test_report_has_every_section_and_its_pictures(full):
 
 
 def test_report_numbers(full):
-    _, report, md = full
+    out, report, md = full
     assert list(report["models"]) == ["pretrain", "sft", "ppo"]
     assert report["candidate"] == "ppo"
     for m in report["models"].values():
@@ -63,6 +63,23 @@ def test_report_numbers(full):
     assert "| heldout_accuracy | 0.810 |" in md
     assert report["curves"]["ppo"] == ["gold", "kl", "score"]
     assert len(report["samples"]) == 3  # eval.num_side_by_side in configs/test.yaml
+    # the untrained models' answers all score 0 on gold: no rank correlation exists, and none is printed
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert {a[m]["gold"] for a in answers for m in ("ppo", "sft")} == {0.0}
+    assert ppo_vs_sft["rm_gold_spearman"] is None and report["rm_gold_spearman"] is None
+    assert "Spearman" not in md
+
+
+def test_the_rank_correlation_is_given_over_all_answers_and_over_each_compared_pair():
+    from stages.eval.report import spearman_lines
+
+    report = {"rm_gold_spearman": 0.4016, "comparisons": [
+        {"candidate": "ppo", "baseline": "pretrain", "rm_gold_spearman": 0.52},
+        {"candidate": "ppo", "baseline": "sft", "rm_gold_spearman": 0.3898}]}
+    line = spearman_lines(report)[0]
+    assert "over all answers: **0.402**" in line
+    assert line.endswith("Over ppo's and pretrain's answers only: 0.520. Over ppo's and sft's answers only: 0.390.")
+    assert spearman_lines({"rm_gold_spearman": None, "comparisons": report["comparisons"]}) == []
 
 
 def test_report_judges_the_quality_bar_of_ppo_against_sft_on_intervals_and_names_the_gold_state(full):

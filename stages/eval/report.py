@@ -128,10 +128,19 @@ def section_preference(report: dict) -> list[str]:
                              "", "", ""])
         lines += _table(["", "k1 mean", "k1 std", "k3 mean", "k1 per token"], rows)
         lines += _img(report, "kl", "KL per answer")
-    if report.get("rm_gold_spearman") is not None:
-        lines += [f"Rank correlation (Spearman) between reward-model score and gold metric over all answers: "
-                  f"**{report['rm_gold_spearman']:.3f}** (1 = the RM orders answers as the gold metric does).", ""]
+    lines += spearman_lines(report)
     return lines + _img(report, "length", "length vs reward")
+
+
+def spearman_lines(report: dict) -> list[str]:
+    """Spearman(RM, gold) over every model's answers, then over each compared pair's; nothing when undefined
+    (no RM, no gold, or a constant score)."""
+    if report.get("rm_gold_spearman") is None:
+        return []
+    pairs = "".join(f" Over {c['candidate']}'s and {c['baseline']}'s answers only: {c['rm_gold_spearman']:.3f}."
+                    for c in report.get("comparisons") or [] if c.get("rm_gold_spearman") is not None)
+    return [f"Rank correlation (Spearman) between reward-model score and gold metric over all answers: "
+            f"**{report['rm_gold_spearman']:.3f}** (1 = the RM orders answers as the gold metric does).{pairs}", ""]
 
 
 def _pm(m: dict, key: str) -> str:
