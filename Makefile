@@ -71,8 +71,9 @@ test:  ## run the test suite (offline)
 lint:  ## ruff
 	$(VENV)/bin/ruff check pipeline stages data tests benchmarks
 
-bench:  ## benchmarks: pretrain loop vs nanoGPT, PPO vs TRL 1.12 (side by side, same run), serving
+bench:  ## benchmarks: pretrain loop vs nanoGPT, reward step vs TRL's, PPO vs TRL 1.12 (side by side, same run), serving
 	$(PY) -m benchmarks.pretrain
+	$(PY) -m benchmarks.reward
 	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
 	$(PY) -m benchmarks.serve
 
