@@ -65,6 +65,7 @@ def test_only_assistant_tokens_carry_loss(tmp_path, tiny_lm_dir, chat_files):
     from pipeline.artifacts import ArtifactWriter
     from pipeline.hf_glue import MetricsCallback
     from pipeline.model import load_causal_lm
+    from stages.sft.dataset import screen_splits
     from stages.sft.stage import build_trainer
 
     cfg = load_config("configs/test.yaml", [f"run.out_dir={tmp_path}"])
@@ -72,7 +73,8 @@ def test_only_assistant_tokens_carry_loss(tmp_path, tiny_lm_dir, chat_files):
     model = load_causal_lm(str(tiny_lm_dir))
     records = [json.loads(line) for line in chat_files[0].read_text().splitlines()][:8]
     writer = ArtifactWriter(cfg.stage_dir("sft"), "sft")
-    trainer = build_trainer(cfg, model, tok, records, records, writer,
+    screened, _ = screen_splits(records, records, tok, cfg.sft.max_length)
+    trainer = build_trainer(cfg, model, tok, screened, screened, writer,
                             MetricsCallback(writer.out_dir, desc="sft", enabled=False), [])
     batch = next(iter(trainer.get_train_dataloader()))
     answers = {r["messages"][1]["content"] + tok.eos_token for r in records}
@@ -181,6 +183,7 @@ def test_packing_keeps_attention_inside_each_conversation(tmp_path, tiny_lm_dir,
     from pipeline.artifacts import ArtifactWriter
     from pipeline.hf_glue import MetricsCallback
     from pipeline.model import load_causal_lm
+    from stages.sft.dataset import screen_splits
     from stages.sft.stage import build_trainer
 
     cfg = load_config("configs/test.yaml", [f"run.out_dir={tmp_path}", "sft.packing=true"])
@@ -188,7 +191,8 @@ def test_packing_keeps_attention_inside_each_conversation(tmp_path, tiny_lm_dir,
     model = load_causal_lm(str(tiny_lm_dir)).eval()
     records = [json.loads(line) for line in chat_files[0].read_text().splitlines()][:8]
     writer = ArtifactWriter(cfg.stage_dir("sft"), "sft")
-    trainer = build_trainer(cfg, model, tok, records, records, writer,
+    screened, _ = screen_splits(records, records, tok, cfg.sft.max_length)
+    trainer = build_trainer(cfg, model, tok, screened, screened, writer,
                             MetricsCallback(writer.out_dir, desc="sft", enabled=False), [])
     batch = next(iter(trainer.get_train_dataloader()))
     positions = batch["position_ids"][0]

@@ -27,12 +27,14 @@ def llama3_dir(tmp_path_factory):
 def first_batch(tmp_path, model_dir, *overrides):
     from pipeline.artifacts import ArtifactWriter
     from pipeline.hf_glue import MetricsCallback
+    from stages.sft.dataset import screen_splits
     from stages.sft.stage import build_trainer, load_model
 
     cfg = load_config("configs/test.yaml", [f"run.out_dir={tmp_path}", *overrides])
     model, tok, _, new_ids = load_model(str(model_dir), cfg)
+    train, val = screen_splits(CHATS, CHATS, tok, cfg.sft.max_length, cfg.sft.assistant_only_loss)
     writer = ArtifactWriter(cfg.stage_dir("sft"), "sft")
-    trainer = build_trainer(cfg, model, tok, CHATS, CHATS, writer,
+    trainer = build_trainer(cfg, model, tok, train, val, writer,
                             MetricsCallback(writer.out_dir, desc="sft", enabled=False), new_ids)
     return tok, next(iter(trainer.get_train_dataloader()))
 

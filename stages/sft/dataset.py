@@ -12,7 +12,13 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from pipeline.chat_format import MaskError, assistant_mask, check_assistant_mask, refusal
+from pipeline.chat_format import (
+    MaskError,
+    assistant_mask,
+    check_assistant_mask,
+    has_generation_markers,
+    refusal,
+)
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -23,6 +29,9 @@ class Screened:
     """The usable conversations and what happened to the rest."""
 
     records: list[dict]  # {"messages": ...}
+    # per record {"input_ids", "assistant_masks"} as screened, kept only where SFT trains on them (a template
+    # without {% generation %} markers: TRL cannot mask it, and rendering every conversation again costs)
+    encoded: list[dict] = field(default_factory=list)
     total: int = 0
     no_assistant: int = 0  # conversations without any assistant turn: dropped
     truncated: int = 0  # longer than max_length: cut at max_length, kept
@@ -99,6 +108,7 @@ def screen(records: list[dict], tokenizer, max_length: int, assistant_only: bool
     drop those without an assistant turn or (assistant-only loss) with no assistant token inside
     the window. Token ids and assistant masks come from the model's own chat template."""
     out = Screened(records=[], total=len(records))
+    keep_encoding = assistant_only and not has_generation_markers(tokenizer)
     for n_rec, rec in enumerate(records, 1):
         msgs = _messages(rec)
         if not any(m["role"] == "assistant" and m["content"] for m in msgs):
@@ -120,6 +130,8 @@ def screen(records: list[dict], tokenizer, max_length: int, assistant_only: bool
         if n > max_length:
             out.truncated += 1
         out.records.append({"messages": msgs})
+        if keep_encoding:
+            out.encoded.append({"input_ids": ids, "assistant_masks": mask})
     return out
 
 

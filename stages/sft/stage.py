@@ -20,7 +20,7 @@ from accelerate import PartialState
 
 from pipeline.artifacts import already_done, resolve_model_source, start_artifact
 from pipeline.atomic import translating_disk_errors
-from pipeline.chat_format import assistant_mask, has_generation_markers
+from pipeline.chat_format import has_generation_markers
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import main_guard
@@ -39,7 +39,7 @@ from pipeline.hf_glue import (
 from pipeline.model import count_parameters, load_causal_lm, set_generation_defaults
 from pipeline.runtime import seed_everything
 from pipeline.tokenizer import load_tokenizer
-from stages.sft.dataset import heldout_prompts, load_sft_splits, screen_splits
+from stages.sft.dataset import Screened, heldout_prompts, load_sft_splits, screen_splits
 from stages.sft.report import answer, gold_eval, write_samples
 
 log = logging.getLogger("stages.sft")
@@ -71,19 +71,19 @@ def load_model(source: str, cfg, quant=None):
     return model, tokenizer, changes, new_ids
 
 
-def trainer_data(cfg, tokenizer, records: list[dict]) -> tuple[list[dict], bool]:
+def trainer_data(cfg, tokenizer, screened: Screened) -> tuple[list[dict], bool]:
     """(records for SFTTrainer, whether TRL computes the assistant mask). A template with
     {% generation %} markers (ours) goes to TRL as conversations; any other keeps its own format and
-    goes as token ids with the assistant mask read from it (pipeline/chat_format.py)."""
+    goes as the token ids and assistant mask the screening read from it (pipeline/chat_format.py)."""
     if not cfg.sft.assistant_only_loss:
-        return records, False
+        return screened.records, False
     if has_generation_markers(tokenizer):
-        return records, True
-    return [dict(zip(("input_ids", "assistant_masks"), assistant_mask(tokenizer, r["messages"])))
-            for r in records], False
+        return screened.records, True
+    return screened.encoded, False
 
 
-def build_trainer(cfg, model, tokenizer, train, val, writer, callback, new_token_ids, max_length=None):
+def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer, callback, new_token_ids,
+                  max_length=None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if resume:
         print(f"resuming from {resume}")
     callback = MetricsCallback(writer.out_dir, desc="sft", resume_step=step_of(resume))
-    trainer = build_trainer(cfg, model, tokenizer, train_s.records, val_s.records, writer, callback, new_token_ids,
+    trainer = build_trainer(cfg, model, tokenizer, train_s, val_s, writer, callback, new_token_ids,
                             max_length=max_length)
     main_process = trainer.is_world_process_zero()
     if main_process:
