@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import torch
@@ -41,7 +42,7 @@ def make_batch(k: int, prompts: int, vocab: int, pad: int, gen: torch.Generator)
 def trainers(dims: dict, tmp: str):
     """TRL's RewardTrainer and ours around two copies of the same scoring model."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     from pipeline.model import build_model
@@ -50,7 +51,6 @@ def trainers(dims: dict, tmp: str):
     from stages.reward.trainer import make_trainer_class
 
     tok = train_tokenizer(["def f(x): return x + 1"] * 50, vocab_size=300, min_frequency=1)
-    assert isinstance(tok, PreTrainedTokenizerFast)
     torch.manual_seed(0)
     build_model(ModelSection(block_size=128, **dims), tok).save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -79,8 +79,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=5, help="timed blocks per trainer (alternating)")
     args = ap.parse_args()
-    import tempfile
-
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per training step (median of "
           f"{args.blocks} blocks of {args.steps}), TRL RewardTrainer vs ours")
     print(f"{'model':14} {'K':>2} {'prompts':>7} {'rows':>5} {'distinct':>8} {'TRL ms':>8} {'ours ms':>8} {'speedup':>7}")
