@@ -17,7 +17,9 @@ TORCH_INDEX ?=
 # make setup LATEST=1 tries the newest versions pyproject.toml allows instead.
 CONSTRAINTS ?= constraints.txt
 LATEST ?=
-MODEL ?= $(if $(wildcard $(RUN)/ppo/manifest.json),$(RUN)/ppo,$(RUN)/sft)
+# the last round's PPO model (ppo-rN, else ppo), else SFT
+MODEL ?= $(patsubst %/manifest.json,%,$(or $(lastword $(sort $(wildcard $(RUN)/ppo-r*/manifest.json))),$(wildcard \
+	$(RUN)/ppo/manifest.json),$(RUN)/sft/manifest.json))
 TEMPERATURE ?= 0.7
 MODELS ?=
 HOST ?= 127.0.0.1
@@ -100,8 +102,13 @@ rank: $(call needs,rank)  ## the SFT model's own answers, ranked (rank.labeler=g
 reward: $(call needs,reward)  ## reward model on rankings (TRL RewardTrainer) -> runs/<preset>/reward
 	$(LAUNCH) -m stages.reward $(STAGE_ARGS)
 
-ppo: $(call needs,ppo)  ## PPO with a KL leash to SFT -> runs/<preset>/ppo
+# run.rounds=N: after round 1, `make ppo` runs rounds 2..N, each rank -> reward -> ppo with run.round set
+# (round N ranks round N-1's PPO answers and writes rank-rN, reward-rN, ppo-rN; pipeline/rounds.py).
+round = $(PY) -m stages.rank $(STAGE_ARGS) run.round=$(1) && $(LAUNCH) -m stages.reward $(STAGE_ARGS) \
+	run.round=$(1) && $(LAUNCH) -m stages.ppo $(STAGE_ARGS) run.round=$(1)
+ppo: $(call needs,ppo)  ## PPO with a KL leash to SFT -> runs/<preset>/ppo (run.rounds=N: rounds 2..N -> ppo-rN)
 	$(LAUNCH) -m stages.ppo $(STAGE_ARGS)
+	$(if $(call needs,later),$(foreach r,$(call needs,later),$(call round,$(r)) && )true)
 
 dpo: $(call needs,dpo)  ## DPO (TRL DPOTrainer) on the reward model's preference pairs -> runs/<preset>/dpo
 	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=dpo

@@ -6,6 +6,8 @@ not build the stage before it.
                                     ppo.policy when that is set, else the model it starts from)
     ppo.policy / ppo.reward_model -> `make ppo` builds no SFT / reward model
     rank.policy set              -> `make rank` builds no SFT model
+    run.round N > 1              -> `make rank` builds nothing before it (it ranks round N-1's PPO model)
+    run.rounds N > 1             -> `make ppo` runs rounds 2..N after round 1 (the word later:2,..,N)
     no stage reads "demo"        -> `make data` has no job
 
 The Makefile reads one line of `target:prerequisite,...` words from `python -m pipeline.plan
@@ -21,6 +23,7 @@ import os
 import sys
 
 from pipeline.config import load_config
+from pipeline.rounds import current_round, later_rounds, with_later_rankings
 
 TARGETS = ("data", "pretrain", "sft", "rank", "reward", "ppo", "dpo", "grpo", "rloo")
 
@@ -30,8 +33,10 @@ def _is_demo(value) -> bool:
 
 
 def reward_parts(cfg) -> list[str]:
-    """reward.data split at "+": demo, rank, rank-r2 or files (the reward stage checks the parts)."""
-    return [p.strip() for p in str(cfg.reward.data).split("+")]
+    """reward.data split at "+": demo, rank, rank-r2 or files (the reward stage checks the parts); in
+    round N > 1 (run.round) with this run's rankings in it, plus rank-r2 .. rank-rN."""
+    parts = [p.strip() for p in str(cfg.reward.data).split("+")]
+    return with_later_rankings(parts, current_round(cfg)) if "rank" in parts else parts
 
 
 def demo_readers(cfg) -> list[str]:
@@ -66,7 +71,9 @@ def needs(cfg) -> dict[str, list[str]]:
         "data": [],
         "pretrain": ["data"] if "train" in demo else [],
         "sft": (["pretrain"] if cfg.sft.init_from is None else []) + (["data"] if "sft" in demo else []),
-        "rank": (["sft"] if cfg.rank.policy is None else []) + (["data"] if "rank" in demo else []),
+        # round N > 1 ranks round N-1's PPO model: made by `make ppo run.rounds=N-1`, not a prerequisite here
+        "rank": (["sft"] if cfg.rank.policy is None and current_round(cfg) == 1 else [])
+                + (["data"] if "rank" in demo else []),
         "reward": ((["sft"] if cfg.reward.init_from is None else [])
                    + (["rank"] if "rank" in reward_parts(cfg) else [])
                    + (["data"] if demo & {"reward", "ppo"} else [])),
@@ -93,6 +100,7 @@ def skip_reason(cfg, target: str) -> str | None:
 
 def plan_words(cfg) -> str:
     words = [f"{t}:{','.join(deps)}" for t, deps in needs(cfg).items()]
+    words.append(f"later:{','.join(map(str, later_rounds(cfg)))}")  # the rounds `make ppo` runs after its own
     words += [f"skip:{t}" for t in TARGETS if skip_reason(cfg, t)]
     return " ".join(words)
 

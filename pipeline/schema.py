@@ -26,8 +26,14 @@ class RunSection:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on capable GPUs, fp32 on CPU
     compile: bool = False  # torch.compile the model (pays off on GPU; nothing on CPU)
+    # rank -> reward -> PPO rounds (pipeline/rounds.py): `make ppo` runs rounds 1..rounds; round N>1 ranks
+    # round N-1's PPO answers and writes rank-rN, reward-rN, ppo-rN. Eval, chat and serve use the last round.
+    rounds: int = 1
+    round: int | None = None  # the round a rank/reward/ppo command belongs to (the Makefile sets it); None: 1
 
     def validate(self) -> None:
+        if self.rounds < 1 or (self.round is not None and self.round < 1):
+            raise UserError(f"run.rounds={self.rounds}, run.round={self.round}: rounds are numbered from 1.")
         if Path(self.out_dir).is_file():
             raise UserError(f"run.out_dir={self.out_dir}: an existing file; the runs go in a folder there.")
         if (Path(self.out_dir) / self.name).is_file():
@@ -172,10 +178,10 @@ class SFTSection:
 class RankSection:
     """Ranking the policy's own answers (issue 12): K samples per prompt, ordered by a labeler.
 
-    Writes runs/<name>/rank (round 1) or runs/<name>/rank-r<N>; the reward stage trains on it."""
+    Writes runs/<name>/rank (round 1) or runs/<name>/rank-r<N> (run.round); the reward stage trains on it."""
 
-    policy: str | None = None  # whose answers are ranked; default runs/<name>/sft (e.g. runs/<name>/ppo)
-    round: int | None = None  # None: 1 for the default policy, 2 for another; round N>1 -> runs/<name>/rank-rN
+    policy: str | None = None  # whose answers are ranked; default runs/<name>/sft in round 1, the previous
+    # round's PPO model in round N>1 (run.round); set without run.round, it is round 2 (runs/<name>/rank-r2)
     prompts: str = "demo"  # demo: the reward training rankings' prompts; or a file with `prompt` (+ `gold`)
     heldout_prompts: str = "demo"  # prompts ranked by gold (no noise) for the reward report, never trained on;
     # demo: the held-out reward prompts; "none" skips
@@ -205,8 +211,6 @@ class RankSection:
             raise UserError(f"rank.noise={self.noise} must be 0 (exact gold order) or more.")
         if self.labeler == "judge" and not self.judge:
             raise UserError("rank.labeler=judge needs rank.judge=DIR (a reward model or a causal LM).")
-        if self.round is not None and self.round < 1:
-            raise UserError(f"rank.round={self.round} must be 1 or more.")
         for key in ("max_new_tokens", "batch_size", "chunk_prompts"):
             if getattr(self, key) <= 0:
                 raise UserError(f"rank.{key} must be positive, got {getattr(self, key)}.")

@@ -100,3 +100,41 @@ def test_rerunning_a_finished_stage_does_nothing(chain):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "up to date" in (proc.stdout + proc.stderr).lower()
     assert manifest(run, "sft")["created"] == before
+
+
+@pytest.mark.slow
+def test_a_second_round_ranks_the_ppo_model_and_leaves_the_first_round_as_it_was(chain):
+    """`make ppo run.rounds=2`: round 1 is up to date; round 2 ranks round 1's PPO answers, trains a reward
+    model on both rounds' rankings and runs PPO from SFT against it, in artifacts of its own."""
+    from pipeline.config import load_config
+    from stages.eval.stage import model_refs, reward_model_path
+
+    run, _ = chain
+    loop = ("rank", "reward", "ppo")
+    first = {s: manifest(run, s)["fingerprint"] for s in loop}
+
+    def make_ppo():
+        proc = subprocess.run(["make", "-C", str(ROOT), "ppo", "run.rounds=2", "CONFIG=configs/test.yaml",
+                               f"OUT={run.parent}", f"PY={sys.executable}"], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc.stdout + proc.stderr
+
+    make_ppo()
+    assert {s: manifest(run, s)["fingerprint"] for s in loop} == first
+    rank2, reward2, ppo2 = (manifest(run, f"{s}-r2") for s in loop)
+    assert rank2["inputs"]["policy"]["fingerprint"] == first["ppo"]
+    assert {str(run / d / "rankings.jsonl") for d in ("rank", "rank-r2")} <= set(reward2["inputs"]["data"]["train"])
+    assert set(reward2["inputs"]["data"]["own_answers"]) == {"rank", "rank-r2"}
+    assert ppo2["inputs"]["reward_model"]["fingerprint"] == reward2["fingerprint"]
+    assert ppo2["inputs"]["policy"]["fingerprint"] == manifest(run, "sft")["fingerprint"]
+
+    created = {s: manifest(run, f"{s}-r2")["created"] for s in loop}
+    again = make_ppo()
+    for stage in ("pretrain", "sft", *loop, *(f"{s}-r2" for s in loop)):
+        assert f"{run / stage} is up to date" in again, stage
+    assert {s: manifest(run, f"{s}-r2")["created"] for s in loop} == created
+
+    cfg = load_config("configs/test.yaml", [f"run.out_dir={run.parent}", "run.name=test", "run.rounds=2"])
+    assert model_refs(cfg)[-1][:2] == ("ppo", str(run / "ppo-r2"))  # evaluation's candidate: the last round's
+    assert reward_model_path(cfg)[0] == str(run / "reward-r2")

@@ -42,6 +42,17 @@ def test_the_tiny_preset_runs_the_whole_chain_as_before():
     assert commands("ppo") == ["demo", "pretrain", "sft", "rank", "reward", "ppo"]
 
 
+def test_later_rounds_follow_round_one_under_make_ppo():
+    round_two = ["rank", "reward", "ppo"]
+    assert commands("ppo", "run.rounds=2") == ["demo", "pretrain", "sft", "rank", "reward", "ppo", *round_two]
+    assert commands("ppo", "run.rounds=3")[-6:] == round_two * 2
+    rounds = re.findall(r"run\.round=(\d)", make("ppo", "run.rounds=3").stdout)
+    assert rounds == ["2"] * 3 + ["3"] * 3  # each later stage command names its round
+    # a stage command of round 2 alone: its rank reads round 1's PPO model, which it does not build
+    assert commands("rank", "run.round=2") == ["demo", "rank"]
+    assert commands("ppo", "run.round=2", "run.rounds=2") == ["demo", "pretrain", "sft", "rank", "reward", "ppo"]
+
+
 def test_sft_from_an_existing_model_runs_no_pretraining():
     assert commands("sft", "sft.init_from=some/model") == ["demo", "sft"]  # the demo's SFT data is still read
     assert commands("sft", "sft.init_from=some/model", "sft.data=chat.jsonl") == ["sft"]
@@ -94,3 +105,14 @@ def test_the_hh_smollm_preset_validates_and_reads_no_demo_data():
 def test_every_preset_plans(preset):
     cfg = load_config(ROOT / "configs" / preset)
     assert set(needs(cfg)) >= {"data", "pretrain", "sft", "rank", "reward", "ppo"}
+
+
+def test_chat_and_serve_talk_to_the_newest_rounds_ppo_model_else_sft(tmp_path):
+    run = tmp_path / "tiny"
+    for stage in ("sft", "ppo", "ppo-r2"):
+        (run / stage).mkdir(parents=True)
+        (run / stage / "manifest.json").write_text("{}")
+    for newest in ("ppo-r2", "ppo", "sft"):
+        for target in ("chat", "serve"):
+            assert f"--model {run / newest} " in make(target, f"OUT={tmp_path}").stdout, (target, newest)
+        (run / newest / "manifest.json").unlink()

@@ -148,7 +148,7 @@ def test_the_stage_writes_its_artifact_and_a_rerun_is_up_to_date(tiny_lm_dir, tm
 
     prompts, held = _write_prompts(tmp_path / "p.jsonl", 5), _write_prompts(tmp_path / "h.jsonl", 3)
     argv = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path}", "run.name=t", f"rank.policy={tiny_lm_dir}",
-            f"rank.prompts={prompts}", f"rank.heldout_prompts={held}", "rank.round=1", "rank.noise=0",
+            f"rank.prompts={prompts}", f"rank.heldout_prompts={held}", "run.round=1", "rank.noise=0",
             "rank.chunk_prompts=2", "rank.max_new_tokens=6"]
     assert main(argv) == 0
     out = tmp_path / "t" / "rank"
@@ -212,7 +212,7 @@ def test_a_person_who_stops_early_is_asked_again_and_every_label_is_kept(tiny_lm
     monkeypatch.setattr("stages.rank.human", fake, raising=False)
     prompts = _write_prompts(tmp_path / "p.jsonl", 3, gold=False)
     argv = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path}", "run.name=t", f"rank.policy={tiny_lm_dir}",
-            f"rank.prompts={prompts}", "rank.heldout_prompts=none", "rank.round=1", "rank.labeler=human",
+            f"rank.prompts={prompts}", "rank.heldout_prompts=none", "run.round=1", "rank.labeler=human",
             "rank.ui=terminal", "rank.labeler_name=alice", "rank.max_new_tokens=6"]
     assert main(argv) == 0
     out = tmp_path / "t" / "rank"
@@ -231,19 +231,30 @@ def test_a_person_who_stops_early_is_asked_again_and_every_label_is_kept(tiny_lm
 def test_a_second_round_has_its_own_artifact_and_the_reward_stage_names_both_rounds(tmp_path):
     from pipeline.artifacts import ArtifactWriter
     from pipeline.config import load_config
-    from stages.rank.stage import artifact_name, round_of
-    from stages.reward.dataset import training_sources
+    from pipeline.rounds import round_dir
+    from stages.rank.stage import default_policy, round_of
+    from stages.reward.dataset import data_parts, training_sources
 
     base = ["run.name=t", f"run.out_dir={tmp_path}"]
-    assert artifact_name(round_of(load_config("configs/test.yaml", base))) == "rank"
-    second = load_config("configs/test.yaml", base + ["rank.policy=runs/t/ppo"])
-    assert artifact_name(round_of(second)) == "rank-r2"
+    run = tmp_path / "t"
+    first = load_config("configs/test.yaml", base)
+    assert round_dir(first, "rank", round_of(first)) == run / "rank" and default_policy(first, 1)[0] == run / "sft"
+    second = load_config("configs/test.yaml", base + ["rank.policy=runs/t/ppo"])  # another model's answers
+    assert round_dir(second, "rank", round_of(second)) == run / "rank-r2"
+    third = load_config("configs/test.yaml", base + ["run.round=3"])
+    assert round_dir(third, "rank", round_of(third)) == run / "rank-r3"
+    assert default_policy(third, 3)[0] == run / "ppo-r2" and default_policy(third, 2)[0] == run / "ppo"
+    assert round_dir(third, "reward") == run / "reward-r3" and round_dir(third, "ppo") == run / "ppo-r3"
+    assert data_parts(third) == ["demo", "rank", "rank-r2", "rank-r3"]  # every round's rankings so far
+    with pytest.raises(UserError, match="include rank"):
+        data_parts(load_config("configs/test.yaml", base + ["run.round=2", "reward.data=extra.jsonl"]))
+
     cfg = load_config("configs/test.yaml", base + ["reward.data=rank+rank-r2+extra.jsonl"])
-    with pytest.raises(UserError, match="make rank"):
-        training_sources(cfg)
-    for name in ("rank", "rank-r2"):
-        w = ArtifactWriter(tmp_path / "t" / name, "rank")
+    for name, missing in (("rank", "make rank` first"), ("rank-r2", "make rank run.round=2")):
+        with pytest.raises(UserError, match=missing):
+            training_sources(cfg)
+        w = ArtifactWriter(run / name, "rank")
         (w.out_dir / "rankings.jsonl").write_text("")
         w.commit(config={})
-    assert training_sources(cfg) == [str(tmp_path / "t" / "rank" / "rankings.jsonl"),
-                                     str(tmp_path / "t" / "rank-r2" / "rankings.jsonl"), "extra.jsonl"]
+    assert training_sources(cfg) == [str(run / "rank" / "rankings.jsonl"),
+                                     str(run / "rank-r2" / "rankings.jsonl"), "extra.jsonl"]

@@ -18,6 +18,7 @@ from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.finite import json_safe
 from pipeline.model import model_dtype
+from pipeline.rounds import final_dir
 from pipeline.runtime import pick_device, seed_everything
 from stages.compare import evaluator
 from stages.compare.report import plot_frontier, render
@@ -29,7 +30,7 @@ def model_refs(cfg) -> list[tuple[str, str, dict]]:
     """(name, path, record): sft first, then every finished method."""
     refs = [("sft", *resolve_model_source(None, cfg.stage_dir("sft"), "make sft"))]
     for m in METHODS:
-        d = cfg.stage_dir(m)
+        d = final_dir(cfg, m) if m == "ppo" else cfg.stage_dir(m)  # PPO: the last round's
         if is_complete(d):
             refs.append((m, str(d), {"path": str(d), "fingerprint": read_manifest(d).get("fingerprint")}))
     if len(refs) == 1:

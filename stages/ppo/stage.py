@@ -2,10 +2,10 @@
 
     python -m stages.ppo --config configs/tiny.yaml [ppo.kl_coef=0.05 ppo.total_episodes=4096 ...]
 
-Reads runs/<name>/sft and runs/<name>/reward; writes runs/<name>/ppo/ (the policy as a Hugging
-Face causal LM with the tokenizer/chat template; with LoRA also adapter/), value/ (the value model, or with
-LoRA by default its head on the shared base), manifest.json, metrics.jsonl,
-samples.md, report.json, report.md). A killed run resumes from its last checkpoint when re-run.
+Reads runs/<name>/sft and runs/<name>/reward (reward-rN in round N, run.round); writes runs/<name>/ppo/
+(ppo-rN in round N): the policy as a Hugging Face causal LM with the tokenizer/chat template (with LoRA
+also adapter/), value/ (the value model, or with LoRA by default its head on the shared base),
+manifest.json, metrics.jsonl, samples.md, report.json, report.md. A killed run resumes from its last checkpoint when re-run.
 
 The stage reports on development prompts (`ppo.eval_data`, by default the demo's ppo_dev.jsonl:
 objects disjoint from PPO's training prompts, SFT, the rankings and evaluation). Tune PPO on that
@@ -25,6 +25,7 @@ from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.heldout_comparison import summary_line
 from pipeline.model import model_dtype
+from pipeline.rounds import round_dir
 from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from stages.ppo.evaluation import compare_to_reference
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = stage_config("ppo", argv, description="PPO: optimise the SFT policy against the reward model.")
     p = cfg.ppo
-    final = cfg.stage_dir("ppo")
+    final = round_dir(cfg, "ppo")  # round N > 1 (run.round): ppo-rN, from SFT against reward-rN
     policy_src, policy_rec = resolve_model_source(p.policy, cfg.stage_dir("sft"), "make sft")
-    reward_src, reward_rec = resolve_model_source(p.reward_model, cfg.stage_dir("reward"), "make reward")
+    reward_src, reward_rec = resolve_model_source(p.reward_model, round_dir(cfg, "reward"), "make reward")
     inputs = {"policy": policy_rec, "reward_model": reward_rec}
     if already_done(final, dependencies(cfg), inputs):
         return 0

@@ -5,7 +5,7 @@ the reward model (InstructGPT's comparison data).
 
 Reads the policy (runs/<name>/sft by default) and the labeling prompts (the demo's rank_prompts.jsonl:
 the reward training prompts, disjoint from PPO's, evaluation's and the held-out reward prompts);
-writes runs/<name>/rank/ (round 1) or runs/<name>/rank-rN/: candidates.jsonl, rankings.jsonl,
+writes runs/<name>/rank/ (round 1) or runs/<name>/rank-rN/ (run.round=N: round N-1's PPO model's answers): candidates.jsonl, rankings.jsonl,
 heldout_candidates.jsonl + heldout_rankings.jsonl (own answers to the held-out reward prompts, ranked
 by gold without noise, for the reward stage's report; never trained on), report.md, report.json,
 manifest.json. Sampling is saved in chunks: a killed run resumes at the next chunk; labeling is redone.
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from data.loaders import source_fingerprint
 from pipeline.artifacts import already_done, fingerprint, read_manifest, resolve_model_source, start_artifact
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
+from pipeline.rounds import round_dir
 from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings, labels_dir
@@ -35,12 +37,16 @@ _SAMPLING = ("prompts", "heldout_prompts", "num_prompts", "num_heldout_prompts",
 
 
 def round_of(cfg) -> int:
-    return cfg.rank.round or (1 if cfg.rank.policy is None else 2)
+    """run.round; unset, 1 for this run's SFT model and 2 for another model's answers (rank.policy)."""
+    return cfg.run.round or (1 if cfg.rank.policy is None else 2)
 
 
-def artifact_name(round_no: int) -> str:
-    """rank for round 1, rank-r2 for the second round (the PPO model's answers), and so on."""
-    return "rank" if round_no == 1 else f"rank-r{round_no}"
+def default_policy(cfg, round_no: int) -> tuple[Path, str]:
+    """Whose answers round `round_no` ranks when rank.policy is unset, and the command that makes it:
+    the SFT model in round 1, the previous round's PPO model after it."""
+    if round_no == 1:
+        return cfg.stage_dir("sft"), "make sft"
+    return round_dir(cfg, "ppo", round_no - 1), f"make ppo run.rounds={round_no - 1}"
 
 
 def prompt_sources(cfg) -> tuple[str, str | None]:
@@ -62,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("rank", argv, description="Rank the policy's own answers (gold, human or judge labeler).")
     r = cfg.rank
     round_no = round_of(cfg)
-    final = cfg.stage_dir(artifact_name(round_no))
-    policy_src, policy_rec = resolve_model_source(r.policy, cfg.stage_dir("sft"), "make sft")
+    final = round_dir(cfg, "rank", round_no)
+    policy_src, policy_rec = resolve_model_source(r.policy, *default_policy(cfg, round_no))
     train_src, held_src = prompt_sources(cfg)
     inputs = {"policy": policy_rec, "prompts": {train_src: source_fingerprint(train_src)},
               "heldout": {held_src: source_fingerprint(held_src)} if held_src else {}}

@@ -21,6 +21,7 @@ from torch.utils.data import Sampler
 from pipeline.errors import UserError
 from pipeline.plan import reward_parts
 from pipeline.reward_scoring import encode_conversation
+from pipeline.rounds import current_round
 from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ def data_parts(cfg) -> list[str]:
     if not all(parts):
         raise UserError(f"reward.data={cfg.reward.data!r} has an empty part; join sources with '+', "
                         "e.g. demo+rank or demo+rank+rank-r2.")
+    if current_round(cfg) > 1 and "rank" not in parts:
+        raise UserError(f"run.round={current_round(cfg)}: reward.data={cfg.reward.data!r} names no ranking of this "
+                        "run's answers; a later round trains on every round's rankings: include rank (e.g. demo+rank).")
     return parts
 
 
@@ -46,7 +50,7 @@ def rank_rankings(cfg, name: str, file: str = "rankings.jsonl") -> str:
     """A file of this run's rank artifact `name` (rank, rank-r2): it must be finished."""
     from pipeline.artifacts import require_artifact
 
-    round_hint = "" if name == "rank" else f" rank.round={name.rsplit('-r', 1)[-1]} rank.policy=..."
+    round_hint = "" if name == "rank" else f" run.round={name.rsplit('-r', 1)[-1]}"
     require_artifact(cfg.stage_dir(name), f"make rank{round_hint}")
     return str(cfg.stage_dir(name) / file)
 

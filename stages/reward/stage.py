@@ -40,6 +40,7 @@ from pipeline.hf_glue import (
 )
 from pipeline.metrics import read_metrics
 from pipeline.reward_scoring import STATS_FILE, score_conversations
+from pipeline.rounds import round_dir
 from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
 from stages.reward.dataset import (
     data_parts,
@@ -162,7 +163,7 @@ def heldout_history(metrics_dir: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("reward", argv, description="Train a reward model on preference data (TRL RewardTrainer).")
     r = cfg.reward
-    final = cfg.stage_dir("reward")
+    final = round_dir(cfg, "reward")
     init_source, init_record = resolve_model_source(r.init_from, cfg.stage_dir("sft"), "make sft")
     train_srcs, held_src = training_sources(cfg), heldout_source(cfg)
     train_src = "+".join(train_srcs)
