@@ -17,9 +17,6 @@ TORCH_INDEX ?=
 # make setup LATEST=1 tries the newest versions pyproject.toml allows instead.
 CONSTRAINTS ?= constraints.txt
 LATEST ?=
-# the last round's PPO model (ppo-rN, else ppo), else SFT
-MODEL ?= $(patsubst %/manifest.json,%,$(or $(lastword $(sort $(wildcard $(RUN)/ppo-r*/manifest.json))),$(wildcard \
-	$(RUN)/ppo/manifest.json),$(RUN)/sft/manifest.json))
 TEMPERATURE ?= 0.7
 MODELS ?=
 HOST ?= 127.0.0.1
@@ -43,6 +40,10 @@ ifneq ($(filter $(STAGE_TARGETS),$(MAKECMDGOALS)),)
 PLAN := $(shell $(PY) -m pipeline.plan $(STAGE_ARGS) 2>/dev/null)
 endif
 PLAN := $(or $(PLAN),$(FULL_CHAIN))
+# chat and serve: the PPO model of the newest finished round up to run.rounds, else the SFT model
+ifneq ($(filter chat serve,$(MAKECMDGOALS)),)
+MODEL ?= $(or $(shell $(PY) -m pipeline.plan --model $(STAGE_ARGS) 2>/dev/null),$(RUN)/sft)
+endif
 needs = $(subst $(comma),$(space),$(patsubst $(1):%,%,$(filter $(1):%,$(PLAN))))
 run_or_skip = $(if $(filter skip:$(1),$(PLAN)),@$(PY) -m pipeline.plan --why $(1) $(STAGE_ARGS),$(2))
 export HF_HUB_DISABLE_TELEMETRY := 1

@@ -36,7 +36,13 @@ def _valid_keys(cls) -> list[str]:
     return [_key_name(f.name) for f in dataclasses.fields(cls)]
 
 
-def _closest(key: str, options: list[str]) -> str:
+# Keys that moved: their old name gets the new one instead of a guess.
+RENAMED = {"rank.round": "run.round"}
+
+
+def _closest(key: str, options: list[str], dotted: str = "") -> str:
+    if dotted in RENAMED:
+        return f" It is now '{RENAMED[dotted]}'."
     match = difflib.get_close_matches(key, options, n=1, cutoff=0.4)
     return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
 
@@ -181,7 +187,7 @@ def _build(cls, data: dict, where: str):
         key = str(key)
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise UserError(f"unknown key '{path}'.{_closest(key, list(names))}")
+            raise UserError(f"unknown key '{path}'.{_closest(key, list(names), path)}")
         kwargs[names[key]] = _coerce(value, hints[names[key]], path)
     try:
         obj = cls(**kwargs)
@@ -253,7 +259,7 @@ def apply_overrides(data: dict, overrides: list[str], schema) -> None:
             valid = _valid_keys(cls)
             if part not in valid:
                 dotted = ".".join(path[: i + 1])
-                raise UserError(f"unknown key '{dotted}' in override '{text}'.{_closest(part, valid)}")
+                raise UserError(f"unknown key '{dotted}' in override '{text}'.{_closest(part, valid, dotted)}")
             field_tp = typing.get_type_hints(cls)[_field_name(part)]
             if i == len(path) - 1:
                 node[part] = value

@@ -12,8 +12,9 @@ not build the stage before it.
 
 The Makefile reads one line of `target:prerequisite,...` words from `python -m pipeline.plan
 --config PRESET overrides...` (plus `skip:target` for a target with no job in this config), and a
-skipped target runs `python -m pipeline.plan --why target ...`, which says why. Reads the config
-only: no torch, no files, so it costs a fraction of a second per `make` call.
+skipped target runs `python -m pipeline.plan --why target ...`, which says why; `--model` prints the
+model `make chat` and `make serve` talk to. Reads the config (and, for --model, which PPO artifacts are
+finished): no torch, so it costs a fraction of a second per `make` call.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import sys
 
 from pipeline.config import load_config
-from pipeline.rounds import current_round, later_rounds, with_later_rankings
+from pipeline.rounds import current_round, last_finished_round, later_rounds, round_dir, with_later_rankings
 
 TARGETS = ("data", "pretrain", "sft", "rank", "reward", "ppo", "dpo", "grpo", "rloo")
 
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="The make prerequisites of each stage target for a config.")
     parser.add_argument("--config", default=os.environ.get("CONFIG", "configs/tiny.yaml"))
     parser.add_argument("--why", choices=TARGETS, help="say why TARGET is skipped (or that it runs)")
+    parser.add_argument("--model", action="store_true", help="print the model chat and serve talk to: the PPO "
+                        "model of the newest finished round up to run.rounds, else the SFT model")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     try:
@@ -117,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the Makefile falls back to the full chain; the stage then says what is wrong
         print(f"plan: {e}", file=sys.stderr)
         return 2
-    if args.why:
+    if args.model:
+        from pipeline.artifacts import is_complete
+
+        ppo = round_dir(cfg, "ppo", last_finished_round(cfg))
+        print(ppo if is_complete(ppo) else cfg.stage_dir("sft"))
+    elif args.why:
         print(skip_reason(cfg, args.why) or f"{args.why}: runs ({args.why} needs: "
               f"{', '.join(needs(cfg)[args.why]) or 'nothing'})")
     else:

@@ -10,13 +10,15 @@ leaves the earlier rounds' artifacts as they are:
     ppo-rN     PPO from the SFT model (the KL leash stays on SFT) against reward-rN
 
 `make ppo` runs rounds 1 .. run.rounds; a stage command belongs to round run.round (default 1, except
-`make rank rank.policy=DIR`, which ranks another model's answers: round 2). Evaluation, compare, chat and
-serve use the last round's PPO and reward models. Reads the config only.
+with rank.policy=DIR, which ranks another model's answers: round 2). Evaluation, compare, chat and serve
+use the PPO and reward models of the newest round up to run.rounds whose PPO model is finished.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from pipeline.errors import UserError
 
 LOOP_STAGES = ("rank", "reward", "ppo")
 
@@ -27,8 +29,9 @@ def artifact_name(stage: str, round_no: int) -> str:
 
 
 def current_round(cfg) -> int:
-    """The round a rank/reward/ppo command belongs to."""
-    return cfg.run.round or 1
+    """The round a rank/reward/ppo command belongs to: run.round; unset, 1, or 2 when rank.policy names
+    another model (ranking its answers is a later round: `make rank rank.policy=DIR` -> rank-r2)."""
+    return cfg.run.round or (1 if cfg.rank.policy is None else 2)
 
 
 def round_dir(cfg, stage: str, round_no: int | None = None) -> Path:
@@ -36,9 +39,24 @@ def round_dir(cfg, stage: str, round_no: int | None = None) -> Path:
     return cfg.stage_dir(artifact_name(stage, round_no or current_round(cfg)))
 
 
-def final_dir(cfg, stage: str) -> Path:
-    """The last round's artifact of `stage`: what evaluation, compare, chat and serve read."""
-    return round_dir(cfg, stage, max(cfg.run.rounds, current_round(cfg)))
+def final_round(cfg) -> int:
+    """The last round asked for: run.rounds (or run.round, when a command names a later one)."""
+    return max(cfg.run.rounds, cfg.run.round or 1)
+
+
+def last_finished_round(cfg) -> int:
+    """The newest round up to run.rounds whose PPO model is finished (1 when none is): the round whose PPO
+    and reward models evaluation, compare, chat and serve use."""
+    from pipeline.artifacts import is_complete
+
+    return next((n for n in range(final_round(cfg), 1, -1) if is_complete(round_dir(cfg, "ppo", n))), 1)
+
+
+def make_command(stage: str, round_no: int) -> str:
+    """The command that builds `stage` of round `round_no` (for error messages)."""
+    if stage == "ppo" and round_no > 1:
+        return f"make ppo run.rounds={round_no}"
+    return f"make {stage}" + (f" run.round={round_no}" if round_no > 1 else "")
 
 
 def later_rounds(cfg) -> list[int]:
@@ -49,3 +67,20 @@ def later_rounds(cfg) -> list[int]:
 def with_later_rankings(parts: list[str], round_no: int) -> list[str]:
     """reward.data's parts for round `round_no`: the given ones plus rank-r2 .. rank-rN not yet named."""
     return parts + [artifact_name("rank", n) for n in range(2, round_no + 1) if artifact_name("rank", n) not in parts]
+
+
+def check_rounds(cfg) -> None:
+    """Settings that cannot run the later rounds asked for (run.rounds), refused when the config is read:
+    a later round ranks the previous round's PPO model, trains on every round's rankings and trains its
+    own reward model."""
+    if not later_rounds(cfg):
+        return
+    if "rank" not in [p.strip() for p in str(cfg.reward.data).split("+")]:
+        raise UserError(f"run.rounds={cfg.run.rounds}: reward.data={cfg.reward.data!r} names no ranking of this "
+                        "run's answers; later rounds train on every round's rankings: include rank (e.g. "
+                        "reward.data=demo+rank), or set run.rounds=1.")
+    for key, value in (("ppo.reward_model", cfg.ppo.reward_model), ("rank.policy", cfg.rank.policy)):
+        if value is not None:
+            raise UserError(f"run.rounds={cfg.run.rounds}: {key}={value} would be used again in every later round, "
+                            f"which ranks the previous round's PPO model and trains its own reward model; leave "
+                            f"{key} unset to run rounds, or set run.rounds=1.")

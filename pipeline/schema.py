@@ -32,8 +32,9 @@ class RunSection:
     round: int | None = None  # the round a rank/reward/ppo command belongs to (the Makefile sets it); None: 1
 
     def validate(self) -> None:
-        if self.rounds < 1 or (self.round is not None and self.round < 1):
-            raise UserError(f"run.rounds={self.rounds}, run.round={self.round}: rounds are numbered from 1.")
+        for key, value in (("rounds", self.rounds), ("round", self.round)):
+            if value is not None and value < 1:
+                raise UserError(f"run.{key}={value}: rounds are numbered from 1.")
         if Path(self.out_dir).is_file():
             raise UserError(f"run.out_dir={self.out_dir}: an existing file; the runs go in a folder there.")
         if (Path(self.out_dir) / self.name).is_file():
@@ -348,6 +349,11 @@ class RunConfig:
     dpo: DPOSection = field(default_factory=DPOSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     rloo: RLOOSection = field(default_factory=RLOOSection)
+
+    def validate(self) -> None:
+        from pipeline.rounds import check_rounds
+
+        check_rounds(self)  # across sections: what later rounds (run.rounds) cannot run with
 
     @property
     def run_dir(self) -> Path:

@@ -107,12 +107,21 @@ def test_every_preset_plans(preset):
     assert set(needs(cfg)) >= {"data", "pretrain", "sft", "rank", "reward", "ppo"}
 
 
-def test_chat_and_serve_talk_to_the_newest_rounds_ppo_model_else_sft(tmp_path):
+def test_chat_and_serve_talk_to_the_newest_finished_rounds_ppo_model_else_sft(tmp_path):
     run = tmp_path / "tiny"
-    for stage in ("sft", "ppo", "ppo-r2"):
+    for stage in ("sft", "ppo", "ppo-r2", "ppo-r3"):
         (run / stage).mkdir(parents=True)
-        (run / stage / "manifest.json").write_text("{}")
-    for newest in ("ppo-r2", "ppo", "sft"):
-        for target in ("chat", "serve"):
-            assert f"--model {run / newest} " in make(target, f"OUT={tmp_path}").stdout, (target, newest)
-        (run / newest / "manifest.json").unlink()
+        (run / stage / "manifest.json").write_text('{"status": "complete"}')
+    (run / "ppo-r3" / "manifest.json").write_text('{"status": "running"}')  # round 3 unfinished
+
+    def model(target, *args):
+        out = make(target, f"OUT={tmp_path}", *args).stdout
+        return re.search(r"--model (\S+)", out).group(1)
+
+    assert model("chat") == str(run / "ppo")  # the preset's one round, whatever later rounds lie on disk
+    assert model("chat", "run.rounds=2") == model("serve", "run.rounds=3") == str(run / "ppo-r2")
+    (run / "ppo-r2" / "manifest.json").unlink()
+    assert model("chat", "run.rounds=2") == str(run / "ppo")
+    (run / "ppo" / "manifest.json").unlink()
+    assert model("serve") == str(run / "sft")
+    assert model("chat", "MODEL=elsewhere") == "elsewhere"

@@ -3,6 +3,7 @@ resumable by chunk, log-probabilities that are the policy's), the judge labeler 
 reward model and causal LM, and the stage's artifact end to end."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -231,18 +232,18 @@ def test_a_person_who_stops_early_is_asked_again_and_every_label_is_kept(tiny_lm
 def test_a_second_round_has_its_own_artifact_and_the_reward_stage_names_both_rounds(tmp_path):
     from pipeline.artifacts import ArtifactWriter
     from pipeline.config import load_config
-    from pipeline.rounds import round_dir
-    from stages.rank.stage import default_policy, round_of
+    from pipeline.rounds import current_round, round_dir
+    from stages.rank.stage import default_policy
     from stages.reward.dataset import data_parts, training_sources
 
     base = ["run.name=t", f"run.out_dir={tmp_path}"]
     run = tmp_path / "t"
     first = load_config("configs/test.yaml", base)
-    assert round_dir(first, "rank", round_of(first)) == run / "rank" and default_policy(first, 1)[0] == run / "sft"
+    assert round_dir(first, "rank", current_round(first)) == run / "rank" and default_policy(first, 1)[0] == run / "sft"
     second = load_config("configs/test.yaml", base + ["rank.policy=runs/t/ppo"])  # another model's answers
-    assert round_dir(second, "rank", round_of(second)) == run / "rank-r2"
+    assert round_dir(second, "rank", current_round(second)) == run / "rank-r2"
     third = load_config("configs/test.yaml", base + ["run.round=3"])
-    assert round_dir(third, "rank", round_of(third)) == run / "rank-r3"
+    assert round_dir(third, "rank", current_round(third)) == run / "rank-r3"
     assert default_policy(third, 3)[0] == run / "ppo-r2" and default_policy(third, 2)[0] == run / "ppo"
     assert round_dir(third, "reward") == run / "reward-r3" and round_dir(third, "ppo") == run / "ppo-r3"
     assert data_parts(third) == ["demo", "rank", "rank-r2", "rank-r3"]  # every round's rankings so far
@@ -258,3 +259,19 @@ def test_a_second_round_has_its_own_artifact_and_the_reward_stage_names_both_rou
         w.commit(config={})
     assert training_sources(cfg) == [str(run / "rank" / "rankings.jsonl"),
                                      str(run / "rank-r2" / "rankings.jsonl"), "extra.jsonl"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["run.rounds=2", "reward.data=demo"], "reward.data='demo' names no ranking"),
+    (["run.rounds=2", "ppo.reward_model=other/rm"], "ppo.reward_model=other/rm would be used again"),
+    (["run.rounds=3", "rank.policy=other/model"], "rank.policy=other/model would be used again"),
+    (["run.rounds=0"], "run.rounds=0: rounds are numbered from 1"),
+    (["rank.round=2"], "It is now 'run.round'"),
+])
+def test_settings_that_later_rounds_cannot_run_with_are_refused_when_the_config_is_read(overrides, key):
+    from pipeline.config import load_config
+
+    with pytest.raises(UserError, match=re.escape(key)):
+        load_config("configs/test.yaml", overrides)
+    # ranking another model's answers is itself round 2: with run.rounds=2 nothing is left to repeat it
+    assert load_config("configs/test.yaml", ["run.rounds=2", "rank.policy=other/model"]).run.rounds == 2

@@ -28,7 +28,7 @@ from pipeline.generation import answer_logprobs, context_length, eos_ids_of, gen
 from pipeline.loading import loading, require_score_head
 from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
-from pipeline.rounds import LOOP_STAGES, final_dir
+from pipeline.rounds import LOOP_STAGES, last_finished_round, make_command, round_dir
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.stats import spearman
 from pipeline.temperature_sweep import temperature_sweep
@@ -68,8 +68,8 @@ def model_refs(cfg) -> list[tuple[str, str, dict]]:
 
 
 def model_dir(cfg, stage: str) -> Path:
-    """This run's model of `stage`: PPO's of the last round (run.rounds), the others' own."""
-    return final_dir(cfg, stage) if stage == "ppo" else cfg.stage_dir(stage)
+    """This run's model of `stage`; PPO's of the newest finished round up to run.rounds."""
+    return round_dir(cfg, stage, last_finished_round(cfg)) if stage in LOOP_STAGES else cfg.stage_dir(stage)
 
 
 def _short_name(value: str) -> str:
@@ -168,10 +168,12 @@ def reward_model_path(cfg) -> tuple[str | None, str]:
     if value:
         source, _ = resolve_model_source(value, Path(value), "make reward")
         return source, ""
-    default = final_dir(cfg, "reward")  # the one the last round's PPO model was trained against
+    n = last_finished_round(cfg)
+    default = round_dir(cfg, "reward", n)  # the one the evaluated PPO model was trained against
     if is_complete(default):
         return str(default), ""
-    return None, f"no reward model: {default} does not exist (run `make reward`, or set eval.reward_model=DIR)"
+    return None, (f"no reward model: {default} does not exist (run `{make_command('reward', n)}`, or set "
+                  "eval.reward_model=DIR)")
 
 
 def score_with_rm(path: str, evaluated: list[Evaluated], prompts: list[dict], batch_size: int, device) -> None:
@@ -223,7 +225,7 @@ def training_curves(cfg) -> dict[str, list[dict]]:
 
     curves = {}
     for stage in ("pretrain", "sft", "reward", "ppo"):
-        rows = read_metrics((final_dir(cfg, stage) if stage in LOOP_STAGES else cfg.stage_dir(stage)) / "metrics.jsonl")
+        rows = read_metrics(model_dir(cfg, stage) / "metrics.jsonl")
         if rows:
             curves[stage] = rows
     return curves

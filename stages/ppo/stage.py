@@ -25,7 +25,7 @@ from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.heldout_comparison import summary_line
 from pipeline.model import model_dtype
-from pipeline.rounds import round_dir
+from pipeline.rounds import current_round, make_command, round_dir
 from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from stages.ppo.evaluation import compare_to_reference
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p = cfg.ppo
     final = round_dir(cfg, "ppo")  # round N > 1 (run.round): ppo-rN, from SFT against reward-rN
     policy_src, policy_rec = resolve_model_source(p.policy, cfg.stage_dir("sft"), "make sft")
-    reward_src, reward_rec = resolve_model_source(p.reward_model, round_dir(cfg, "reward"), "make reward")
+    reward_src, reward_rec = resolve_model_source(p.reward_model, round_dir(cfg, "reward"),
+                                                  make_command("reward", current_round(cfg)))
     inputs = {"policy": policy_rec, "reward_model": reward_rec}
     if already_done(final, dependencies(cfg), inputs):
         return 0

@@ -22,7 +22,7 @@ from pipeline.artifacts import already_done, fingerprint, read_manifest, resolve
 from pipeline.cli import stage_config
 from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.rounds import round_dir
+from pipeline.rounds import current_round, make_command, round_dir
 from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings, labels_dir
@@ -36,17 +36,12 @@ _SAMPLING = ("prompts", "heldout_prompts", "num_prompts", "num_heldout_prompts",
              "max_new_tokens", "batch_size", "chunk_prompts")
 
 
-def round_of(cfg) -> int:
-    """run.round; unset, 1 for this run's SFT model and 2 for another model's answers (rank.policy)."""
-    return cfg.run.round or (1 if cfg.rank.policy is None else 2)
-
-
 def default_policy(cfg, round_no: int) -> tuple[Path, str]:
     """Whose answers round `round_no` ranks when rank.policy is unset, and the command that makes it:
     the SFT model in round 1, the previous round's PPO model after it."""
     if round_no == 1:
         return cfg.stage_dir("sft"), "make sft"
-    return round_dir(cfg, "ppo", round_no - 1), f"make ppo run.rounds={round_no - 1}"
+    return round_dir(cfg, "ppo", round_no - 1), make_command("ppo", round_no - 1)
 
 
 def prompt_sources(cfg) -> tuple[str, str | None]:
@@ -67,7 +62,7 @@ def dependencies(cfg) -> dict:
 def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("rank", argv, description="Rank the policy's own answers (gold, human or judge labeler).")
     r = cfg.rank
-    round_no = round_of(cfg)
+    round_no = current_round(cfg)
     final = round_dir(cfg, "rank", round_no)
     policy_src, policy_rec = resolve_model_source(r.policy, *default_policy(cfg, round_no))
     train_src, held_src = prompt_sources(cfg)

@@ -21,7 +21,7 @@ from torch.utils.data import Sampler
 from pipeline.errors import UserError
 from pipeline.plan import reward_parts
 from pipeline.reward_scoring import encode_conversation
-from pipeline.rounds import current_round
+from pipeline.rounds import current_round, make_command
 from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,7 @@ def rank_rankings(cfg, name: str, file: str = "rankings.jsonl") -> str:
     """A file of this run's rank artifact `name` (rank, rank-r2): it must be finished."""
     from pipeline.artifacts import require_artifact
 
-    round_hint = "" if name == "rank" else f" run.round={name.rsplit('-r', 1)[-1]}"
-    require_artifact(cfg.stage_dir(name), f"make rank{round_hint}")
+    require_artifact(cfg.stage_dir(name), make_command("rank", 1 if name == "rank" else int(name.rsplit("-r", 1)[-1])))
     return str(cfg.stage_dir(name) / file)
 
 
