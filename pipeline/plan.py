@@ -24,20 +24,13 @@ import os
 import sys
 
 from pipeline.config import load_config
-from pipeline.rounds import current_round, last_finished_round, later_rounds, round_dir, with_later_rankings
+from pipeline.rounds import current_round, last_finished_round, later_rounds, reward_parts, round_dir
 
 TARGETS = ("data", "pretrain", "sft", "rank", "reward", "ppo", "dpo", "grpo", "rloo")
 
 
 def _is_demo(value) -> bool:
     return value in (None, "", "demo")
-
-
-def reward_parts(cfg) -> list[str]:
-    """reward.data split at "+": demo, rank, rank-r2 or files (the reward stage checks the parts); in
-    round N > 1 (run.round) with this run's rankings in it, plus rank-r2 .. rank-rN."""
-    parts = [p.strip() for p in str(cfg.reward.data).split("+")]
-    return with_later_rankings(parts, current_round(cfg)) if "rank" in parts else parts
 
 
 def demo_readers(cfg) -> list[str]:

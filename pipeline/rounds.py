@@ -64,23 +64,31 @@ def later_rounds(cfg) -> list[int]:
     return list(range(current_round(cfg) + 1, cfg.run.rounds + 1))
 
 
-def with_later_rankings(parts: list[str], round_no: int) -> list[str]:
-    """reward.data's parts for round `round_no`: the given ones plus rank-r2 .. rank-rN not yet named."""
-    return parts + [artifact_name("rank", n) for n in range(2, round_no + 1) if artifact_name("rank", n) not in parts]
+def reward_parts(cfg) -> list[str]:
+    """reward.data split at "+": demo, rank, rank-r2 or files (the reward stage checks the parts); in
+    round N > 1 with this run's rankings in it, plus every later round's so far: rank-r2 .. rank-rN."""
+    parts = [p.strip() for p in str(cfg.reward.data).split("+")]
+    if "rank" in parts:
+        parts += [artifact_name("rank", n) for n in range(2, current_round(cfg) + 1)
+                  if artifact_name("rank", n) not in parts]
+    return parts
 
 
 def check_rounds(cfg) -> None:
-    """Settings that cannot run the later rounds asked for (run.rounds), refused when the config is read:
-    a later round ranks the previous round's PPO model, trains on every round's rankings and trains its
-    own reward model."""
+    """Settings that cannot run the later rounds asked for (run.rounds, run.round), refused when the config
+    is read: a later round trains on every round's rankings, and `make ppo` runs it with a reward model of its
+    own on the previous round's PPO answers."""
+    if final_round(cfg) == 1:
+        return
+    keys = f"run.rounds={cfg.run.rounds}" + (f" run.round={cfg.run.round}" if cfg.run.round else "")
+    if "rank" not in reward_parts(cfg):
+        raise UserError(f"{keys}: reward.data={cfg.reward.data!r} names no ranking of this run's answers; later "
+                        "rounds train on every round's rankings: include rank (e.g. reward.data=demo+rank), or "
+                        "set run.rounds=1.")
     if not later_rounds(cfg):
         return
-    if "rank" not in [p.strip() for p in str(cfg.reward.data).split("+")]:
-        raise UserError(f"run.rounds={cfg.run.rounds}: reward.data={cfg.reward.data!r} names no ranking of this "
-                        "run's answers; later rounds train on every round's rankings: include rank (e.g. "
-                        "reward.data=demo+rank), or set run.rounds=1.")
     for key, value in (("ppo.reward_model", cfg.ppo.reward_model), ("rank.policy", cfg.rank.policy)):
         if value is not None:
-            raise UserError(f"run.rounds={cfg.run.rounds}: {key}={value} would be used again in every later round, "
-                            f"which ranks the previous round's PPO model and trains its own reward model; leave "
-                            f"{key} unset to run rounds, or set run.rounds=1.")
+            raise UserError(f"{keys}: {key}={value} would be used again in every later round, which ranks the "
+                            f"previous round's PPO model and trains its own reward model; leave {key} unset to run "
+                            "rounds, or set run.rounds=1.")

@@ -27,7 +27,8 @@ class RunSection:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on capable GPUs, fp32 on CPU
     compile: bool = False  # torch.compile the model (pays off on GPU; nothing on CPU)
     # rank -> reward -> PPO rounds (pipeline/rounds.py): `make ppo` runs rounds 1..rounds; round N>1 ranks
-    # round N-1's PPO answers and writes rank-rN, reward-rN, ppo-rN. Eval, chat and serve use the last round.
+    # round N-1's PPO answers and writes rank-rN, reward-rN, ppo-rN. Eval, compare, chat and serve use the
+    # newest round up to `rounds` whose PPO model is finished.
     rounds: int = 1
     round: int | None = None  # the round a rank/reward/ppo command belongs to (the Makefile sets it); None: 1
 

@@ -273,5 +273,9 @@ def test_settings_that_later_rounds_cannot_run_with_are_refused_when_the_config_
 
     with pytest.raises(UserError, match=re.escape(key)):
         load_config("configs/test.yaml", overrides)
-    # ranking another model's answers is itself round 2: with run.rounds=2 nothing is left to repeat it
+
+
+def test_ranking_another_models_answers_is_round_two_so_two_rounds_repeat_nothing():
+    from pipeline.config import load_config
+
     assert load_config("configs/test.yaml", ["run.rounds=2", "rank.policy=other/model"]).run.rounds == 2

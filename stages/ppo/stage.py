@@ -5,7 +5,8 @@
 Reads runs/<name>/sft and runs/<name>/reward (reward-rN in round N, run.round); writes runs/<name>/ppo/
 (ppo-rN in round N): the policy as a Hugging Face causal LM with the tokenizer/chat template (with LoRA
 also adapter/), value/ (the value model, or with LoRA by default its head on the shared base),
-manifest.json, metrics.jsonl, samples.md, report.json, report.md. A killed run resumes from its last checkpoint when re-run.
+manifest.json, metrics.jsonl, samples.md, report.json, report.md. A killed run resumes from its last
+checkpoint when re-run.
 
 The stage reports on development prompts (`ppo.eval_data`, by default the demo's ppo_dev.jsonl:
 objects disjoint from PPO's training prompts, SFT, the rankings and evaluation). Tune PPO on that

@@ -5,10 +5,10 @@ the reward model (InstructGPT's comparison data).
 
 Reads the policy (runs/<name>/sft by default) and the labeling prompts (the demo's rank_prompts.jsonl:
 the reward training prompts, disjoint from PPO's, evaluation's and the held-out reward prompts);
-writes runs/<name>/rank/ (round 1) or runs/<name>/rank-rN/ (run.round=N: round N-1's PPO model's answers): candidates.jsonl, rankings.jsonl,
-heldout_candidates.jsonl + heldout_rankings.jsonl (own answers to the held-out reward prompts, ranked
-by gold without noise, for the reward stage's report; never trained on), report.md, report.json,
-manifest.json. Sampling is saved in chunks: a killed run resumes at the next chunk; labeling is redone.
+writes runs/<name>/rank/ (round 1) or runs/<name>/rank-rN/ (run.round=N: round N-1's PPO model's
+answers): candidates.jsonl, rankings.jsonl, heldout_candidates.jsonl + heldout_rankings.jsonl (own
+answers to the held-out reward prompts, ranked by gold without noise, for the reward stage's report;
+never trained on), report.md, report.json, manifest.json. Sampling is saved in chunks: a killed run resumes at the next chunk; labeling is redone.
 """
 
 from __future__ import annotations

@@ -19,9 +19,8 @@ import torch
 from torch.utils.data import Sampler
 
 from pipeline.errors import UserError
-from pipeline.plan import reward_parts
 from pipeline.reward_scoring import encode_conversation
-from pipeline.rounds import current_round, make_command
+from pipeline.rounds import make_command, reward_parts
 from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
 
 log = logging.getLogger(__name__)
@@ -40,9 +39,6 @@ def data_parts(cfg) -> list[str]:
     if not all(parts):
         raise UserError(f"reward.data={cfg.reward.data!r} has an empty part; join sources with '+', "
                         "e.g. demo+rank or demo+rank+rank-r2.")
-    if current_round(cfg) > 1 and "rank" not in parts:
-        raise UserError(f"run.round={current_round(cfg)}: reward.data={cfg.reward.data!r} names no ranking of this "
-                        "run's answers; a later round trains on every round's rankings: include rank (e.g. demo+rank).")
     return parts
 
 
