@@ -70,6 +70,11 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def outcome(candidate: float, baseline: float, tie_tol: float = 1e-6) -> float:
+    """1 for a win, 0 for a loss, 0.5 for a tie (|candidate - baseline| <= tie_tol)."""
+    return 0.5 if abs(candidate - baseline) <= tie_tol else float(candidate > baseline)
+
+
 def win_rate(candidate: Sequence[float], baseline: Sequence[float], tie_tol: float = 1e-6,
              clusters: Sequence | None = None) -> dict:
     """How often `candidate` beats `baseline`, prompt by prompt.
@@ -81,16 +86,21 @@ def win_rate(candidate: Sequence[float], baseline: Sequence[float], tie_tol: flo
     """
     if len(candidate) != len(baseline):
         raise ValueError(f"win_rate: {len(candidate)} candidate scores vs {len(baseline)} baseline scores")
-    outcomes = [0.5 if abs(a - b) <= tie_tol else float(a > b) for a, b in zip(candidate, baseline)]
-    wins, ties = outcomes.count(1.0), outcomes.count(0.5)
+    return win_rate_of_outcomes([outcome(a, b, tie_tol) for a, b in zip(candidate, baseline)], clusters)
+
+
+def win_rate_of_outcomes(outcomes: Sequence[float], clusters: Sequence | None = None) -> dict:
+    """win_rate from outcomes already scored: 1 win, 0.5 tie, 0 loss, or any value in between (the
+    expected outcome of a blind pick). wins, ties and losses count the outcomes of exactly 1, 0.5 and 0,
+    so with values in between they need not add up to n."""
     per_prompt = cluster_means(outcomes, clusters)
-    n, prompts = len(outcomes), len(per_prompt)
-    counts = {"n": n, "prompts": prompts, "wins": wins, "losses": n - wins - ties, "ties": ties}
-    if n == 0:
+    counts = {"n": len(outcomes), "prompts": len(per_prompt), "wins": sum(o == 1.0 for o in outcomes),
+              "losses": sum(o == 0.0 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes)}
+    if not outcomes:
         return {**counts, "win_rate": None, "ci_low": None, "ci_high": None}
     score = sum(per_prompt)
-    lo, hi = wilson_interval(score, prompts)
-    return {**counts, "win_rate": score / prompts, "ci_low": lo, "ci_high": hi}
+    lo, hi = wilson_interval(score, len(per_prompt))
+    return {**counts, "win_rate": score / len(per_prompt), "ci_low": lo, "ci_high": hi}
 
 
 def length_matched(candidate_len: Sequence[int], baseline_len: Sequence[int], tolerance: float = 0.2) -> list[int]:

@@ -52,6 +52,29 @@ def test_the_reward_model_learns_from_the_ranked_own_answers_and_is_measured_on_
     assert "rank" in reward["inputs"]["data"]["own_answers"]
     assert "own answers" in (run / "reward" / "report.md").read_text()
     assert reward["metrics"]["own_rank_answers"] > 0  # every held-out own answer scored against gold
+    assert "Best of n" in (run / "reward" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_best_of_n_is_reported_from_the_held_out_own_answers_and_reproduced_by_its_command(chain):
+    from data.gold import gold_score
+    from stages.reward.best_of_n import best_of_n
+
+    run, _ = chain
+    m = manifest(run, "reward")["metrics"]
+    # blind and gold picks need no reward model: recomputed from the rank stage's file they must match
+    cands = [json.loads(line) for line in (run / "rank" / "heldout_candidates.jsonl").read_text().splitlines()]
+    golds = [[gold_score(a, c["gold"]) for a in c["responses"]] for c in cands]
+    bon = best_of_n([[0.0] * len(g) for g in golds], golds, [c["temperatures"] for c in cands])
+    assert m["own_rank_best_of_n_blind"] == pytest.approx(bon["blind"]["win_rate"])
+    assert m["own_rank_best_of_n_gold"] == pytest.approx(bon["gold"]["win_rate"])
+    assert m["own_rank_best_of_n_reward_model"] <= m["own_rank_best_of_n_gold"]  # gold's pick is the ceiling
+    # the command that measures any reward model on any rank artifact gives the stage's own figures
+    out = subprocess.run([sys.executable, "-m", "stages.reward.own_answers", str(run / "reward"), str(run / "rank")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"reward model {m['own_rank_best_of_n_reward_model']:.3f}" in out.stdout
+    assert f"{m['own_rank_answers']} answers" in out.stdout
 
 
 @pytest.mark.slow

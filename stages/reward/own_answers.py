@@ -1,17 +1,21 @@
 """The reward model on the policy's own answers to held-out prompts (written by the rank stage,
 never trained on): pairwise accuracy against their gold ranking, and the Spearman correlation
 between the reward and the gold metric over every answer -- the figure that says whether PPO,
-which queries the reward model on exactly such answers, can improve gold."""
+which queries the reward model on exactly such answers, can improve gold -- and the best-of-n gold
+win rate (best_of_n.py): how much gold choosing among those answers by this reward model wins."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from data.gold import gold_score
 from pipeline.artifacts import fingerprint, is_complete
+from pipeline.errors import UserError, main_guard
 from pipeline.reward_scoring import score_conversations
 from pipeline.stats import spearman
+from stages.reward.best_of_n import PICKS, best_of_n
 from stages.reward.dataset import RANK_SOURCE, data_parts
 from stages.reward.heldout import evaluate_heldout, heldout_from_rankings
 
@@ -35,8 +39,25 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _split(cands: list[dict], flat: list[float]) -> list[list[float]]:
+    """The flat per-answer list cut back into one list per candidates record."""
+    out, start = [], 0
+    for c in cands:
+        out.append(flat[start:start + len(c["responses"])])
+        start += len(c["responses"])
+    if start != len(flat):
+        raise ValueError(f"{len(flat)} values for {start} answers")
+    return out
+
+
+def _temperatures(c: dict) -> list[float] | None:
+    t = c.get("temperatures")
+    return t if isinstance(t, list) and len(t) == len(c["responses"]) else None
+
+
 def evaluate_own_answers(model, tokenizer, sources: dict[str, Path], *, max_length: int, batch_size: int) -> dict:
-    """{name: {"policy", "rankings", "pairs", "accuracy", "kendall_tau", "answers", "spearman_gold"}}."""
+    """{name: {"policy", "rankings", "pairs", "accuracy", "kendall_tau", "answers", "spearman_gold",
+    "best_of_n" (best_of_n.best_of_n's dict), its win rates as best_of_n_<pick> and best_of_n_gap_closed}}."""
     from data.loaders import load_rankings
 
     out = {}
@@ -59,6 +80,52 @@ def evaluate_own_answers(model, tokenizer, sources: dict[str, Path], *, max_leng
             rm = score_conversations(model, tokenizer, prompts, answers, batch_size=batch_size,
                                      max_length=max_length).tolist()
             res.update(answers=len(answers), prompts=len(cands), spearman_gold=spearman(rm, golds))
+            temps = [_temperatures(c) for c in cands]
+            if (bon := best_of_n(_split(cands, rm), _split(cands, golds), temps)) is not None:
+                # a temperature list that does not match the answers (a hand-made file): every answer
+                # of that prompt takes a turn as the standing one, and the report says how many
+                bon["temperatures_unusable"] = sum(t is None for t in temps)
+                res["best_of_n"] = bon
+                res.update({f"best_of_n_{k}": bon[k]["win_rate"] for k in PICKS})
+                res["best_of_n_gap_closed"] = bon["gap_closed"]
         res["policy"] = cands[0].get("policy") if cands else None
         out[name] = res
     return out
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    """Any reward model on any rank artifact's held-out own answers: to compare reward models on the
+    same answers (the reward stage measures each on its own run's)."""
+    from transformers.utils import logging as hf_logging
+
+    from pipeline.reward_scoring import load_reward_model
+
+    parser = argparse.ArgumentParser(prog="python -m stages.reward.own_answers", description=main.__doc__)
+    parser.add_argument("reward_model", help="a reward artifact (runs/tiny/reward) or a reward model's directory")
+    parser.add_argument("rank", help="a rank artifact's directory (runs/tiny/rank)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    rank = Path(args.rank)
+    missing = [f for f in FILES if not (rank / f).is_file()]
+    if missing:
+        raise UserError(f"{rank}: no {' or '.join(missing)}; give a rank artifact's directory (make rank writes them)")
+    hf_logging.disable_progress_bar()  # one line of result, not the library's loading bar
+    model, tokenizer, stats = load_reward_model(args.reward_model)
+    m = evaluate_own_answers(model, tokenizer, {rank.name: rank}, max_length=stats.get("max_length"),
+                             batch_size=args.batch_size)[rank.name]
+    bon = m.get("best_of_n")
+    print(f"{args.reward_model} on {rank} ({m.get('prompts', 0)} prompts, {m.get('answers', 0)} answers): "
+          f"pairwise accuracy {_fmt(m.get('accuracy'))}, Spearman(RM, gold) {_fmt(m.get('spearman_gold'))}"
+          + ("; best of n, gold win rate: " + ", ".join(
+              f"{k.replace('_', ' ')} {bon[k]['win_rate']:.3f} [{bon[k]['ci_low']:.2f}, {bon[k]['ci_high']:.2f}]"
+              for k in PICKS) + f", gap closed {_fmt(bon['gap_closed'])}" if bon else ""))
+    return 0
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

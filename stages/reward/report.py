@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from stages.reward.best_of_n import PICKS
 from stages.reward.heldout import Heldout
 
 
@@ -16,6 +17,10 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
+
+
+def _win(w: dict) -> str:
+    return f"{w['win_rate']:.3f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]"
 
 
 def _short(text: str, n: int = 160) -> str:
@@ -88,6 +93,27 @@ def write_report(path: Path, *, title: str, final: dict, history: list[dict], co
                   f"{_fmt(m.get('kendall_tau'))} | {m.get('answers', 0)} | {_fmt(m.get('spearman_gold'))} |"
                   for n, m in own_answers.items()]
         lines.append("")
+        bon = {n: m["best_of_n"] for n, m in own_answers.items() if m.get("best_of_n")}
+        if bon:
+            lines += ["### Best of n: what choosing by this reward model wins", "",
+                      "For each held-out prompt, one answer at the lowest sampling temperature stands for the policy's "
+                      "answer; another of the same prompt's answers is chosen and the two are compared by the gold "
+                      "metric, as evaluation compares PPO with SFT (gold win rate, ties half; 95% interval over "
+                      "prompts). Chosen blindly (the expectation over the other answers): the floor. Chosen by this "
+                      "reward model: roughly what a policy that only learned this model's preferences among answers "
+                      "it already writes would win, with no PPO run. Chosen by gold: the most those answers allow. "
+                      "Gap closed: how far from the floor toward that ceiling the reward model's choice gets; near 0 "
+                      "it leaves PPO nothing to gain on gold, well below 1 it is what limits PPO. Floor and ceiling "
+                      "depend on rank.k and rank.temperatures: compare runs that share them.", "",
+                      "| rank artifact | prompts | answers per prompt | blind | reward model | gold (the ceiling) "
+                      "| gap closed |", "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {n} | {b['prompts']} | {b['answers_per_prompt']:.1f} | "
+                      + " | ".join(_win(b[k]) for k in PICKS) + f" | {_fmt(b['gap_closed'])} |"
+                      for n, b in bon.items()]
+            lines.append("")
+            unusable = {n: b["temperatures_unusable"] for n, b in bon.items() if b.get("temperatures_unusable")}
+            lines += [f"{n}: {k} prompts had no usable temperature list; each of their answers took a turn as the "
+                      "standing one." for n, k in unusable.items()] + ([""] if unusable else [])
     lines += ["## Training data", "", "| | count |", "|---|---:|"]
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]

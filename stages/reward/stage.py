@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             f", Kendall tau {final_metrics['kendall_tau']:.3f}" if final_metrics.get("kendall_tau") is not None
             else "") + "".join(
             f"; own answers ({name}): accuracy {_fmt(m.get('accuracy'))}, Spearman with gold "
-            f"{_fmt(m.get('spearman_gold'))}" for name, m in own_metrics.items())
+            f"{_fmt(m.get('spearman_gold'))}, best-of-n gold win rate {_fmt(m.get('best_of_n_reward_model'))} "
+            f"(blind {_fmt(m.get('best_of_n_blind'))}, by gold {_fmt(m.get('best_of_n_gold'))})"
+            for name, m in own_metrics.items())
             + (f"; SFT answers score {stats['mean']:.3f} +- {stats['std']:.3f}" if stats else "")
             + f" -> {final}")
         fc = trainer.forward_counts  # not in the manifest: a resumed run counts only what it trained itself
