@@ -17,4 +17,8 @@ def stage_config(stage: str, argv: list[str] | None = None, description: str = "
                         help="preset YAML (default: configs/tiny.yaml)")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    from pipeline.loading import quiet_weight_bars
+
+    quiet_weight_bars()
+    return cfg

@@ -32,6 +32,15 @@ def test_every_stage_commits_a_complete_artifact(chain):
 
 
 @pytest.mark.slow
+def test_the_chain_prints_no_library_progress_bars_for_loading_or_saving_weights(chain):
+    _, proc = chain
+    output = proc.stdout + proc.stderr
+    assert "make" in output and "reward" in output  # the stages' own messages are there
+    for bar in ("Loading weights", "Writing model shards"):
+        assert bar not in output, f"transformers' '{bar}' bar in the chain's output"
+
+
+@pytest.mark.slow
 def test_each_stage_records_the_fingerprint_of_what_it_consumed(chain):
     run, _ = chain
     fp = {s: manifest(run, s)["fingerprint"] for s in STAGES}
