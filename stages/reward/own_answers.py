@@ -55,7 +55,8 @@ def _temperatures(c: dict) -> list[float] | None:
     return t if isinstance(t, list) and len(t) == len(c["responses"]) else None
 
 
-def evaluate_own_answers(model, tokenizer, sources: dict[str, Path], *, max_length: int, batch_size: int) -> dict:
+def evaluate_own_answers(model, tokenizer, sources: dict[str, Path], *, max_length: int | None,
+                         batch_size: int) -> dict:
     """{name: {"policy", "rankings", "pairs", "accuracy", "kendall_tau", "answers", "spearman_gold",
     "best_of_n" (best_of_n.best_of_n's dict), its win rates as best_of_n_<pick> and best_of_n_gap_closed}}."""
     from data.loaders import load_rankings
