@@ -24,7 +24,7 @@ import os
 import sys
 
 from pipeline.config import load_config
-from pipeline.rounds import current_round, last_finished_round, later_rounds, reward_parts, round_dir
+from pipeline.rounds import current_round, later_rounds, newest_artifact, reward_parts
 
 TARGETS = ("data", "pretrain", "sft", "rank", "reward", "ppo", "dpo", "grpo", "rloo")
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         from pipeline.artifacts import is_complete
 
-        ppo = round_dir(cfg, "ppo", last_finished_round(cfg))
+        ppo = newest_artifact(cfg, "ppo")
         print(ppo if is_complete(ppo) else cfg.stage_dir("sft"))
     elif args.why:
         print(skip_reason(cfg, args.why) or f"{args.why}: runs ({args.why} needs: "

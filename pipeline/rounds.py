@@ -52,6 +52,12 @@ def last_finished_round(cfg) -> int:
     return next((n for n in range(final_round(cfg), 1, -1) if is_complete(round_dir(cfg, "ppo", n))), 1)
 
 
+def newest_artifact(cfg, stage: str) -> Path:
+    """This run's artifact of `stage`; for rank, reward and ppo, the newest finished round's (up to
+    run.rounds): what evaluation, compare, chat and serve read."""
+    return round_dir(cfg, stage, last_finished_round(cfg)) if stage in LOOP_STAGES else cfg.stage_dir(stage)
+
+
 def make_command(stage: str, round_no: int) -> str:
     """The command that builds `stage` of round `round_no` (for error messages)."""
     if stage == "ppo" and round_no > 1:

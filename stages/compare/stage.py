@@ -18,7 +18,7 @@ from pipeline.config import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.finite import json_safe
 from pipeline.model import model_dtype
-from pipeline.rounds import last_finished_round, round_dir
+from pipeline.rounds import newest_artifact
 from pipeline.runtime import pick_device, seed_everything
 from stages.compare import evaluator
 from stages.compare.report import plot_frontier, render
@@ -29,7 +29,7 @@ METHODS = ("ppo", "dpo", "grpo", "rloo")
 def model_refs(cfg) -> list[tuple[str, str, dict]]:
     """(name, path, record): sft first, then every finished method."""
     refs = [("sft", *resolve_model_source(None, cfg.stage_dir("sft"), "make sft"))]
-    dirs = {m: round_dir(cfg, m, last_finished_round(cfg)) if m == "ppo" else cfg.stage_dir(m) for m in METHODS}
+    dirs = {m: newest_artifact(cfg, m) for m in METHODS}
     for m, d in dirs.items():  # PPO: the newest finished round's
         if is_complete(d):
             refs.append((m, str(d), {"path": str(d), "fingerprint": read_manifest(d).get("fingerprint")}))

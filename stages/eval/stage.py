@@ -28,7 +28,7 @@ from pipeline.generation import answer_logprobs, context_length, eos_ids_of, gen
 from pipeline.loading import loading, require_score_head
 from pipeline.metrics import progress
 from pipeline.model import load_causal_lm, model_dtype
-from pipeline.rounds import LOOP_STAGES, last_finished_round, make_command, round_dir
+from pipeline.rounds import last_finished_round, make_command, newest_artifact
 from pipeline.runtime import pick_device, seed_everything
 from pipeline.stats import spearman
 from pipeline.temperature_sweep import temperature_sweep
@@ -47,29 +47,24 @@ def model_refs(cfg) -> list[tuple[str, str, dict]]:
     if cfg.eval.models:
         for value in cfg.eval.models:
             if value in RUN_MODELS and not Path(value).exists():  # `eval.models=[sft,ppo]`: this run's artifacts
-                source, record = resolve_model_source(None, model_dir(cfg, value), f"make {value}")
+                source, record = resolve_model_source(None, newest_artifact(cfg, value), f"make {value}")
                 refs.append((value, source, record))
                 continue
             source, record = resolve_model_source(value, Path(value), "make <stage>")
             refs.append((_short_name(value), source, record))
     else:
         for stage in RUN_MODELS:
-            d = model_dir(cfg, stage)
+            d = newest_artifact(cfg, stage)
             if is_complete(d):
                 refs.append((stage, str(d), {"path": str(d), "fingerprint": read_manifest(d).get("fingerprint")}))
     if not refs:
         raise UserError(
-            f"no model to evaluate: none of {', '.join(str(model_dir(cfg, s)) for s in RUN_MODELS)} is a finished "
+            f"no model to evaluate: none of {', '.join(str(newest_artifact(cfg, s)) for s in RUN_MODELS)} is a finished "
             "artifact. Run `make pretrain` (then sft, reward, ppo) first, or name models with "
             "eval.models=[dir1,dir2] (make eval MODELS=\"dir1 dir2\")."
         )
     names = [r[0] for r in refs]
     return [(n if names.count(n) == 1 else f"{n}#{i + 1}", p, r) for i, (n, p, r) in enumerate(refs)]
-
-
-def model_dir(cfg, stage: str) -> Path:
-    """This run's model of `stage`; PPO's of the newest finished round up to run.rounds."""
-    return round_dir(cfg, stage, last_finished_round(cfg)) if stage in LOOP_STAGES else cfg.stage_dir(stage)
 
 
 def _short_name(value: str) -> str:
@@ -168,12 +163,11 @@ def reward_model_path(cfg) -> tuple[str | None, str]:
     if value:
         source, _ = resolve_model_source(value, Path(value), "make reward")
         return source, ""
-    n = last_finished_round(cfg)
-    default = round_dir(cfg, "reward", n)  # the one the evaluated PPO model was trained against
+    default = newest_artifact(cfg, "reward")  # the one the evaluated PPO model was trained against
     if is_complete(default):
         return str(default), ""
-    return None, (f"no reward model: {default} does not exist (run `{make_command('reward', n)}`, or set "
-                  "eval.reward_model=DIR)")
+    command = make_command("reward", last_finished_round(cfg))
+    return None, f"no reward model: {default} does not exist (run `{command}`, or set eval.reward_model=DIR)"
 
 
 def score_with_rm(path: str, evaluated: list[Evaluated], prompts: list[dict], batch_size: int, device) -> None:
@@ -225,7 +219,7 @@ def training_curves(cfg) -> dict[str, list[dict]]:
 
     curves = {}
     for stage in ("pretrain", "sft", "reward", "ppo"):
-        rows = read_metrics(model_dir(cfg, stage) / "metrics.jsonl")
+        rows = read_metrics(newest_artifact(cfg, stage) / "metrics.jsonl")
         if rows:
             curves[stage] = rows
     return curves

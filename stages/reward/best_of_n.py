@@ -42,7 +42,8 @@ def best_of_n(rewards: Sequence[Sequence[float]], golds: Sequence[Sequence[float
         if len(g) < 2:
             continue
         answers += len(g)
-        for b in (i for i in range(len(g)) if t is None or t[i] == min(t)):
+        lowest = min(t) if t is not None else None
+        for b in (i for i in range(len(g)) if t is None or t[i] == lowest):
             pool = [i for i in range(len(g)) if i != b]
             by_reward = max(pool, key=lambda i: r[i])  # the first of equal rewards
             outcomes["reward_model"].append(outcome(g[by_reward], g[b]))

@@ -18,6 +18,7 @@ from pipeline.stats import spearman
 from stages.reward.best_of_n import PICKS, best_of_n
 from stages.reward.dataset import RANK_SOURCE, data_parts
 from stages.reward.heldout import evaluate_heldout, heldout_from_rankings
+from stages.reward.report import _fmt
 
 FILES = ("heldout_rankings.jsonl", "heldout_candidates.jsonl")
 
@@ -122,10 +123,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{k.replace('_', ' ')} {bon[k]['win_rate']:.3f} [{bon[k]['ci_low']:.2f}, {bon[k]['ci_high']:.2f}]"
               for k in PICKS) + f", gap closed {_fmt(bon['gap_closed'])}" if bon else ""))
     return 0
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
 
 
 if __name__ == "__main__":
