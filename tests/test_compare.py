@@ -45,3 +45,14 @@ def test_compare_without_any_method_names_the_make_targets(run_dir, capsys):  # 
         compare(argv(run_dir, "dpo"))
     assert e.value.code == 2
     assert "make dpo" in capsys.readouterr().err
+
+
+def test_frontier_labels_of_methods_in_the_same_place_do_not_print_over_each_other():
+    from stages.compare.report import label_offsets
+
+    # PPO and RLOO at the same KL and gold (as on the tiny chain), GRPO and DPO elsewhere
+    offsets = label_offsets([(2.07, 0.027), (10.7, 0.024), (3.8, 0.025), (2.05, 0.0272)])
+    assert offsets[0] == offsets[1] == offsets[2] == (6, 4)  # apart from the others: the usual place
+    assert offsets[3] != offsets[0]  # RLOO's label moves off PPO's
+    # three methods on one spot take three lines
+    assert len(set(label_offsets([(1.0, 0.01)] * 3))) == 3

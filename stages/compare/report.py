@@ -24,6 +24,20 @@ def _ci(d: dict | None, key: str = "win_rate", signed: bool = False) -> str:
            f"{_f(d['ci_high'], 2 if not signed else 3, signed)}]"
 
 
+def label_offsets(points: list[tuple[float, float]], *, near: float = 0.06) -> list[tuple[int, int]]:
+    """Offsets (in points) for the methods' labels: a label whose point lies within `near` of an earlier
+    point's, as a fraction of the plotted span on each axis, goes one line lower, so methods that land in
+    the same place (PPO and RLOO often do) stay readable instead of printing over each other."""
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    xspan = (max(xs + [0.0]) - min(xs + [0.0])) or 1.0
+    yspan = (max(ys + [0.0]) - min(ys + [0.0])) or 1.0
+    offsets = []
+    for i, (x, y) in enumerate(points):
+        crowd = sum(abs(x - px) <= near * xspan and abs(y - py) <= near * yspan for px, py in points[:i])
+        offsets.append((6, 4 - 11 * crowd))
+    return offsets
+
+
 def plot_frontier(rows: list[dict], out: Path) -> str | None:
     """Gold difference over SFT (95% interval) against KL to SFT, one point per method: up and to the
     left is better; SFT itself sits at (0, 0)."""
@@ -33,11 +47,12 @@ def plot_frontier(rows: list[dict], out: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.axhline(0, color="grey", lw=0.8)
     ax.scatter([0], [0], color="black", marker="s", label="sft")
-    for r in points:
+    offsets = label_offsets([(r["kl"]["k1_mean"], r["gold_difference"]["mean"]) for r in points])
+    for r, offset in zip(points, offsets):
         g, kl = r["gold_difference"], r["kl"]["k1_mean"]
         ax.errorbar([kl], [g["mean"]], yerr=[[g["mean"] - g["ci_low"]], [g["ci_high"] - g["mean"]]], fmt="o",
                     capsize=4, label=r["candidate"])
-        ax.annotate(r["candidate"], (kl, g["mean"]), textcoords="offset points", xytext=(6, 4))
+        ax.annotate(r["candidate"], (kl, g["mean"]), textcoords="offset points", xytext=offset)
     ax.set_xlabel("KL(method || SFT) per answer (nats)")
     ax.set_ylabel("gold score - SFT's (paired, 95% CI)")
     ax.set_title("The frontier: gold gained for KL spent")
