@@ -10,7 +10,8 @@ RUN := $(OUT)/$(NAME)
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 LAUNCH ?= $(PY)
-# CPU wheel by default; on a GPU box: make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# torch from your pip index (PyPI's Linux wheel is the CUDA build). CPU only: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# a given CUDA: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 # make setup installs the exact versions CI last passed with (constraints.txt, written by `make lock`);
@@ -55,7 +56,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  presets: $(notdir $(wildcard configs/*.yaml))   current: CONFIG=$(CONFIG) -> $(RUN)/"
 
-setup:  ## create .venv with every dependency at constraints.txt's versions (LATEST=1: newest allowed; CPU torch unless TORCH_INDEX)
+setup:  ## create .venv with every dependency at constraints.txt's versions (LATEST=1: newest allowed; TORCH_INDEX=URL: the torch build)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
