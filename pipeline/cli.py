@@ -6,6 +6,7 @@ import argparse
 import os
 
 from pipeline.config import load_config
+from pipeline.loading import quiet_weight_bars
 
 
 def stage_config(stage: str, argv: list[str] | None = None, description: str = ""):
@@ -18,7 +19,5 @@ def stage_config(stage: str, argv: list[str] | None = None, description: str = "
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    from pipeline.loading import quiet_weight_bars
-
     quiet_weight_bars()
     return cfg

@@ -18,7 +18,7 @@ from pipeline.stats import spearman
 from stages.reward.best_of_n import PICKS, best_of_n
 from stages.reward.dataset import RANK_SOURCE, data_parts
 from stages.reward.heldout import evaluate_heldout, heldout_from_rankings
-from stages.reward.report import _fmt
+from stages.reward.report import _fmt, _win
 
 FILES = ("heldout_rankings.jsonl", "heldout_candidates.jsonl")
 
@@ -99,8 +99,7 @@ def evaluate_own_answers(model, tokenizer, sources: dict[str, Path], *, max_leng
 def main(argv: list[str] | None = None) -> int:
     """Any reward model on any rank artifact's held-out own answers: to compare reward models on the
     same answers (the reward stage measures each on its own run's)."""
-    from transformers.utils import logging as hf_logging
-
+    from pipeline.loading import quiet_weight_bars
     from pipeline.reward_scoring import load_reward_model
 
     parser = argparse.ArgumentParser(prog="python -m stages.reward.own_answers", description=main.__doc__)
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for f in FILES if not (rank / f).is_file()]
     if missing:
         raise UserError(f"{rank}: no {' or '.join(missing)}; give a rank artifact's directory (make rank writes them)")
-    hf_logging.disable_progress_bar()  # one line of result, not the library's loading bar
+    quiet_weight_bars()  # one line of result, not the library's loading bar
     model, tokenizer, stats = load_reward_model(args.reward_model)
     m = evaluate_own_answers(model, tokenizer, {rank.name: rank}, max_length=stats.get("max_length"),
                              batch_size=args.batch_size)[rank.name]
@@ -120,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.reward_model} on {rank} ({m.get('prompts', 0)} prompts, {m.get('answers', 0)} answers): "
           f"pairwise accuracy {_fmt(m.get('accuracy'))}, Spearman(RM, gold) {_fmt(m.get('spearman_gold'))}"
           + ("; best of n, gold win rate: " + ", ".join(
-              f"{k.replace('_', ' ')} {bon[k]['win_rate']:.3f} [{bon[k]['ci_low']:.2f}, {bon[k]['ci_high']:.2f}]"
-              for k in PICKS) + f", gap closed {_fmt(bon['gap_closed'])}" if bon else ""))
+              f"{k.replace('_', ' ')} {_win(bon[k])}" for k in PICKS) + f", gap closed {_fmt(bon['gap_closed'])}" if bon else ""))
     return 0
 
 
