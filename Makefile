@@ -30,7 +30,7 @@ space := $(empty) $(empty)
 # Command-line variables with a dot in their name are config overrides (make passes them as variables).
 OVERRIDES := $(strip $(foreach v,$(MAKEOVERRIDES),$(if $(findstring .,$(firstword $(subst =, ,$(v)))),$(v))) $(ARGS))
 STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
-# Which stages each target builds first, read from the config and overrides (pipeline/plan.py): a stage
+# Which stages each target builds first, read from the config and overrides (pipeline/graph/plan.py): a stage
 # whose input is given (sft.init_from, reward.init_from, ppo.policy, ppo.reward_model, rank.policy, ...)
 # does not build the one before it, and a target with no job in this config (pretrain when sft.init_from
 # is set, data when no stage reads the demo) says why instead of running. Without a usable config (or
@@ -38,15 +38,15 @@ STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
 STAGE_TARGETS := data pretrain sft rank reward ppo dpo grpo rloo
 FULL_CHAIN := data: pretrain:data sft:pretrain rank:sft reward:sft,rank ppo:sft,reward dpo:sft grpo:sft,reward rloo:sft,reward
 ifneq ($(filter $(STAGE_TARGETS),$(MAKECMDGOALS)),)
-PLAN := $(shell $(PY) -m pipeline.plan $(STAGE_ARGS) 2>/dev/null)
+PLAN := $(shell $(PY) -m pipeline.graph.plan $(STAGE_ARGS) 2>/dev/null)
 endif
 PLAN := $(or $(PLAN),$(FULL_CHAIN))
 # chat and serve: the PPO model of the newest finished round up to run.rounds, else the SFT model
 ifneq ($(filter chat serve,$(MAKECMDGOALS)),)
-MODEL ?= $(or $(shell $(PY) -m pipeline.plan --model $(STAGE_ARGS) 2>/dev/null),$(RUN)/sft)
+MODEL ?= $(or $(shell $(PY) -m pipeline.graph.plan --model $(STAGE_ARGS) 2>/dev/null),$(RUN)/sft)
 endif
 needs = $(subst $(comma),$(space),$(patsubst $(1):%,%,$(filter $(1):%,$(PLAN))))
-run_or_skip = $(if $(filter skip:$(1),$(PLAN)),@$(PY) -m pipeline.plan --why $(1) $(STAGE_ARGS),$(2))
+run_or_skip = $(if $(filter skip:$(1),$(PLAN)),@$(PY) -m pipeline.graph.plan --why $(1) $(STAGE_ARGS),$(2))
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -81,7 +81,7 @@ bench:  ## benchmarks: pretrain loop vs nanoGPT, reward step vs TRL's, PPO vs TR
 	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
 	$(PY) -m benchmarks.serve
 
-faults:  ## fault injection: 92 bad inputs (one clear line each), then per stage kill -9 x20, config change, NaN, disk full, two runs (tens of minutes)
+faults:  ## fault injection: the bad-input suite (one clear line each), then per stage kill -9 x20, config change, NaN, disk full, two runs (tens of minutes)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_bad_inputs.py -q
 	$(PY) -m faults $(FAULTS_ARGS)
 
@@ -105,7 +105,7 @@ reward: $(call needs,reward)  ## reward model on rankings (TRL RewardTrainer) ->
 	$(LAUNCH) -m stages.reward $(STAGE_ARGS)
 
 # run.rounds=N: after round 1, `make ppo` runs rounds 2..N, each rank -> reward -> ppo with run.round set
-# (round N ranks round N-1's PPO answers and writes rank-rN, reward-rN, ppo-rN; pipeline/rounds.py).
+# (round N ranks round N-1's PPO answers and writes rank-rN, reward-rN, ppo-rN; pipeline/graph/rounds.py).
 round = $(PY) -m stages.rank $(STAGE_ARGS) run.round=$(1) && $(LAUNCH) -m stages.reward $(STAGE_ARGS) \
 	run.round=$(1) && $(LAUNCH) -m stages.ppo $(STAGE_ARGS) run.round=$(1)
 ppo: $(call needs,ppo)  ## PPO with a KL leash to SFT -> runs/<preset>/ppo (run.rounds=N: rounds 2..N -> ppo-rN)
@@ -128,10 +128,10 @@ eval:  ## compare pretrain / SFT / PPO on held-out data -> runs/<preset>/eval/re
 	$(PY) -m stages.eval $(STAGE_ARGS) $(if $(MODELS),eval.models="[$(subst $(space),$(comma),$(strip $(MODELS)))]")
 
 chat:  ## talk to the final model (MODEL=dir TEMPERATURE=0.7)
-	$(PY) -m pipeline.chat --model $(MODEL) --temperature $(TEMPERATURE) $(CHAT_ARGS)
+	$(PY) -m apps.chat --model $(MODEL) --temperature $(TEMPERATURE) $(CHAT_ARGS)
 
 serve:  ## OpenAI-compatible API + chat page at http://127.0.0.1:8000/ (MODEL=dir COMPARE=dir PORT HOST)
-	$(PY) -m pipeline.serve --model $(MODEL) $(if $(COMPARE),--compare $(COMPARE)) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+	$(PY) -m apps.serve --model $(MODEL) $(if $(COMPARE),--compare $(COMPARE)) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 clean:  ## remove this preset's run directory
 	rm -rf $(RUN)

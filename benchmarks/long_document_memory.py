@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/longdoc")
     args = ap.parse_args()
     from data.token_cache import build_token_cache, iter_documents
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.lm.tokenizer import train_tokenizer
 
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.trl_ppo_peer import heldout_score, peak_rss_mib, read_prompts, side_arguments
-from pipeline.schema import PPOSection
+from pipeline.config.schema import PPOSection
 
 
 def ppo_section(setup: dict) -> PPOSection:

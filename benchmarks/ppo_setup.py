@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.model import build_model, llama_config
-from pipeline.schema import ModelSection
-from pipeline.tokenizer import train_tokenizer
+from pipeline.lm.model import build_model, llama_config
+from pipeline.config.schema import ModelSection
+from pipeline.lm.tokenizer import train_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 TARGET_LETTER = "e"

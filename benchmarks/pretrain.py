@@ -3,7 +3,7 @@
 Both train at nanoGPT's small shakespeare-char size (4 layers, 4 heads, width 128, context 64,
 12 sequences, 65-token vocabulary, no dropout) on the same random tokens. nanoGPT runs its own
 model.py with the step of its train.py (its configure_optimizers, clip 1.0, zero_grad(set_to_none),
-fp32 on CPU, bf16 autocast on GPU); ours runs `pipeline.lm_loop.train_step` on our HF Llama model.
+fp32 on CPU, bf16 autocast on GPU); ours runs `stages.pretrain.loop.train_step` on our HF Llama model.
 Timed blocks alternate between the two so a busy machine slows both alike; the median is reported.
 Then our loop at a preset's size. nanoGPT is not vendored: clone it into .bench/nanoGPT (see below).
 """
@@ -91,10 +91,10 @@ def ours_runner(device: torch.device, model_cfg: dict, batch_size: int, tokens_p
     from accelerate import Accelerator
     from transformers import LlamaForCausalLM
 
-    from pipeline.lm_forward import NextTokenLoss
-    from pipeline.lm_loop import Batches, gradient_accumulation, make_optimizer, train_step
-    from pipeline.model import flops_per_token, llama_config
-    from pipeline.schema import ModelSection, TrainSection
+    from pipeline.lm.forward import NextTokenLoss
+    from stages.pretrain.loop import Batches, gradient_accumulation, make_optimizer, train_step
+    from pipeline.lm.model import flops_per_token, llama_config
+    from pipeline.config.schema import ModelSection, TrainSection
 
     vocab = model_cfg.pop("vocab_size")
     section = ModelSection(**model_cfg)
@@ -177,7 +177,7 @@ def compare_with_nanogpt(device, rounds: int, steps: int, peak: float, compile_m
 
 
 def bench_preset(device, preset: str, steps: int, peak: float) -> None:
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
 
     cfg = load_config(preset)
     m = cfg.model
@@ -203,7 +203,7 @@ def main(argv=None) -> None:
     parser.add_argument("--preset-steps", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile our model (run.compile=true)")
     args = parser.parse_args(argv)
-    from pipeline.runtime import pick_device
+    from pipeline.runtime.device import pick_device
 
     device = pick_device(args.device)
     if args.threads:

@@ -45,9 +45,9 @@ def trainers(dims: dict, tmp: str):
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from pipeline.model import build_model
-    from pipeline.schema import ModelSection
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.lm.model import build_model
+    from pipeline.config.schema import ModelSection
+    from pipeline.lm.tokenizer import train_tokenizer
     from stages.reward.trainer import make_trainer_class
 
     tok = train_tokenizer(["def f(x): return x + 1"] * 50, vocab_size=300, min_frequency=1)

@@ -1,6 +1,6 @@
 """Serving throughput and latency, batched vs one at a time: `python -m benchmarks.serve`.
 
-Starts `python -m pipeline.serve` twice on loopback ports: as users run it (up to 32 answers share
+Starts `python -m apps.serve` twice on loopback ports: as users run it (up to 32 answers share
 each step of the sampling loop) and with --max-batch 1 (answers one at a time, the others queue),
 on the same model. For 1, 8 and 32 concurrent streaming clients it reports requests/s, tokens/s,
 and the median and 95th percentile of the time to the first token and of the whole request.
@@ -37,9 +37,9 @@ def tiny_preset_model(out: Path) -> Path:
     """A random model at the tiny preset's size with a BPE trained on Python's own docs."""
     from pydoc_data.topics import topics
 
-    from pipeline.config import load_config
-    from pipeline.model import build_model
-    from pipeline.tokenizer import train_tokenizer
+    from pipeline.config.loader import load_config
+    from pipeline.lm.model import build_model
+    from pipeline.lm.tokenizer import train_tokenizer
 
     cfg = load_config("configs/tiny.yaml")
     tok = train_tokenizer([topics[k] for k in sorted(topics)], vocab_size=cfg.tokenizer.vocab_size)
@@ -51,7 +51,7 @@ def tiny_preset_model(out: Path) -> Path:
 
 @contextmanager
 def server(model: Path, *args: str):
-    cmd = [sys.executable, "-m", "pipeline.serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", *args]
+    cmd = [sys.executable, "-m", "apps.serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     try:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from data.demo_questions import candidates, is_askable, sft_conversations, shorten, summary, what_prompt
 from data.pydocs import Doc, harvest
-from pipeline.artifacts import ArtifactWriter, is_complete, read_manifest
-from pipeline.cli import stage_config
+from pipeline.artifacts.store import ArtifactWriter, is_complete, read_manifest
+from pipeline.config.cli import stage_config
 from pipeline.errors import UserError, main_guard
 
 # The builder's own source: when the construction changes, existing demo directories are rebuilt.

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from data import formats
 from data.formats import BadRecord, Drop
-from pipeline.artifacts import fingerprint
+from pipeline.artifacts.store import fingerprint
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)

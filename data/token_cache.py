@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import publish_dir, scratch_name, translating_disk_errors
+from pipeline.artifacts.atomic import publish_dir, scratch_name, translating_disk_errors
 from pipeline.errors import UserError
 
 _TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet", ".csv", ".gz", ".text")
@@ -198,7 +198,7 @@ def prune_cache(cache_root: str | Path, in_use: list[Path], keep_others: int = 1
         if p.exists():
             os.utime(p)
     removed: list[Path] = []
-    from pipeline.resume import pid_alive
+    from pipeline.artifacts.resume import pid_alive
 
     for scratch in root.glob(".*.tmp-*"):  # left by a killed build (a live one is still writing)
         pid = scratch.name.rsplit("-", 1)[-1]

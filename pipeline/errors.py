@@ -27,7 +27,7 @@ def main_guard(fn):
             print(f"\nerror: {e}", file=sys.stderr)
             sys.exit(2)
         except Exception as e:  # a full disk, raised from a write we did not wrap (torch, safetensors, HF)
-            from pipeline.atomic import disk_full_error, is_disk_full
+            from pipeline.artifacts.atomic import disk_full_error, is_disk_full
 
             if not is_disk_full(e) or os.environ.get("RLHF_DEBUG"):
                 raise

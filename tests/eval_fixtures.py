@@ -89,7 +89,7 @@ def bigram_of_questions(d: Path) -> None:
     """The bigram baseline a pretraining run saves beside its model, counted on the QUESTIONS text."""
     import numpy as np
 
-    from pipeline.bigram import BigramLM
+    from pipeline.lm.bigram import BigramLM
 
     tok = AutoTokenizer.from_pretrained(d)
     ids = [t for q, g in QUESTIONS for t in tok(f"{q} {g}")["input_ids"] + [tok.eos_token_id]]

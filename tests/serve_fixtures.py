@@ -1,4 +1,4 @@
-"""Fixtures for the serving tests: real tiny models, and `python -m pipeline.serve` started on a free
+"""Fixtures for the serving tests: real tiny models, and `python -m apps.serve` started on a free
 loopback port the way a user starts it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from eval_fixtures import lively_copy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.tokenizer import EOS, ROLE_TOKENS
+from pipeline.lm.tokenizer import EOS, ROLE_TOKENS
 
 try:  # the HTTP client the openai package brings: httpx2 in its current releases, httpx before
     import httpx2 as httpx
@@ -53,7 +53,7 @@ class Server:
 @contextmanager
 def running_server(*args: str, env: dict | None = None, host: str = "127.0.0.1", timeout: float = 60):
     """Start the server (port 0: a free port) and yield it; stop it afterwards and keep its stderr."""
-    cmd = [sys.executable, "-m", "pipeline.serve", "--host", host, "--port", "0", *args]
+    cmd = [sys.executable, "-m", "apps.serve", "--host", host, "--port", "0", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ import shutil
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.artifacts import ArtifactWriter
+from pipeline.artifacts.store import ArtifactWriter
 
 
 def fake_artifact(root, stage, build, inputs=None):

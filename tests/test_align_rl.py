@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.config import load_config
-from pipeline.hf_glue import MetricsCallback
-from pipeline.reward_scoring import RewardFunction, score_ids
-from pipeline.schema import PPOSection
+from pipeline.config.loader import load_config
+from pipeline.lm.hf_glue import MetricsCallback
+from pipeline.judge.scoring import RewardFunction, score_ids
+from pipeline.config.schema import PPOSection
 from stages.align import online
 from stages.ppo.rollout import RolloutBatch, encode_prompts, left_pad, truncate_after_eos
 from stages.ppo.trainer import PPOTrainer

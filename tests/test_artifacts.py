@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.artifacts import ArtifactWriter, fingerprint, is_complete, require_artifact, up_to_date
+from pipeline.artifacts.store import ArtifactWriter, fingerprint, is_complete, require_artifact, up_to_date
 from pipeline.errors import UserError
 
 

@@ -26,7 +26,7 @@ ENTRY = {  # case stage -> (module, artifact folder under runs/<name>/ it must n
     "ppo": ("stages.ppo.stage", "ppo"),
     "eval": ("stages.eval.stage", "eval"),
     "data": ("data.demo", "data"),
-    "chat": ("pipeline.chat", None),
+    "chat": ("apps.chat", None),
 }
 
 # Valid settings per stage: each case changes one thing. Paths: {lm} a tiny chat LM folder, {rm} a

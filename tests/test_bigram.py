@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bigram import K_GRID, BigramLM, choose_k
-from pipeline.generation import generate
-from pipeline.temperature_sweep import distinct_word_ratio, measured_text, repetition
+from pipeline.lm.bigram import K_GRID, BigramLM, choose_k
+from pipeline.lm.generation import generate
+from pipeline.lm.temperature_sweep import distinct_word_ratio, measured_text, repetition
 from stages.pretrain.baseline import fit_bigram
 
 A, B, C = 0, 1, 2
@@ -74,7 +74,7 @@ def test_distinct_word_ratio_and_repetition_by_hand():
 
 
 def test_an_unknown_token_counts_as_a_word_and_eos_does_not():
-    from pipeline.word_tokenizer import train_word_tokenizer
+    from pipeline.lm.word_tokenizer import train_word_tokenizer
 
     tok = train_word_tokenizer(["the cat sat"], vocab_size=20, min_frequency=1)
     ids = tok("the zebra the zebra", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

@@ -15,14 +15,14 @@ import torch
 from eval_fixtures import lively_copy, tiny_reward_model
 from transformers import AutoModelForCausalLM
 
-from pipeline.chat import Chat, Sampling, load_chat_model, main
+from apps.chat import Chat, Sampling, load_chat_model, main
 from pipeline.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def chat_cmd(model, *args):
-    return [sys.executable, "-m", "pipeline.chat", "--model", str(model), *args]
+    return [sys.executable, "-m", "apps.chat", "--model", str(model), *args]
 
 
 def run_chat(model, *args, stdin="", timeout=60):

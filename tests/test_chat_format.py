@@ -6,7 +6,7 @@ EOS changing; generation stops at the template's end-of-turn token."""
 import pytest
 import torch
 
-from pipeline.chat_format import (
+from pipeline.lm.chat_format import (
     TURN_OFF,
     MaskError,
     assistant_mask,
@@ -14,7 +14,7 @@ from pipeline.chat_format import (
     close_at_turn_end,
     turn_end_ids,
 )
-from pipeline.tokenizer import EOS, PAD, ensure_chat_ready, train_tokenizer
+from pipeline.lm.tokenizer import EOS, PAD, ensure_chat_ready, train_tokenizer
 from tests.conftest import tiny_text
 from tests.foreign_models import TEMPLATES, build_tiny_chatml_model, tiny_tokenizer
 
@@ -128,7 +128,7 @@ def test_the_turn_end_is_the_token_after_an_answer(family, ours):
 
 
 def test_a_scored_conversation_ends_at_the_turn_end_like_a_sampled_answer(ours):
-    from pipeline.reward_scoring import encode_conversation
+    from pipeline.judge.scoring import encode_conversation
 
     tok = tiny_tokenizer("chatml")
     ids, status = encode_conversation(tok, TWO_TURNS[:1], "Red.", max_length=None)
@@ -145,8 +145,8 @@ def chatml_lm(tmp_path_factory):
     model would almost never sample EOS, so only stopping at the turn end ends its answers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.hf_glue import make_chat_ready
-    from pipeline.model import set_generation_defaults
+    from pipeline.lm.hf_glue import make_chat_ready
+    from pipeline.lm.model import set_generation_defaults
 
     d = build_tiny_chatml_model(tmp_path_factory.mktemp("chatml"))
     tok, model = AutoTokenizer.from_pretrained(d), AutoModelForCausalLM.from_pretrained(d).eval()
@@ -159,8 +159,8 @@ def chatml_lm(tmp_path_factory):
 
 
 def test_generation_stops_at_the_templates_end_of_turn(chatml_lm):
-    from pipeline.chat import turn_end_ids as chat_stops
-    from pipeline.generation import eos_ids_of, generate
+    from apps.chat import turn_end_ids as chat_stops
+    from pipeline.lm.generation import eos_ids_of, generate
 
     model, tok = chatml_lm
     end = tok.convert_tokens_to_ids("<|im_end|>")

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 import stages.align.stage as align
-from pipeline.artifacts import ArtifactWriter, read_manifest
+from pipeline.artifacts.store import ArtifactWriter, read_manifest
 from stages.compare.stage import main as compare
 from tests.test_align import argv, run_dir  # noqa: F401 - the fixture: tiny sft + reward artifacts and data
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipeline.config import load_config, to_dict
+from pipeline.config.loader import load_config, to_dict
 from pipeline.errors import UserError
-from pipeline.schema import ModelSection, RunConfig
+from pipeline.config.schema import ModelSection, RunConfig
 
 
 def write(tmp_path, text, name="preset.yaml"):
@@ -111,7 +111,7 @@ def test_legal_if_silly_values_pass_and_a_value_from_a_file_names_the_file(tmp_p
 
 
 def test_a_malformed_range_fails_when_the_schema_is_written_not_when_a_user_runs_it():
-    from pipeline.config import limits
+    from pipeline.config.loader import limits
 
     with pytest.raises(ValueError, match="malformed range"):
         limits(lr="> zero")
@@ -135,7 +135,7 @@ def test_a_range_naming_a_key_its_section_lacks_fails_at_import():
     """A range above the wrong class (what a bad merge does) must not silently check nothing."""
     from dataclasses import dataclass
 
-    from pipeline.config import limits
+    from pipeline.config.loader import limits
 
     with pytest.raises(TypeError, match="epochs"):
         @limits(epochs="> 0")

@@ -15,7 +15,7 @@ from data import demo
 from data.demo import FILES, build_sets, demo_file, expand_ranking
 from data.gold import gold_score
 from data.loaders import iter_texts, load_pairs, load_prompts, load_rankings, load_sft
-from pipeline.config import load_config
+from pipeline.config.loader import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION_SETS = ("sft_train.jsonl", "sft_val.jsonl", "rankings_train.jsonl", "rankings_heldout.jsonl",

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from data.loaders import load_pairs, load_prompts, load_sft
-from pipeline.config import load_config
+from pipeline.config.loader import load_config
 from pipeline.errors import UserError
 
 ROOT_CONFIG = "configs/test.yaml"
@@ -183,7 +183,7 @@ def test_every_stage_reads_hh_files_where_its_key_names_them(files, tmp_path):
 
 
 def test_hh_conversations_over_the_length_limit_are_counted_as_truncated_or_dropped(tmp_path, tiny_lm_dir):
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.lm.tokenizer import load_tokenizer
     from stages.ppo.rollout import encode_prompts
     from stages.sft.dataset import screen
 

@@ -138,7 +138,7 @@ def test_rerunning_a_finished_stage_does_nothing(chain):
 def test_a_second_round_ranks_the_ppo_model_and_leaves_the_first_round_as_it_was(chain):
     """`make ppo run.rounds=2`: round 1 is up to date; round 2 ranks round 1's PPO answers, trains a reward
     model on both rounds' rankings and runs PPO from SFT against it, in artifacts of its own."""
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
     from stages.eval.stage import model_refs, reward_model_path
 
     run, _ = chain

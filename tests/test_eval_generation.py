@@ -7,7 +7,7 @@ import torch
 from eval_fixtures import lively_copy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.generation import answer_logprobs, eos_ids_of, generate, generate_batched
+from pipeline.lm.generation import answer_logprobs, eos_ids_of, generate, generate_batched
 from stages.eval.lm import lm_metrics
 
 QUESTIONS = ["Hi", "What does the king say about the crown and the sword?", "Tell me more"]

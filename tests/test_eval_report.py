@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from eval_fixtures import fake_run, lively_copy, prompt_files
 
-from pipeline.artifacts import is_complete
+from pipeline.artifacts.store import is_complete
 from pipeline.errors import UserError
 from stages.eval.stage import main
 
@@ -132,7 +132,7 @@ def test_no_model_to_evaluate_names_the_make_targets(tmp_path):
 
 
 def test_model_refs_error_message(tmp_path):
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
     from stages.eval.stage import model_refs
 
     cfg = load_config(CONFIG, ["run.name=empty", f"run.out_dir={tmp_path}"])
@@ -144,7 +144,7 @@ def test_model_refs_error_message(tmp_path):
 
 
 def test_this_runs_models_can_be_named_by_stage(full):
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
     from stages.eval.stage import model_refs
 
     runs = full[0].parent.parent

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from pipeline.generation import pick_tokens, shape_logits
-from pipeline.stats import (
+from pipeline.lm.generation import pick_tokens, shape_logits
+from pipeline.judge.stats import (
     kl_estimates,
     length_matched,
     mean_std,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from pipeline.artifacts import read_manifest
+from pipeline.artifacts.store import read_manifest
 from tests.foreign_models import CHATML, build_tiny_chatml_model
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white"]

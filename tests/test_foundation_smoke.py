@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.tokenizer import ROLE_TOKENS
+from pipeline.lm.tokenizer import ROLE_TOKENS
 
 
 def test_tiny_lm_fixture_loads_with_auto_classes(tiny_lm_dir):

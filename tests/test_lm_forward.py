@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from pipeline.lm_forward import lean_llama_body, llama_hidden_states, positions_from_mask
-from pipeline.model import build_model
-from pipeline.schema import ModelSection
-from pipeline.token_logprobs import token_logprobs
+from pipeline.lm.forward import lean_llama_body, llama_hidden_states, positions_from_mask
+from pipeline.lm.model import build_model
+from pipeline.config.schema import ModelSection
+from stages.ppo.token_logprobs import token_logprobs
 
 
 def tiny_llama(tok, n_kv_head=None):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.loading import check_model_dir, load_sequence_scorer, one_line
+from pipeline.lm.loading import check_model_dir, load_sequence_scorer, one_line
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.plan import demo_readers, needs
+from pipeline.config.loader import load_config
+from pipeline.graph.plan import demo_readers, needs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ["pretrain", "sft", "rank", "reward", "ppo", "eval"]
-COMMAND = re.compile(r"-m (data\.demo|stages\.\w+|pipeline\.plan --why \w+)")
+COMMAND = re.compile(r"-m (data\.demo|stages\.\w+|pipeline\.graph\.plan --why \w+)")
 
 
 def make(*args, dry=True) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.chat import main as chat_main
+from apps.chat import main as chat_main
 from stages.eval.stage import main as eval_main
 from stages.pretrain.stage import main as pretrain_main
 from tests.conftest import SHAKESPEARE, tiny_text

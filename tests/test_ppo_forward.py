@@ -5,7 +5,7 @@ with answers of uneven length, gradients included; a LoRA policy takes the HF pa
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.lm_forward import lean_llama_body
+from pipeline.lm.forward import lean_llama_body
 from stages.ppo.rollout import (
     answer_token_logprobs,
     left_pad,

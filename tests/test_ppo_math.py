@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.reward_scoring import process_scores
+from pipeline.judge.scoring import process_scores
 from stages.ppo.advantages import (
     compute_gae,
     kl_per_token,

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.lm_forward import checkpoint_layers
+from pipeline.lm.forward import checkpoint_layers
 from stages.ppo.models import load_models, merged_policy
 from stages.ppo.trainer import PPOTrainer
 from stages.ppo.value import ValueHead
@@ -98,7 +98,7 @@ def test_gradient_checkpointing_recomputes_each_layer_and_gives_the_same_gradien
 def test_frozen_models_in_bf16_trained_weights_fp32_and_a_rollout_runs_on_cpu(tmp_path, tiny_lm_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.schema import PPOSection
+    from pipeline.config.schema import PPOSection
 
     reward = tmp_path / "reward"
     torch.manual_seed(0)
@@ -149,8 +149,8 @@ def test_a_bf16_base_is_merged_in_fp32_so_the_lora_update_survives(tiny_lm_dir, 
 
 
 def test_the_value_option_keys_the_run_only_with_lora_and_memory_options_never_do():
-    from pipeline.cli import stage_config
-    from pipeline.resume import without_no_effect
+    from pipeline.config.cli import stage_config
+    from pipeline.artifacts.resume import without_no_effect
     from stages.ppo.stage import dependencies
 
     plain = dependencies(stage_config("ppo", ["--config", "configs/test.yaml"], description=""))

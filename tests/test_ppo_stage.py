@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.artifacts import read_manifest
-from pipeline.metrics import read_metrics
+from pipeline.artifacts.store import read_manifest
+from pipeline.runtime.metrics import read_metrics
 from stages.ppo.stage import main
 from tests.stage_fixtures import sft_and_reward
 
@@ -98,9 +98,9 @@ def test_stage_with_lora_saves_the_merged_policy_and_the_adapter(run_dir):
 
 
 def test_stage_refuses_before_loading_when_the_estimate_exceeds_free_memory(run_dir, capsys, monkeypatch):
-    import pipeline.memory
+    import stages.ppo.memory
 
-    monkeypatch.setattr(pipeline.memory, "available_bytes", lambda device: 20_000.0)  # an injected budget
+    monkeypatch.setattr(stages.ppo.memory, "available_bytes", lambda device: 20_000.0)  # an injected budget
     with pytest.raises(SystemExit) as e:
         main(argv(run_dir))
     assert e.value.code == 2

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.errors import UserError
-from pipeline.schema import PPOSection
+from pipeline.config.schema import PPOSection
 from stages.ppo.rollout import RolloutBatch, left_pad, policy_logits, response_logprobs, truncate_after_eos
 from stages.ppo.trainer import PPOTrainer
 
@@ -151,7 +151,7 @@ def test_resume_after_a_kill_gives_the_same_run(tiny_lm_dir, tmp_path):
     for p, q in zip(resumed.model.parameters(), make_trainer(tiny_lm_dir, cfg, checkpoint_dir=tmp_path / "a_ckpt")
                     .model.parameters()):
         assert torch.equal(p, q)
-    from pipeline.metrics import read_metrics
+    from pipeline.runtime.metrics import read_metrics
 
     steps = [r["step"] for r in read_metrics(tmp_path / "b") if "score" in r]
     assert steps == [1, 2, 3, 4]  # metrics.jsonl reads as one run
@@ -159,7 +159,7 @@ def test_resume_after_a_kill_gives_the_same_run(tiny_lm_dir, tmp_path):
 
 
 def test_a_run_killed_before_its_first_checkpoint_leaves_no_rows_behind(tiny_lm_dir, tmp_path):
-    from pipeline.metrics import read_metrics
+    from pipeline.runtime.metrics import read_metrics
 
     cfg = make_cfg(total_episodes=16 * 2, save_every=2)
     killed = make_trainer(tiny_lm_dir, cfg, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ckpt",
@@ -206,7 +206,7 @@ libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = Info, ctypes.c_void_p, [ctypes.c_void_p]
 took = None
 if sys.argv[1] == "reuse":
-    from pipeline.runtime import reuse_freed_cpu_memory
+    from pipeline.runtime.device import reuse_freed_cpu_memory
     took = reuse_freed_cpu_memory()
 block = libc.malloc(16 << 20)
 held = libc.mallinfo2()

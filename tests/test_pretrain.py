@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.lm_forward import NextTokenLoss
-from pipeline.metrics import read_metrics
-from pipeline.model import build_model
-from pipeline.schema import ModelSection
+from pipeline.lm.forward import NextTokenLoss
+from pipeline.runtime.metrics import read_metrics
+from pipeline.lm.model import build_model
+from pipeline.config.schema import ModelSection
 from stages.pretrain.stage import main
 from tests.conftest import ROOT, tiny_text
 

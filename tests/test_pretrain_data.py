@@ -8,7 +8,7 @@ import pytest
 
 from data.token_cache import _is_val, build_token_cache, prune_cache, source_fingerprint
 from pipeline.errors import UserError
-from pipeline.tokenizer import train_tokenizer
+from pipeline.lm.tokenizer import train_tokenizer
 from tests.conftest import tiny_text
 
 

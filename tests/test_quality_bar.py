@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pipeline.heldout_comparison import ModelAnswers, compare_models
-from pipeline.quality_bar import quality_verdict
+from pipeline.judge.comparison import ModelAnswers, compare_models
+from pipeline.judge.quality_bar import quality_verdict
 
 
 def gold(mean, lo, hi, prompts=100):

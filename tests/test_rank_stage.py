@@ -17,7 +17,7 @@ GOLD = "Return the number of items in a container."
 def lm(tiny_lm_dir):
     from transformers import AutoTokenizer
 
-    from pipeline.model import load_causal_lm
+    from pipeline.lm.model import load_causal_lm
 
     return load_causal_lm(str(tiny_lm_dir), dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(tiny_lm_dir)
 
@@ -56,7 +56,7 @@ def test_candidates_are_deterministic_and_a_killed_run_resumes_at_the_missing_ch
 
 
 def test_logprobs_are_the_policys_own_and_identical_answers_merge(lm):
-    from pipeline.generation import answer_logprobs
+    from pipeline.lm.generation import answer_logprobs
     from stages.rank.candidates import merge_answers, sample_chunk
 
     model, tok = lm
@@ -96,7 +96,7 @@ def tiny_reward_dir(tiny_lm_dir, tmp_path_factory):
 
 
 def test_a_reward_model_judge_ranks_by_its_scores(tiny_reward_dir):
-    from pipeline.reward_scoring import load_reward_model, score_conversations
+    from pipeline.judge.scoring import load_reward_model, score_conversations
     from stages.rank.judge import Judge
     from stages.rank.stage import label_judge
 
@@ -114,7 +114,7 @@ def test_a_reward_model_judge_ranks_by_its_scores(tiny_reward_dir):
 
 
 def test_a_causal_lm_judge_scores_the_mean_logprob_of_each_answer_after_the_reference(tiny_lm_dir, lm):
-    from pipeline.generation import answer_logprobs
+    from pipeline.lm.generation import answer_logprobs
     from stages.rank.judge import Judge, reference_prompt
 
     rec = {"prompt_id": "p1", "prompt": "What does len do?", "gold": GOLD, "responses": ["Return it.", "No."]}
@@ -230,9 +230,9 @@ def test_a_person_who_stops_early_is_asked_again_and_every_label_is_kept(tiny_lm
 
 
 def test_a_second_round_has_its_own_artifact_and_the_reward_stage_names_both_rounds(tmp_path):
-    from pipeline.artifacts import ArtifactWriter
-    from pipeline.config import load_config
-    from pipeline.rounds import current_round, round_dir
+    from pipeline.artifacts.store import ArtifactWriter
+    from pipeline.config.loader import load_config
+    from pipeline.graph.rounds import current_round, round_dir
     from stages.rank.stage import default_policy
     from stages.reward.dataset import data_parts, training_sources
 
@@ -269,13 +269,13 @@ def test_a_second_round_has_its_own_artifact_and_the_reward_stage_names_both_rou
     (["rank.round=2"], "It is now 'run.round'"),
 ])
 def test_settings_that_later_rounds_cannot_run_with_are_refused_when_the_config_is_read(overrides, key):
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
 
     with pytest.raises(UserError, match=re.escape(key)):
         load_config("configs/test.yaml", overrides)
 
 
 def test_ranking_another_models_answers_is_round_two_so_two_rounds_repeat_nothing():
-    from pipeline.config import load_config
+    from pipeline.config.loader import load_config
 
     assert load_config("configs/test.yaml", ["run.rounds=2", "rank.policy=other/model"]).run.rounds == 2

@@ -1,4 +1,4 @@
-"""The run mechanisms every stage shares (pipeline.resume, pipeline.atomic, pipeline.finite, artifacts):
+"""The run mechanisms every stage shares (pipeline.artifacts.resume, pipeline.artifacts.atomic, pipeline.artifacts.finite, artifacts):
 a keyed resume, crash-safe swaps, appended metrics, finite or nothing, one run per directory, and
 never deleting what a stage did not create."""
 
@@ -11,13 +11,13 @@ import sys
 import pytest
 import torch
 
-import pipeline.atomic as atomic
-from pipeline.artifacts import ArtifactWriter, read_manifest, require_artifact, start_artifact
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+import pipeline.artifacts.atomic as atomic
+from pipeline.artifacts.store import ArtifactWriter, read_manifest, require_artifact, start_artifact
+from pipeline.runtime.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.errors import UserError
-from pipeline.finite import NonFiniteError, check_finite
-from pipeline.metrics import MetricsLogger, read_metrics
-from pipeline.resume import RunLock
+from pipeline.artifacts.finite import NonFiniteError, check_finite
+from pipeline.runtime.metrics import MetricsLogger, read_metrics
+from pipeline.artifacts.resume import RunLock
 from tests.conftest import ROOT
 
 
@@ -120,7 +120,7 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_file_and_what_to_do(tmp_p
 
 
 def test_a_trainer_checkpoint_cut_short_is_skipped_and_a_truncated_one_is_named(tmp_path):
-    from pipeline.hf_glue import COMPLETE, resume_checkpoint
+    from pipeline.lm.hf_glue import COMPLETE, resume_checkpoint
 
     for step in (5, 10):
         d = tmp_path / f"checkpoint-{step}"
@@ -181,7 +181,7 @@ def test_downstream_stages_refuse_an_artifact_with_non_finite_metrics(tmp_path):
 
 def test_a_second_run_refuses_naming_the_pid_of_the_first(tmp_path):
     lock = tmp_path / "ppo.lock"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.resume import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.artifacts.resume import RunLock; "
                                f"RunLock({str(lock)!r}, 'ppo').acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
     try:
@@ -238,7 +238,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_work_folder(tmp_
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_tmp_file(tmp_path):
-    script = ("import resource, torch; from pipeline.atomic import save_torch\n"
+    script = ("import resource, torch; from pipeline.artifacts.atomic import save_torch\n"
               "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))\n"
               f"save_torch(torch.zeros(1 << 16), {str(tmp_path / 'latest.pt')!r})\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},

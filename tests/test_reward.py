@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline.errors import UserError
-from pipeline.reward_scoring import encode_conversation
+from pipeline.judge.scoring import encode_conversation
 from stages.reward.dataset import GroupedPairSampler, split_by_group, tokenize_pairs
 from stages.reward.heldout import heldout_from_pairs, heldout_from_rankings, heldout_metrics, kendall_tau
 

@@ -3,7 +3,7 @@ among the policy's own answers, against a standing answer at the lowest temperat
 
 import pytest
 
-from pipeline.stats import win_rate_of_outcomes
+from pipeline.judge.stats import win_rate_of_outcomes
 from stages.reward.best_of_n import best_of_n
 from stages.reward.own_answers import _split, _temperatures
 

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from pipeline.metrics import read_metrics
+from pipeline.runtime.metrics import read_metrics
 from tests.conftest import tiny_text
 
 POLITE, RUDE = "Thank you for asking.", "Go away, fool."
@@ -75,7 +75,7 @@ def test_the_reward_model_learns_the_preference_and_reports_it(reward_run):
 def test_the_artifact_scores_a_conversation_exactly_as_the_trainer_did(reward_run):
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    from pipeline.reward_scoring import load_reward_model, score_conversations
+    from pipeline.judge.scoring import load_reward_model, score_conversations
     from stages.reward.dataset import tokenize_pairs
 
     out, _ = reward_run

@@ -1,4 +1,4 @@
-"""`python -m pipeline.serve` speaks OpenAI's chat-completions API: the official `openai` client works
+"""`python -m apps.serve` speaks OpenAI's chat-completions API: the official `openai` client works
 against it (streaming, n, logprobs, stop, seed), bad requests get OpenAI-style 4xx errors and the
 server keeps answering, concurrent clients are batched together, and a client that leaves stops
 its generation. One server (two real tiny models) on a free loopback port serves the module."""

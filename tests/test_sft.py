@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.config.loader import load_config
 from pipeline.errors import UserError
-from pipeline.metrics import read_metrics
-from pipeline.tokenizer import load_tokenizer
+from pipeline.runtime.metrics import read_metrics
+from pipeline.lm.tokenizer import load_tokenizer
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
 THINGS = ["apple", "river", "castle", "horse", "sword", "crown", "letter", "candle", "garden", "ship",
@@ -62,9 +62,9 @@ def sft_run(tmp_path_factory, tiny_lm_dir, chat_files):
 
 
 def test_only_assistant_tokens_carry_loss(tmp_path, tiny_lm_dir, chat_files):
-    from pipeline.artifacts import ArtifactWriter
-    from pipeline.hf_glue import MetricsCallback
-    from pipeline.model import load_causal_lm
+    from pipeline.artifacts.store import ArtifactWriter
+    from pipeline.lm.hf_glue import MetricsCallback
+    from pipeline.lm.model import load_causal_lm
     from stages.sft.dataset import screen_splits
     from stages.sft.stage import build_trainer
 
@@ -180,9 +180,9 @@ def test_data_without_usable_conversations_is_a_clear_error(tmp_path, tiny_lm_di
 
 
 def test_packing_keeps_attention_inside_each_conversation(tmp_path, tiny_lm_dir, chat_files):
-    from pipeline.artifacts import ArtifactWriter
-    from pipeline.hf_glue import MetricsCallback
-    from pipeline.model import load_causal_lm
+    from pipeline.artifacts.store import ArtifactWriter
+    from pipeline.lm.hf_glue import MetricsCallback
+    from pipeline.lm.model import load_causal_lm
     from stages.sft.dataset import screen_splits
     from stages.sft.stage import build_trainer
 
@@ -206,8 +206,8 @@ def test_packing_keeps_attention_inside_each_conversation(tmp_path, tiny_lm_dir,
 
 
 def test_qlora_needs_a_cuda_gpu_and_bitsandbytes():
-    from pipeline.hf_glue import quantization_config
-    from pipeline.schema import LoraSection
+    from pipeline.lm.hf_glue import quantization_config
+    from pipeline.config.schema import LoraSection
 
     assert quantization_config(LoraSection(enabled=True, qlora=False)) is None
     try:
@@ -304,7 +304,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_lm_dir, ch
 
 
 def test_checkpoints_from_other_inputs_are_refused_not_resumed(tmp_path):
-    from pipeline.artifacts import start_artifact
+    from pipeline.artifacts.store import start_artifact
     from pipeline.errors import UserError
 
     def start(fingerprint, resume=True):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config.loader import load_config
 from tests.foreign_models import build_tiny_chatml_model, build_tiny_llama3_model
 
 CHATS = [{"messages": [{"role": "user", "content": f"What colour is the {t}?"},
@@ -25,8 +25,8 @@ def llama3_dir(tmp_path_factory):
 
 
 def first_batch(tmp_path, model_dir, *overrides):
-    from pipeline.artifacts import ArtifactWriter
-    from pipeline.hf_glue import MetricsCallback
+    from pipeline.artifacts.store import ArtifactWriter
+    from pipeline.lm.hf_glue import MetricsCallback
     from stages.sft.dataset import screen_splits
     from stages.sft.stage import build_trainer, load_model
 

@@ -5,7 +5,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from pipeline.tokenizer import EOS, PAD, ROLE_TOKENS, ensure_chat_ready, load_tokenizer, train_tokenizer
+from pipeline.lm.tokenizer import EOS, PAD, ROLE_TOKENS, ensure_chat_ready, load_tokenizer, train_tokenizer
 from tests.conftest import tiny_text
 
 

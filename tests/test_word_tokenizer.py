@@ -5,10 +5,10 @@ Hugging Face tokenizer with our chat roles."""
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.config import load_config
+from pipeline.config.loader import load_config
 from pipeline.errors import UserError
-from pipeline.tokenizer import EOS, PAD, ROLE_TOKENS
-from pipeline.word_tokenizer import UNK, count_unknown, normalise, train_word_tokenizer
+from pipeline.lm.tokenizer import EOS, PAD, ROLE_TOKENS
+from pipeline.lm.word_tokenizer import UNK, count_unknown, normalise, train_word_tokenizer
 
 TEXTS = ["Héllo, wörld! The café is open.", "Привет, мир.\nThe café is closed. Привет!",
          "नमस्ते दुनिया। 你好 世界", "Don't (stop) \"now\": 3.14 and 42."] * 2

@@ -3,7 +3,7 @@ as the reference (loss -log sigmoid(beta * (log-ratio of chosen - log-ratio of r
 
 from __future__ import annotations
 
-from pipeline.hf_glue import lora_config, trainer_kwargs, use_our_progress
+from pipeline.lm.hf_glue import lora_config, trainer_kwargs, use_our_progress
 
 
 def build_trainer(cfg, model, ref_model, tokenizer, train: list[dict], val: list[dict] | None, *, output_dir,

@@ -1,5 +1,5 @@
 """GRPO and RLOO on TRL's trainers: prompts in, `num_generations` sampled answers per prompt, each
-scored by the reward model exactly as PPO scores it (pipeline.reward_scoring.RewardFunction).
+scored by the reward model exactly as PPO scores it (pipeline.judge.scoring.RewardFunction).
 
 Both are PPO without a value model: the baseline of an answer's reward is the other answers to the
 same prompt (RLOO: their mean; GRPO: the group mean, advantages scaled by the group's std).
@@ -12,8 +12,8 @@ import logging
 from types import SimpleNamespace
 
 from pipeline.errors import UserError
-from pipeline.hf_glue import lora_config, trainer_kwargs, use_our_progress
-from pipeline.reward_scoring import RewardFunction, as_prompt
+from pipeline.lm.hf_glue import lora_config, trainer_kwargs, use_our_progress
+from pipeline.judge.scoring import RewardFunction, as_prompt
 
 log = logging.getLogger(__name__)
 

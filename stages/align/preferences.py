@@ -8,9 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.artifacts import is_complete, read_manifest
+from pipeline.artifacts.store import is_complete, read_manifest
 from pipeline.errors import UserError
-from pipeline.reward_scoring import encode_conversation
+from pipeline.judge.scoring import encode_conversation
 
 log = logging.getLogger(__name__)
 

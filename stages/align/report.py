@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.generation import answer_logprobs, eos_ids_of, generate_batched
-from pipeline.stats import mean_std
+from pipeline.lm.generation import answer_logprobs, eos_ids_of, generate_batched
+from pipeline.judge.stats import mean_std
 
 
 def heldout_prompts(cfg, n: int) -> list[dict]:

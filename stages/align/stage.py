@@ -21,13 +21,13 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from pipeline.artifacts import already_done, resolve_model_source, start_artifact
-from pipeline.cli import stage_config
-from pipeline.config import to_dict
+from pipeline.artifacts.store import already_done, resolve_model_source, start_artifact
+from pipeline.config.cli import stage_config
+from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
-from pipeline.model import load_causal_lm, set_generation_defaults
-from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
+from pipeline.lm.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
+from pipeline.lm.model import load_causal_lm, set_generation_defaults
+from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.align import dpo, online, preferences
 from stages.align.report import heldout_prompts, heldout_report, write_samples
 
@@ -86,7 +86,7 @@ def load_policy(source: str):
 
 
 def read_score_stats(reward_source: str) -> tuple[float, float]:
-    from pipeline.reward_scoring import read_reward_stats
+    from pipeline.judge.scoring import read_reward_stats
 
     stats = read_reward_stats(reward_source)
     return float(stats["mean"]), float(stats["std"]) or 1.0
@@ -106,7 +106,7 @@ def prepare(cfg, method: str, policy_src: str):
         inputs["data"] = {"train": train.sources, "heldout": held.sources if held else {}}
         return inputs, model, tokenizer, train, held, {}
     from data.loaders import load_prompts, source_fingerprint
-    from pipeline.reward_scoring import load_reward_model
+    from pipeline.judge.scoring import load_reward_model
 
     reward_src, reward_rec = resolve_model_source(s.reward_model, cfg.stage_dir("reward"), "make reward")
     if s.data == "demo":

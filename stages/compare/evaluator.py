@@ -1,14 +1,14 @@
 """The thin layer between `make compare` and the evaluator: the only module here that reaches into
 the eval stage. The comparison itself is the one evaluator the PPO stage and evaluation use
-(pipeline/heldout_comparison.py, through stages.eval.compare).
+(pipeline/judge/comparison.py, through stages.eval.compare).
 
 Every model answers the eval stage's held-out prompts with the eval section's sampling settings
 (the numbers match `make eval`'s); each method is then compared with SFT on the same prompts."""
 
 from __future__ import annotations
 
-from pipeline.generation import answer_logprobs
-from pipeline.model import load_causal_lm
+from pipeline.lm.generation import answer_logprobs
+from pipeline.lm.model import load_causal_lm
 from stages.eval.compare import Evaluated, compare, summarise_model
 from stages.eval.stage import eval_prompts, reward_model_path, run_model, score_with_gold, score_with_rm
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 
-from pipeline.artifacts import already_done, is_complete, read_manifest, resolve_model_source, start_artifact
-from pipeline.cli import stage_config
-from pipeline.config import to_dict
+from pipeline.artifacts.store import already_done, is_complete, read_manifest, resolve_model_source, start_artifact
+from pipeline.config.cli import stage_config
+from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.finite import json_safe
-from pipeline.model import model_dtype
-from pipeline.rounds import newest_artifact
-from pipeline.runtime import pick_device, seed_everything
+from pipeline.artifacts.finite import json_safe
+from pipeline.lm.model import model_dtype
+from pipeline.graph.rounds import newest_artifact
+from pipeline.runtime.device import pick_device, seed_everything
 from stages.compare import evaluator
 from stages.compare.report import plot_frontier, render
 

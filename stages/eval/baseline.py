@@ -1,6 +1,6 @@
 """The bigram baseline in the evaluation, and the temperature sweep's prompt.
 
-A pretraining artifact holds the bigram model fitted on its training tokens (pipeline.bigram);
+A pretraining artifact holds the bigram model fitted on its training tokens (pipeline.lm.bigram);
 the evaluation scores it on the same held-out text, with the same tokenizer and the same
 windows as its GPT, so it is the language-modelling table's first row: the floor to beat."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer
 
-from pipeline.bigram import BigramLM
-from pipeline.temperature_sweep import temperature_sweep
+from pipeline.lm.bigram import BigramLM
+from pipeline.lm.temperature_sweep import temperature_sweep
 from stages.eval.lm import lm_metrics
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.heldout_comparison import ModelAnswers, compare_models
-from pipeline.stats import mean_std
+from pipeline.judge.comparison import ModelAnswers, compare_models
+from pipeline.judge.stats import mean_std
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.generation import context_length, token_nll
+from pipeline.lm.generation import context_length, token_nll
 
 
 def heldout_texts(cfg) -> tuple[list[str] | None, str]:

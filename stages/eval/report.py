@@ -66,7 +66,7 @@ def _unknown(lm: dict) -> str:
 
 
 def section_temperature(report: dict) -> list[str]:
-    from pipeline.temperature_sweep import sweep_markdown
+    from pipeline.lm.temperature_sweep import sweep_markdown
 
     t = report.get("temperature")
     if not t:

@@ -19,19 +19,19 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from pipeline.artifacts import ArtifactWriter, is_complete, read_manifest, resolve_model_source
-from pipeline.cli import stage_config
-from pipeline.config import to_dict
+from pipeline.artifacts.store import ArtifactWriter, is_complete, read_manifest, resolve_model_source
+from pipeline.config.cli import stage_config
+from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.finite import json_safe
-from pipeline.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
-from pipeline.loading import loading, require_score_head
-from pipeline.metrics import progress
-from pipeline.model import load_causal_lm, model_dtype
-from pipeline.rounds import last_finished_round, make_command, newest_artifact
-from pipeline.runtime import pick_device, seed_everything
-from pipeline.stats import spearman
-from pipeline.temperature_sweep import temperature_sweep
+from pipeline.artifacts.finite import json_safe
+from pipeline.lm.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
+from pipeline.lm.loading import loading, require_score_head
+from pipeline.runtime.metrics import progress
+from pipeline.lm.model import load_causal_lm, model_dtype
+from pipeline.graph.rounds import last_finished_round, make_command, newest_artifact
+from pipeline.runtime.device import pick_device, seed_everything
+from pipeline.judge.stats import spearman
+from pipeline.lm.temperature_sweep import temperature_sweep
 from stages.eval.baseline import bigram_baseline, prompt_ids, sweep_prompt
 from stages.eval.compare import Evaluated, compare, headline, samples, summarise_model
 from stages.eval.lm import heldout_texts, lm_metrics
@@ -95,7 +95,7 @@ def _load(path: str, device, dtype):
     with loading(path, "tokenizer", model=False, tokenizer=True):
         tok = AutoTokenizer.from_pretrained(path)
     if not tok.chat_template:
-        from pipeline.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS
+        from pipeline.lm.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS
 
         if not all(t in tok.get_vocab() for t in ROLE_TOKENS):
             raise UserError(f"{path}: the tokenizer has no chat template and not our role tokens, so it "
@@ -171,7 +171,7 @@ def reward_model_path(cfg) -> tuple[str | None, str]:
 
 
 def score_with_rm(path: str, evaluated: list[Evaluated], prompts: list[dict], batch_size: int, device) -> None:
-    from pipeline.reward_scoring import load_reward_model, score_conversations
+    from pipeline.judge.scoring import load_reward_model, score_conversations
 
     model, tok, stats = load_reward_model(path, device=device)
     msgs = [p["prompt"] for p in prompts]
@@ -215,7 +215,7 @@ def reward_section(cfg, rm_path: str | None) -> dict | None:
 
 
 def training_curves(cfg) -> dict[str, list[dict]]:
-    from pipeline.metrics import read_metrics
+    from pipeline.runtime.metrics import read_metrics
 
     curves = {}
     for stage in ("pretrain", "sft", "reward", "ppo"):

@@ -3,7 +3,7 @@ the prompt sampler, the step, and every rank's RNG, so a resumed run continues t
 of samples as one that was never killed.
 
 A checkpoint is written to `<dir>/ckpt.tmp`, fsynced and swapped in for `<dir>/ckpt` only when
-complete (pipeline.atomic.swap_dir); a kill at any point leaves a whole checkpoint, the old or the
+complete (pipeline.artifacts.atomic.swap_dir); a kill at any point leaves a whole checkpoint, the old or the
 new one (`exists`/`load` first put the old copy back after a kill between the two renames).
 Loading uses weights_only=True, and a corrupt file is one line naming it.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.atomic import recover_dir, save_torch, swap_dir, translating_disk_errors
-from pipeline.checkpoint import load_state_file
+from pipeline.artifacts.atomic import recover_dir, save_torch, swap_dir, translating_disk_errors
+from pipeline.runtime.checkpoint import load_state_file
 
 NAME = "ckpt"
 

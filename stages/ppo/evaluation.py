@@ -1,6 +1,6 @@
 """Evaluation of a PPO policy on development prompts (never trained on): answers to fixed prompts
 (samples.md) with their reward-model and gold scores during training, and the final PPO-vs-SFT
-comparison and quality-bar verdict (pipeline/heldout_comparison.py, the evaluator evaluation uses)."""
+comparison and quality-bar verdict (pipeline/judge/comparison.py, the evaluator evaluation uses)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.atomic import write_text
-from pipeline.heldout_comparison import ModelAnswers, compare_models
-from pipeline.stats import mean_std
+from pipeline.artifacts.atomic import write_text
+from pipeline.judge.comparison import ModelAnswers, compare_models
+from pipeline.judge.stats import mean_std
 from stages.ppo.rollout import (
     RolloutBatch,
     answer_token_logprobs,

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.errors import UserError
-from pipeline.loading import load_sequence_scorer
-from pipeline.model import load_causal_lm, set_generation_defaults
-from pipeline.tokenizer import load_tokenizer
+from pipeline.lm.loading import load_sequence_scorer
+from pipeline.lm.model import load_causal_lm, set_generation_defaults
+from pipeline.lm.tokenizer import load_tokenizer
 from stages.ppo.value import ValueHead
 
 
@@ -57,7 +57,7 @@ def load_policy(ppo_cfg, policy_source: str, tokenizer, frozen_dtype: torch.dtyp
         return policy
     from peft import get_peft_model
 
-    from pipeline.hf_glue import lora_config, quantization_config
+    from pipeline.lm.hf_glue import lora_config, quantization_config
 
     policy = load_causal_lm(policy_source, dtype=frozen_dtype, quantization_config=quantization_config(ppo_cfg.lora))
     set_generation_defaults(policy, tokenizer)
@@ -97,7 +97,7 @@ def check_memory(cfg, policy_source: str, reward_source: str, device: torch.devi
                  world: int = 1) -> None:
     """Print the memory estimate of the four networks (read from headers, nothing loaded) and refuse,
     in one line with the options that would fit, when the device has too little free."""
-    from pipeline import memory
+    from stages.ppo import memory
 
     p = cfg.ppo
     policy = memory.model_size(policy_source)

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
-from pipeline import generation
-from pipeline.chat_format import turn_end_ids
+from pipeline.lm import generation
+from pipeline.lm.chat_format import turn_end_ids
 from pipeline.errors import UserError
-from pipeline.lm_forward import lean_llama_body, llama_hidden_states
-from pipeline.lm_forward import positions_from_mask as position_ids
-from pipeline.token_logprobs import token_logprobs
+from pipeline.lm.forward import lean_llama_body, llama_hidden_states
+from pipeline.lm.forward import positions_from_mask as position_ids
+from stages.ppo.token_logprobs import token_logprobs
 
 
 @dataclass

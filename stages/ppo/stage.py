@@ -20,14 +20,14 @@ import os
 
 import torch
 
-from pipeline.artifacts import already_done, resolve_model_source, start_artifact
-from pipeline.cli import stage_config
-from pipeline.config import to_dict
+from pipeline.artifacts.store import already_done, resolve_model_source, start_artifact
+from pipeline.config.cli import stage_config
+from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.heldout_comparison import summary_line
-from pipeline.model import model_dtype
-from pipeline.rounds import current_round, make_command, round_dir
-from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
+from pipeline.judge.comparison import summary_line
+from pipeline.lm.model import model_dtype
+from pipeline.graph.rounds import current_round, make_command, round_dir
+from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from stages.ppo.evaluation import compare_to_reference
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
 from stages.ppo.report import dev_headline, render_report
@@ -69,7 +69,7 @@ def dependencies(cfg) -> dict:
 
 def read_score_stats(reward_source: str, ppo_cfg) -> tuple[float, float]:
     """The mean/std of the reward model's scores of SFT answers, saved by the reward stage."""
-    from pipeline.reward_scoring import STATS_FILE, read_reward_stats
+    from pipeline.judge.scoring import STATS_FILE, read_reward_stats
 
     if not os.path.exists(os.path.join(reward_source, STATS_FILE)):
         print(f"ppo: warning: {reward_source} has no {STATS_FILE}; rewards are not normalised (mean 0, std 1)")
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     value = acc.unwrap_model(trainer.model).value
     ref = models.ref
     if p.lora.enabled:  # the merged fp32 policy is saved; the comparison holds no more than training did
-        from pipeline.model import load_causal_lm
+        from pipeline.lm.model import load_causal_lm
 
         policy = merged_policy(policy, writer.out_dir, policy_src, models.tokenizer)
         policy.save_pretrained(writer.out_dir)

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
-from pipeline.finite import check_finite, check_finite_params
-from pipeline.lm_forward import checkpoint_layers
-from pipeline.metrics import MetricsLogger, progress
-from pipeline.reward_scoring import process_scores
-from pipeline.runtime import reuse_freed_cpu_memory
+from pipeline.artifacts.finite import check_finite, check_finite_params
+from pipeline.lm.forward import checkpoint_layers
+from pipeline.runtime.metrics import MetricsLogger, progress
+from pipeline.judge.scoring import process_scores
+from pipeline.runtime.device import reuse_freed_cpu_memory
 from stages.ppo import checkpointing
 from stages.ppo.advantages import (
     compute_gae,

@@ -1,1 +1,1 @@
-"""Pretraining stage: a tokenizer and a GPT from raw text (loop in pipeline/lm_loop.py)."""
+"""Pretraining stage: a tokenizer and a GPT from raw text (loop in stages/pretrain/loop.py)."""

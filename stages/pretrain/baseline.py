@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 
-from pipeline.bigram import BigramLM
-from pipeline.lm_loop import eval_window_starts
-from pipeline.word_tokenizer import count_unknown
+from pipeline.lm.bigram import BigramLM
+from stages.pretrain.loop import eval_window_starts
+from pipeline.lm.word_tokenizer import count_unknown
 
 
 def fit_bigram(train_tokens, val_tokens, vocab_size: int, *, block: int, n_windows: int,

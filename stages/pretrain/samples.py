@@ -1,6 +1,6 @@
 """samples.md of a pretraining run: the GPT and its bigram baseline sampled side by side at each of
 train.sample_temperatures, then one held-out prefix continued at T = 0.2, 0.7, 1.0, 1.5 with the
-distinct-word ratio and repetition of each. Every sample comes from `pipeline.generation`."""
+distinct-word ratio and repetition of each. Every sample comes from `pipeline.lm.generation`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.generation import eos_ids_of, generate
-from pipeline.temperature_sweep import sweep_markdown, temperature_sweep
+from pipeline.lm.generation import eos_ids_of, generate
+from pipeline.lm.temperature_sweep import sweep_markdown, temperature_sweep
 
 
 def sample_prompts(tokenizer, val_tokens) -> list[list[int]]:

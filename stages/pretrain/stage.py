@@ -4,7 +4,7 @@
     accelerate launch --config_file configs/accelerate/ddp.yaml -m stages.pretrain --config ...
 
 Text (train.data) -> BPE tokenizer or word vocabulary (tokenizer.kind; trained here, or tokenizer.from)
--> token files (cached) -> Llama-style model (pipeline.model) -> training loop (pipeline.lm_loop) -> a
+-> token files (cached) -> Llama-style model (pipeline.lm.model) -> training loop (stages.pretrain.loop) -> a
 Hugging Face model directory with tokenizer, samples.md, metrics.jsonl and manifest.json, plus the
 bigram baseline counted on the same tokens (bigram.safetensors; its held-out numbers in the manifest).
 """
@@ -23,16 +23,16 @@ from data.token_cache import (
     prune_cache,
     source_fingerprint,
 )
-from pipeline.artifacts import already_done, fingerprint, start_artifact
-from pipeline.atomic import publish_dir, scratch_name
-from pipeline.cli import stage_config
-from pipeline.config import to_dict
+from pipeline.artifacts.store import already_done, fingerprint, start_artifact
+from pipeline.artifacts.atomic import publish_dir, scratch_name
+from pipeline.config.cli import stage_config
+from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.lm_loop import train_lm
-from pipeline.model import build_model, describe
-from pipeline.runtime import mixed_precision, pick_device, seed_everything, share_cpu_threads
-from pipeline.tokenizer import load_tokenizer, train_tokenizer
-from pipeline.word_tokenizer import train_word_tokenizer
+from stages.pretrain.loop import train_lm
+from pipeline.lm.model import build_model, describe
+from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
+from pipeline.lm.tokenizer import load_tokenizer, train_tokenizer
+from pipeline.lm.word_tokenizer import train_word_tokenizer
 from stages.pretrain.baseline import fit_bigram, unknown_tokens
 from stages.pretrain.samples import write_samples
 

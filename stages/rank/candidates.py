@@ -1,7 +1,7 @@
 """K answers per prompt from the policy, at a spread of temperatures, with the policy's log-probability
 of each: the material a labeler ranks.
 
-Sampled with the project's one loop (pipeline.generation), in chunks of prompts saved one file each
+Sampled with the project's one loop (pipeline.lm.generation), in chunks of prompts saved one file each
 (written whole, then renamed), so a killed run keeps every finished chunk and resumes at the next.
 Each chunk and answer slot has its own seeded generator: a resumed run writes exactly what an
 uninterrupted one would have.
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
-from pipeline.generation import context_length, eos_ids_of, generate
-from pipeline.metrics import progress
+from pipeline.lm.generation import context_length, eos_ids_of, generate
+from pipeline.runtime.metrics import progress
 
 SKIPPED = "fewer than 2 distinct answers"
 

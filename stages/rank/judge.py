@@ -48,14 +48,14 @@ class Judge:
     def __init__(self, path: str, device: torch.device, batch_size: int = 32):
         self.path, self.kind, self.batch_size = path, judge_kind(path), batch_size
         if self.kind == "reward":
-            from pipeline.reward_scoring import load_reward_model
+            from pipeline.judge.scoring import load_reward_model
 
             self.model, self.tokenizer, stats = load_reward_model(path, dtype=torch.float32, device=device)
             self.max_length = stats.get("max_length")
         else:
             from transformers import AutoTokenizer
 
-            from pipeline.model import load_causal_lm
+            from pipeline.lm.model import load_causal_lm
 
             self.model = load_causal_lm(path, dtype=torch.float32).to(device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -65,7 +65,7 @@ class Judge:
     def scores(self, record: dict) -> list[float]:
         """One score per answer of a candidates record (higher = better)."""
         if self.kind == "reward":
-            from pipeline.reward_scoring import score_conversations
+            from pipeline.judge.scoring import score_conversations
 
             prompt = prompt_messages(record)
             s = score_conversations(self.model, self.tokenizer, [prompt] * len(record["responses"]),
@@ -74,8 +74,8 @@ class Judge:
         return self.mean_logprobs(reference_prompt(record), record["responses"])
 
     def mean_logprobs(self, prompt: list[dict], answers: list[str]) -> list[float]:
-        from pipeline.chat_format import close_at_turn_end
-        from pipeline.generation import answer_logprobs
+        from pipeline.lm.chat_format import close_at_turn_end
+        from pipeline.lm.generation import answer_logprobs
 
         tok = self.tokenizer
         context = tok.apply_chat_template(prompt, tokenize=True, return_dict=True,

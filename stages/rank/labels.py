@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 
-from pipeline.stats import kendall_tau as stats_kendall_tau
-from pipeline.stats import paired_difference
+from pipeline.judge.stats import kendall_tau as stats_kendall_tau
+from pipeline.judge.stats import paired_difference
 
 
 class BadRanking(ValueError):

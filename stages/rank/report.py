@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from data.gold import gold_score
-from pipeline.stats import mean_std
+from pipeline.judge.stats import mean_std
 
 
 def gold_by_position(rankings: list[dict], candidates: dict[str, dict]) -> dict[str, dict]:

@@ -14,7 +14,7 @@ import math
 import random
 
 from data.gold import gold_score
-from pipeline.stats import kendall_tau
+from pipeline.judge.stats import kendall_tau
 
 
 def tiers_by_score(scores: list[float]) -> list[list[int]]:

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 from data.loaders import source_fingerprint
-from pipeline.artifacts import already_done, fingerprint, read_manifest, resolve_model_source, start_artifact
-from pipeline.cli import stage_config
-from pipeline.config import to_dict
+from pipeline.artifacts.store import already_done, fingerprint, read_manifest, resolve_model_source, start_artifact
+from pipeline.config.cli import stage_config
+from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.rounds import current_round, make_command, round_dir
-from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
+from pipeline.graph.rounds import current_round, make_command, round_dir
+from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings, labels_dir
 from stages.rank.report import gold_by_position, gold_by_temperature, write_report
@@ -177,7 +177,7 @@ def sample_all(cfg, policy_src: str, device, prompts: list[dict], held_prompts: 
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline.model import load_causal_lm
+    from pipeline.lm.model import load_causal_lm
 
     r = cfg.rank
     model = load_causal_lm(policy_src, dtype=torch.float32).to(device).eval()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.stats import outcome, win_rate_of_outcomes
+from pipeline.judge.stats import outcome, win_rate_of_outcomes
 
 PICKS = ("blind", "reward_model", "gold")
 

@@ -3,7 +3,7 @@ pairs with counts of what was dropped, and the prompt-grouped sampler (InstructG
 
 Parsing (pairwise files, HH transcripts, K-way expansion, validation) lives in data.loaders;
 this module turns its records into what RewardTrainer consumes: `chosen_ids`/`rejected_ids`
-encoded exactly as pipeline.reward_scoring scores conversations.
+encoded exactly as pipeline.judge.scoring scores conversations.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import Sampler
 
 from pipeline.errors import UserError
-from pipeline.reward_scoring import encode_conversation
-from pipeline.rounds import make_command, reward_parts
+from pipeline.judge.scoring import encode_conversation
+from pipeline.graph.rounds import make_command, reward_parts
 from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def data_parts(cfg) -> list[str]:
 
 def rank_rankings(cfg, name: str, file: str = "rankings.jsonl") -> str:
     """A file of this run's rank artifact `name` (rank, rank-r2): it must be finished."""
-    from pipeline.artifacts import require_artifact
+    from pipeline.artifacts.store import require_artifact
 
     require_artifact(cfg.stage_dir(name), make_command("rank", 1 if name == "rank" else int(name.rsplit("-r", 1)[-1])))
     return str(cfg.stage_dir(name) / file)

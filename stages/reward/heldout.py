@@ -2,7 +2,7 @@
 human ranking (K-way data), accuracy by rank distance and on length-controlled pairs.
 
 Each distinct (prompt, response) is scored once -- a K-way ranking costs K forwards, not
-K(K-1)/2 pairs -- with `pipeline.reward_scoring`, the same encoding the trainer used.
+K(K-1)/2 pairs -- with `pipeline.judge.scoring`, the same encoding the trainer used.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainerCallback
 
-from pipeline.reward_scoring import Messages, as_messages, encode_conversation, score_ids
-from pipeline.stats import kendall_tau
+from pipeline.judge.scoring import Messages, as_messages, encode_conversation, score_ids
+from pipeline.judge.stats import kendall_tau
 
 
 @dataclass

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 from data.gold import gold_score
-from pipeline.artifacts import fingerprint, is_complete
+from pipeline.artifacts.store import fingerprint, is_complete
 from pipeline.errors import UserError, main_guard
-from pipeline.reward_scoring import score_conversations
-from pipeline.stats import spearman
+from pipeline.judge.scoring import score_conversations
+from pipeline.judge.stats import spearman
 from stages.reward.best_of_n import PICKS, best_of_n
 from stages.reward.dataset import RANK_SOURCE, data_parts
 from stages.reward.heldout import evaluate_heldout, heldout_from_rankings
@@ -99,8 +99,8 @@ def evaluate_own_answers(model, tokenizer, sources: dict[str, Path], *, max_leng
 def main(argv: list[str] | None = None) -> int:
     """Any reward model on any rank artifact's held-out own answers: to compare reward models on the
     same answers (the reward stage measures each on its own run's)."""
-    from pipeline.loading import quiet_weight_bars
-    from pipeline.reward_scoring import load_reward_model
+    from pipeline.lm.loading import quiet_weight_bars
+    from pipeline.judge.scoring import load_reward_model
 
     parser = argparse.ArgumentParser(prog="python -m stages.reward.own_answers", description=main.__doc__)
     parser.add_argument("reward_model", help="a reward artifact (runs/tiny/reward) or a reward model's directory")

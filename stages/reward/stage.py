@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from data.loaders import source_fingerprint
-from pipeline.artifacts import already_done, resolve_model_source, start_artifact
-from pipeline.atomic import translating_disk_errors
-from pipeline.cli import stage_config
-from pipeline.config import to_dict
+from pipeline.artifacts.store import already_done, resolve_model_source, start_artifact
+from pipeline.artifacts.atomic import translating_disk_errors
+from pipeline.config.cli import stage_config
+from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.finite import check_finite
-from pipeline.hf_glue import (
+from pipeline.artifacts.finite import check_finite
+from pipeline.lm.hf_glue import (
     MetricsCallback,
     RunGuard,
     last_checkpoint,
@@ -38,10 +38,10 @@ from pipeline.hf_glue import (
     trainer_kwargs,
     use_our_progress,
 )
-from pipeline.metrics import read_metrics
-from pipeline.reward_scoring import STATS_FILE, score_conversations
-from pipeline.rounds import round_dir
-from pipeline.runtime import pick_device, seed_everything, share_cpu_threads
+from pipeline.runtime.metrics import read_metrics
+from pipeline.judge.scoring import STATS_FILE, score_conversations
+from pipeline.graph.rounds import round_dir
+from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.reward.dataset import (
     data_parts,
     heldout_source,
@@ -88,7 +88,7 @@ def load_reward_init(source: str, cfg):
     from transformers import AutoTokenizer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from pipeline.loading import load_sequence_scorer, loading
+    from pipeline.lm.loading import load_sequence_scorer, loading
 
     with loading(source, "tokenizer", model=False, tokenizer=True):
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -112,8 +112,8 @@ def stats_policy(cfg, init_source: str) -> str:
 def reward_statistics(cfg, policy_source: str, model, tokenizer, max_length: int) -> dict:
     """Mean/std of the rewards of the policy's own sampled answers to PPO's prompts (ppo.data)."""
     from data.loaders import load_prompts
-    from pipeline.generation import eos_ids_of, generate_batched
-    from pipeline.model import load_causal_lm
+    from pipeline.lm.generation import eos_ids_of, generate_batched
+    from pipeline.lm.model import load_causal_lm
 
     source = stats_prompts_source(cfg)
     prompts, ids, too_long = [], [], 0

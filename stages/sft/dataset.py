@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from pipeline.chat_format import (
+from pipeline.lm.chat_format import (
     MaskError,
     assistant_mask,
     check_assistant_mask,

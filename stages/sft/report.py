@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.generation import context_length, eos_ids_of, generate_batched
+from pipeline.lm.generation import context_length, eos_ids_of, generate_batched
 
 
 def prompt_ids(tokenizer, messages: list[dict], room: int) -> list[int]:

@@ -3,7 +3,7 @@
     python -m stages.sft --config configs/tiny.yaml [sft.init_from=DIR_OR_HUB_NAME] [sft.lora.enabled=true]
 
 Built on TRL's SFTTrainer with the loss on assistant tokens only (our chat template's
-{% generation %} markers, or a foreign model's own template read by pipeline/chat_format.py;
+{% generation %} markers, or a foreign model's own template read by pipeline/lm/chat_format.py;
 sft.assistant_only_loss=false trains on whole conversations). Output runs/<name>/sft/: model + tokenizer (chat template), for LoRA
 runs merged weights plus adapter/, manifest.json, metrics.jsonl, tb/, samples.md. Before and after
 training it measures the held-out assistant-token loss, and scores greedy answers to held-out
@@ -18,13 +18,13 @@ import sys
 
 from accelerate import PartialState
 
-from pipeline.artifacts import already_done, resolve_model_source, start_artifact
-from pipeline.atomic import translating_disk_errors
-from pipeline.chat_format import has_generation_markers
-from pipeline.cli import stage_config
-from pipeline.config import to_dict
+from pipeline.artifacts.store import already_done, resolve_model_source, start_artifact
+from pipeline.artifacts.atomic import translating_disk_errors
+from pipeline.lm.chat_format import has_generation_markers
+from pipeline.config.cli import stage_config
+from pipeline.config.loader import to_dict
 from pipeline.errors import main_guard
-from pipeline.hf_glue import (
+from pipeline.lm.hf_glue import (
     MetricsCallback,
     RunGuard,
     lora_config,
@@ -36,9 +36,9 @@ from pipeline.hf_glue import (
     trainer_kwargs,
     use_our_progress,
 )
-from pipeline.model import count_parameters, load_causal_lm, set_generation_defaults
-from pipeline.runtime import seed_everything
-from pipeline.tokenizer import load_tokenizer
+from pipeline.lm.model import count_parameters, load_causal_lm, set_generation_defaults
+from pipeline.runtime.device import seed_everything
+from pipeline.lm.tokenizer import load_tokenizer
 from stages.sft.dataset import Screened, heldout_prompts, load_sft_splits, screen_splits
 from stages.sft.report import answer, gold_eval, write_samples
 
@@ -74,7 +74,7 @@ def load_model(source: str, cfg, quant=None):
 def trainer_data(cfg, tokenizer, screened: Screened) -> tuple[list[dict], bool]:
     """(records for SFTTrainer, whether TRL computes the assistant mask). A template with
     {% generation %} markers (ours) goes to TRL as conversations; any other keeps its own format and
-    goes as the token ids and assistant mask the screening read from it (pipeline/chat_format.py)."""
+    goes as the token ids and assistant mask the screening read from it (pipeline/lm/chat_format.py)."""
     if not cfg.sft.assistant_only_loss:
         return screened.records, False
     if has_generation_markers(tokenizer):

@@ -1,0 +1,1 @@
+"""Artifacts on disk: atomic writes, the keyed resume scheme, the run lock, manifests and fingerprints."""

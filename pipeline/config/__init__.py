@@ -1,0 +1,1 @@
+"""The configuration: the typed schema of every key, the YAML presets and overrides that fill it, the stage CLI."""

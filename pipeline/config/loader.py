@@ -1,0 +1,313 @@
+"""Presets as plain data: YAML -> typed dataclasses, with `key.sub=value` overrides.
+
+Unknown keys and wrong types fail at once with the key, the file, and the closest valid key.
+Every number must be finite, and a section declares the range of its keys with `@limits(...)`:
+a value out of range fails with the key, the value and what is allowed.
+A preset may start from another with `base: other.yaml` (resolved next to the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import keyword
+import math
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+
+def _field_name(key: str) -> str:
+    # `tokenizer.from` reads better in YAML than `from_`; Python keywords get a trailing underscore.
+    return key + "_" if keyword.iskeyword(key) else key
+
+
+def _key_name(field: str) -> str:
+    return field[:-1] if field.endswith("_") and keyword.iskeyword(field[:-1]) else field
+
+
+def _valid_keys(cls) -> list[str]:
+    return [_key_name(f.name) for f in dataclasses.fields(cls)]
+
+
+# Keys that moved: their old name gets the new one instead of a guess.
+RENAMED = {"rank.round": "run.round"}
+
+
+def _closest(key: str, options: list[str], dotted: str = "") -> str:
+    if dotted in RENAMED:
+        return f" It is now '{RENAMED[dotted]}'."
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.4)
+    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
+
+
+def _type_label(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    """Check `value` against the annotation `tp`; int->float is the only silent conversion."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0] if errors else UserError(f"{where}: expected {_type_label(tp)}, got {value!r}.")
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}.")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # `train.data=file.txt` on the command line means a one-element list
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}.")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}.")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a section (a mapping of keys), got {value!r}.")
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true or false, got {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-2 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: expected a number, got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # 1e6 in YAML is a float
+        raise UserError(f"{where}: expected an integer, got {value!r}.")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected a string, got {value!r}.")
+    return value
+
+
+# --------------------------------------------------------------------------- ranges
+
+_BOUND = re.compile(r"^\s*(>=|>|<=|<)\s*(-?[\d.e+-]+)\s*$")
+_INTERVAL = re.compile(r"^\s*([\[(])\s*(-?[\d.e+-]+)\s*,\s*(-?[\d.e+-]+)\s*([\])])\s*$")
+
+
+def limits(**ranges: str):
+    """Declare the allowed range of a section's numeric keys, as plain data next to the fields:
+
+        @limits(batch_size="> 0", lr="> 0", dropout="[0, 1)", max_steps="> 0 | -1")
+
+    A spec is a bound (`> 0`, `>= 0`, `< 1`), an interval (`[0, 1]`, `(0, 1]`), an exact value (`-1`),
+    or alternatives joined with `|`. None (for optional keys) is always allowed; lists are checked
+    element by element. Checked before the section's own `validate()`."""
+    for spec in ranges.values():
+        for alternative in spec.split("|"):
+            _in_range(0.0, alternative)  # a malformed spec fails at import, not on a user's run
+
+    def decorate(cls):
+        unknown = sorted(set(ranges) - set(getattr(cls, "__dataclass_fields__", {})))
+        if unknown:  # a range above the wrong class (a bad merge) would silently check nothing
+            raise TypeError(f"@limits on {cls.__name__} names keys it does not have: {', '.join(unknown)} "
+                            "(put @limits directly above @dataclass)")
+        cls.__limits__ = {**getattr(cls, "__limits__", {}), **ranges}
+        return cls
+
+    return decorate
+
+
+def _in_range(value: float, spec: str) -> bool:
+    if m := _BOUND.match(spec):
+        op, bound = m.group(1), float(m.group(2))
+        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    if m := _INTERVAL.match(spec):
+        lo, hi = float(m.group(2)), float(m.group(3))
+        above = value >= lo if m.group(1) == "[" else value > lo
+        below = value <= hi if m.group(4) == "]" else value < hi
+        return above and below
+    try:
+        return value == float(spec)
+    except ValueError:
+        raise ValueError(f"malformed range spec {spec!r}") from None
+
+
+def _check_ranges(obj, where: str) -> None:
+    """Every number finite; every key with a declared range inside it. One line per failure."""
+    ranges = getattr(type(obj), "__limits__", {})
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{where}.{_key_name(f.name)}" if where else _key_name(f.name)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            shown = value if isinstance(value, list) else v
+            if not math.isfinite(v):
+                raise UserError(f"{path}={shown}: must be a finite number.")
+            spec = ranges.get(f.name) or ranges.get(_key_name(f.name))
+            if spec and not any(_in_range(v, alt) for alt in spec.split("|")):
+                allowed = " or ".join(f"in {a}" if a[:1] in "[(" else a for a in map(str.strip, spec.split("|")))
+                raise UserError(f"{path}={shown}: must be {allowed}.")
+
+
+def _build(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {_key_name(f.name): f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        key = str(key)
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise UserError(f"unknown key '{path}'.{_closest(key, list(names), path)}")
+        kwargs[names[key]] = _coerce(value, hints[names[key]], path)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where or 'config'}: {e}") from None
+    _check_ranges(obj, where)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"config file {path} {what}. Presets live in configs/ (e.g. configs/tiny.yaml).")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text[:8192]:
+        raise UserError(f"config file {path} is not a text file (binary or not UTF-8); --config needs a YAML "
+                        "preset such as configs/tiny.yaml.")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"config file {path}{at}: not valid YAML ({problem}).") from None
+    if data is None:
+        raise UserError(f"config file {path} is empty; a preset is a YAML mapping of sections "
+                        "(run:, model:, train:, ...), e.g. `base: tiny.yaml` plus what differs.")
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: the top level must be a mapping of sections (run:, model:, train:, "
+                        f"...), not a {type(data).__name__}.")
+    base = data.pop("base", None)
+    if base:
+        merged = read_yaml((path.parent / base).resolve())
+        _deep_update(merged, data)
+        data = merged
+    return data
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like key.sub=value (e.g. train.max_steps=200).")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str], schema) -> None:
+    """Write each `a.b=v` into the nested dict, checking the path against the schema."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node, cls = data, schema
+        for i, part in enumerate(path):
+            valid = _valid_keys(cls)
+            if part not in valid:
+                dotted = ".".join(path[: i + 1])
+                raise UserError(f"unknown key '{dotted}' in override '{text}'.{_closest(part, valid, dotted)}")
+            field_tp = typing.get_type_hints(cls)[_field_name(part)]
+            if i == len(path) - 1:
+                node[part] = value
+            else:
+                sub = _dataclass_of(field_tp)
+                if sub is None:
+                    raise UserError(f"override '{text}': '{'.'.join(path[: i + 1])}' is a value, not a section.")
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise UserError(f"override '{text}': '{'.'.join(path[: i + 1])}' is not a section.")
+                cls = sub
+
+
+def _dataclass_of(tp):
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, schema=None):
+    """Read a preset, apply overrides, and return the typed, validated config."""
+    if schema is None:
+        from pipeline.config.schema import RunConfig as schema
+    path = Path(path)
+    data = read_yaml(path)
+    data.setdefault("run", {}).setdefault("name", path.stem)
+    overrides = list(overrides or [])
+    apply_overrides(data, overrides, schema)
+    try:
+        return _build(schema, data, "")
+    except UserError as e:
+        # Say where the bad value came from: the command line or the preset file.
+        keys = [text.split("=", 1)[0].strip() for text in overrides]
+        overridden = any(re.match(rf"{re.escape(k)}\b", str(e)) for k in keys)
+        raise UserError(f"command-line override {e}" if overridden else f"{path}: {e}") from None
+
+
+def to_dict(cfg) -> dict:
+    """The resolved config as plain data, with YAML spellings of keys (for manifests)."""
+    if dataclasses.is_dataclass(cfg):
+        return {_key_name(f.name): to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
