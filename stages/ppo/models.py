@@ -37,12 +37,6 @@ class PPOModels:
     tokenizer: object
 
 
-def load_scalar_model(source: str, what: str, *, trained_head: bool, dtype=torch.float32):
-    """A one-output sequence classifier; the reward model must bring its trained score head (the value
-    model may start a fresh one)."""
-    return load_sequence_scorer(source, what, trained_head=trained_head, dtype=dtype)
-
-
 def shares_base(ppo_cfg) -> bool:
     """LoRA with a value head on the policy's base instead of a separate value model."""
     return ppo_cfg.lora.enabled and ppo_cfg.lora_value != "model"
@@ -79,12 +73,14 @@ def load_models(ppo_cfg, policy_source: str, reward_source: str,
                         f"{policy_source}; PPO scores token ids directly, so both must come from the same run.")
     policy = load_policy(ppo_cfg, policy_source, tokenizer, frozen_dtype)
     ref = None if ppo_cfg.lora.enabled else load_causal_lm(policy_source, dtype=frozen_dtype)
-    reward = load_scalar_model(reward_source, "reward model", trained_head=True, dtype=frozen_dtype)
+    reward = load_sequence_scorer(reward_source, "reward model", trained_head=True, dtype=frozen_dtype)
     reward.config.pad_token_id = tokenizer.pad_token_id
     if shares_base(ppo_cfg):
         value = ValueHead(policy.get_base_model().config.hidden_size, on_adapters=ppo_cfg.lora_value == "head")
     else:
-        value = load_scalar_model(ppo_cfg.value_model or reward_source, "value model", trained_head=False)
+        # trained, so fp32 like the policy; a fresh score head is fine (the value loss trains it)
+        value = load_sequence_scorer(ppo_cfg.value_model or reward_source, "value model", trained_head=False,
+                                     dtype=torch.float32)
         value.config.pad_token_id = tokenizer.pad_token_id
     return PPOModels(policy, ref, reward, value, tokenizer)
 

@@ -243,10 +243,3 @@ class GroupedPairSampler(Sampler):
     def __len__(self) -> int:
         return self.n
 
-
-def files_of(source: str | None) -> list[Path]:
-    """Local files behind a data source (for the manifest's data fingerprint)."""
-    if not source:
-        return []
-    p = Path(source)
-    return [p] if p.exists() else []
