@@ -63,4 +63,13 @@ def share_cpu_threads(device_type: str, processes_here: int | None = None) -> No
     if device_type != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return
     local = processes_here or int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    torch.set_num_threads(max(1, usable_cores() // local))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS keeps one (Linux; a container
+    or `taskset` may allow fewer than the machine has), else every core (macOS and Windows have no
+    os.sched_getaffinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
