@@ -142,3 +142,19 @@ def test_a_range_naming_a_key_its_section_lacks_fails_at_import():
         @dataclass
         class Section:
             lr: float = 1e-3
+
+
+@pytest.mark.parametrize("files, start, loop", [
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "a.yaml", "a.yaml -> b.yaml -> a.yaml"),
+    ({"self.yaml": "base: self.yaml\nmodel:\n  n_layer: 2\n"}, "self.yaml", "self.yaml -> self.yaml"),
+    ({"top.yaml": "base: a.yaml\n", "a.yaml": "base: ./b.yaml\n", "b.yaml": "base: ../presets/a.yaml\n"},
+     "top.yaml", "top.yaml -> a.yaml -> b.yaml -> a.yaml"),
+])
+def test_a_base_loop_is_refused_in_one_line_naming_the_chain_of_files(tmp_path, files, start, loop):
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    for name, text in files.items():
+        write(folder, text, name)
+    with pytest.raises(UserError) as e:
+        load_config(folder / start)
+    assert loop in str(e.value) and str(folder / start) in str(e.value) and "\n" not in str(e.value)

@@ -199,7 +199,9 @@ def _build(cls, data: dict, where: str):
     return obj
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, _bases: tuple[Path, ...] = ()) -> dict:
+    """A preset as a dict, merged over the preset its `base:` names (and so on up). `_bases`: the files
+    whose `base:` led here, so a loop (a.yaml -> b.yaml -> a.yaml) is refused instead of recursing forever."""
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise UserError(f"config file {path} {what}. Presets live in configs/ (e.g. configs/tiny.yaml).")
@@ -225,7 +227,12 @@ def read_yaml(path: Path) -> dict:
                         f"...), not a {type(data).__name__}.")
     base = data.pop("base", None)
     if base:
-        merged = read_yaml((path.parent / base).resolve())
+        chain, parent = (*_bases, path.resolve()), (path.parent / base).resolve()
+        if parent in chain:
+            loop = " -> ".join(p.name for p in (*chain, parent))
+            raise UserError(f"config file {chain[0]}: its `base:` presets form a loop ({loop}); point the `base:` "
+                            f"of {path.name} at a preset that does not lead back to {parent.name}, or remove it.")
+        merged = read_yaml(parent, chain)
         _deep_update(merged, data)
         data = merged
     return data
