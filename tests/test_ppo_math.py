@@ -63,6 +63,14 @@ def test_masked_whitening_equals_torch_on_the_unmasked_part_and_zero_elsewhere()
     torch.testing.assert_close(w2[mask], (kept - kept.mean()) / kept.std() + kept.mean(), rtol=1e-5, atol=1e-5)
 
 
+def test_reward_whitening_without_shift_keeps_the_mean_and_not_the_signs():
+    # Masked entries -1, 1, 3: mean 1, std 2 (unbiased). (x - 1) / 2 + 1 = 0, 1, 2; the masked 7 comes out 0.
+    x = torch.tensor([[-1.0, 1.0, 3.0, 7.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    torch.testing.assert_close(masked_whiten(x, mask, shift_mean=False), torch.tensor([[0.0, 1.0, 2.0, 0.0]]))
+    torch.testing.assert_close(masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]))  # shifted: mean 0
+
+
 @pytest.mark.parametrize("eos_at, expect_len", [(0, 1), (2, 3), (4, 5), (None, 5)])
 def test_reward_lands_on_the_last_real_token_and_kl_on_every_real_token(eos_at, expect_len):
     resp = torch.tensor([[7, 8, 9, 10, 11]])

@@ -45,7 +45,10 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
                   eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the masked entries only; masked entries come out as zero.
 
-    shift_mean=False only rescales (used for reward whitening, so the sign of a reward survives).
+    shift_mean=False returns (x - mean) / std + mean: the spread around the mean is scaled to one
+    std and the mean is put back, so the batch's mean reward is kept (TRL's masked_whiten with
+    shift_mean=False does the same). Signs are not kept: with mean 1 and std 2, a reward of -1
+    becomes 0 and a reward of 3 becomes 2.
     """
     mean = masked_mean(x, mask, global_)
     var = masked_var(x, mask, global_=global_)
