@@ -90,17 +90,14 @@ def test_report_judges_the_quality_bar_of_ppo_against_sft_on_intervals_and_names
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     diffs = [r["ppo"]["gold"] - r["sft"]["gold"] for r in rows]
     mean = sum(diffs) / len(diffs)
-    half = 1.96 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) / math.sqrt(len(diffs))
+    t5 = 2.570582  # Student t(0.975) with 6 - 1 degrees of freedom, from the table
+    half = t5 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) / math.sqrt(len(diffs))
     gold = bar["gold_difference"]
     assert (gold["n"], gold["prompts"]) == (6, 6)
     assert (gold["mean"], gold["ci_low"], gold["ci_high"]) == pytest.approx((mean, mean - half, mean + half))
-    # The rule of the bar, written out: the state follows the interval.
-    rm_rose = report["models"]["ppo"]["rm_mean"] > report["models"]["sft"]["rm_mean"]
-    state = ("reward over-optimisation" if mean + half < 0 or (rm_rose and mean < 0)
-             else "gold up" if mean - half > 0 else "gold level")
-    assert bar["gold_state"] == state and state in bar["verdict"]
-    assert bar["met"] == (state == "gold up" and report["comparisons"][-1]["win_rate_rm"]["win_rate"] >= 0.65
-                          and report["comparisons"][-1]["kl"]["k1_mean"] <= 10.0)
+    # Six prompts are too few to judge (the bar needs 30): the numbers are shown, no gold state is claimed.
+    assert bar["gold_state"] == "too few prompts" and not bar["met"]
+    assert bar["verdict"].startswith("too few prompts to judge (6 < 30)")
     assert "**Quality bar**, ppo vs sft" in md and bar["verdict"] in md
 
 

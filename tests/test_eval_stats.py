@@ -5,16 +5,17 @@ import math
 import pytest
 import torch
 
-from pipeline.lm.generation import pick_tokens, shape_logits
 from pipeline.judge.stats import (
     kl_estimates,
     length_matched,
     mean_std,
     paired_difference,
     spearman,
+    t_quantile,
     wilson_interval,
     win_rate,
 )
+from pipeline.lm.generation import pick_tokens, shape_logits
 
 
 def test_win_rate_counts_ties_as_half_a_win():
@@ -80,14 +81,49 @@ def test_spearman_uses_average_ranks_for_ties():
     assert spearman([1, 1], [1, 2]) is None
 
 
-def test_paired_difference_gives_the_mean_difference_with_a_normal_interval():
+def test_paired_difference_gives_the_mean_difference_with_a_student_t_interval():
     d = paired_difference([3.0, 5.0, 4.0, 6.0], [1.0, 2.0, 3.0, 2.0])  # differences 2, 3, 1, 4
     sd = math.sqrt(sum((x - 2.5) ** 2 for x in (2, 3, 1, 4)) / 3)  # sample standard deviation
+    t3 = 3.182446  # t(0.975, 3 degrees of freedom), from the table: 1.96 would claim a third less width
     assert d["n"] == 4 and d["mean"] == pytest.approx(2.5)
-    assert (d["ci_low"], d["ci_high"]) == pytest.approx((2.5 - 1.96 * sd / 2, 2.5 + 1.96 * sd / 2))
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((2.5 - t3 * sd / 2, 2.5 + t3 * sd / 2), rel=1e-6)
     assert paired_difference([], [])["mean"] is None
     with pytest.raises(ValueError):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_one_prompt_gives_a_mean_and_no_interval():
+    # one number has no spread: the old z interval was zero-width there, claiming certainty
+    one = paired_difference([0.7, 0.5], [0.2, 0.2], clusters=["p", "p"])
+    assert (one["n"], one["prompts"], one["mean"]) == (2, 1, pytest.approx(0.4))
+    assert one["ci_low"] is None and one["ci_high"] is None
+
+
+@pytest.mark.parametrize("p, df, table", [
+    (0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 5, 2.571), (0.975, 10, 2.228), (0.975, 30, 2.042),
+    (0.975, 100, 1.984), (0.975, 1000, 1.962), (0.975, 10 ** 6, 1.960), (0.995, 10, 3.169), (0.95, 20, 1.725),
+    (0.6, 3, 0.277), (0.025, 5, -2.571),
+])
+def test_t_quantile_matches_the_printed_table(p, df, table):
+    assert round(t_quantile(p, df), 3) == table
+
+
+def test_t_quantile_in_closed_form_and_across_the_switch_to_the_expansion(monkeypatch):
+    from pipeline.judge import stats
+
+    # df = 1 (Cauchy) and df = 2 have closed-form quantiles
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-12)
+    assert t_quantile(0.975, 2) == pytest.approx(0.95 * math.sqrt(2 / (1 - 0.95 ** 2)), rel=1e-12)
+    # the expansion used for large df agrees with the exact computation where they meet
+    expanded = [t_quantile(0.975, df) for df in (201, 400)]
+    monkeypatch.setattr(stats, "_EXACT_T_UP_TO", 10 ** 6)
+    assert [t_quantile(0.975, df) for df in (201, 400)] == pytest.approx(expanded, rel=1e-9)
+    monkeypatch.undo()
+    factors = [t_quantile(0.975, df) for df in range(1, 401)]
+    assert all(a > b for a, b in zip(factors, factors[1:]))  # more prompts, narrower interval, never a jump
+    for bad in ((1.0, 5), (0.975, 0), (0.975, 2.5)):
+        with pytest.raises(ValueError):
+            t_quantile(*bad)
 
 
 def test_mean_std():

@@ -1,4 +1,5 @@
-"""The quality bar's verdict: it names the gold state its interval is in, and never claims more."""
+"""The quality bar's verdict: it names the gold state its interval is in, and never claims more: not on a
+handful of prompts, not without a gold metric."""
 
 import math
 
@@ -50,9 +51,31 @@ def test_the_rm_win_rate_and_the_kl_budget_still_decide():
     assert not judge(win_rate=None)["met"]
 
 
-def test_without_gold_answers_the_verdict_says_so():
-    v = judge(gold_difference=None)
-    assert v["met"] and v["gold_state"] is None and "no gold metric" in v["verdict"]
+def test_without_gold_answers_the_bar_is_not_met_on_the_reward_model_alone():
+    v = judge(gold_difference=None)  # RM win rate 0.74, KL inside the budget: all the reward model can say
+    assert not v["met"] and v["gold_state"] is None
+    assert v["verdict"] == ("quality bar NOT met: no gold metric: without one (or another held-out judge) "
+                            "an improvement cannot be shown")
+
+
+def test_below_thirty_prompts_nothing_is_judged_and_the_numbers_are_still_shown():
+    few = judge(gold_difference=gold(0.02, 0.01, 0.03, prompts=29))
+    assert not few["met"] and few["gold_state"] == "too few prompts"
+    assert few["verdict"] == ("too few prompts to judge (29 < 30): gold vs sft +0.020, 95% CI +0.010 to +0.030 "
+                              "over 29 prompts; quality bar NOT met")
+    assert "gold up" not in few["verdict"]
+    assert judge(gold_difference=gold(0.02, 0.01, 0.03, prompts=30))["met"]  # the same numbers on 30 prompts
+    # a falling gold is not called over-optimisation on 29 prompts either
+    assert judge(gold_difference=gold(-0.05, -0.08, -0.02, prompts=29))["gold_state"] == "too few prompts"
+
+
+def test_one_prompt_whose_gold_rose_is_too_few_and_claims_no_interval():
+    cand = ModelAnswers("ppo", ["a", "b"], rm_scores=[2.0, 2.0], gold_scores=[0.5, 0.7])
+    base = ModelAnswers("sft", ["c", "d"], rm_scores=[1.0, 1.0], gold_scores=[0.1, 0.1])
+    bar = compare_models(cand, base, ["p", "p"], kl_budget=10.0, kl_logprobs=([[-1.0]] * 2, [[-1.5]] * 2))["quality_bar"]
+    assert not bar["met"] and bar["gold_state"] == "too few prompts"
+    assert bar["verdict"].startswith("too few prompts to judge (1 < 30): gold vs sft +0.500, no interval from one "
+                                     "prompt over 1 prompts")
 
 
 def test_one_evaluator_judges_hand_made_answers_and_counts_prompts():
@@ -66,11 +89,13 @@ def test_one_evaluator_judges_hand_made_answers_and_counts_prompts():
     assert c["win_rate_rm"]["win_rate"] == pytest.approx(2 / 3) and c["win_rate_rm"]["prompts"] == 3
     d = c["gold_difference"]
     sd = math.sqrt(((0.2 - 0.2 / 3) ** 2 + 2 * (0.2 / 3) ** 2) / 2)  # per-prompt differences 0.2, 0, 0
+    t2 = 0.95 * math.sqrt(2 / (1 - 0.95 ** 2))  # t(0.975) with 2 degrees of freedom, in closed form: 4.303
     assert d["mean"] == pytest.approx(0.2 / 3)
-    assert d["ci_low"] == pytest.approx(0.2 / 3 - 1.96 * sd / math.sqrt(3))
+    assert d["ci_low"] == pytest.approx(0.2 / 3 - t2 * sd / math.sqrt(3))
     assert c["kl"]["k1_mean"] == pytest.approx(1.0)
     bar = c["quality_bar"]
-    assert bar["gold_state"] == "gold level" and not bar["met"] and "over 3 prompts" in bar["verdict"]
+    assert bar["gold_state"] == "too few prompts" and not bar["met"]
+    assert "too few prompts to judge (3 < 30)" in bar["verdict"] and "over 3 prompts" in bar["verdict"]
 
 
 def test_the_rm_gold_rank_correlation_pools_both_models_answers():

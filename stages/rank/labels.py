@@ -183,7 +183,7 @@ def agreement(records: list[dict]) -> dict:
                 per_pair[f"{a['labeler']}~{b['labeler']}"].append(tau)
         if taus:
             per_prompt.append(sum(taus) / len(taus))
-    # a one-sample interval is the paired difference from 0: same normal approximation, same code
+    # a one-sample interval is the paired difference from 0: the same t interval, the same code
     summary = paired_difference(per_prompt, [0.0] * len(per_prompt))
     one = len(per_prompt) < 2  # an interval from one prompt would claim a spread nobody measured
     return {"prompts": len(per_prompt), "mean_tau": summary["mean"],
