@@ -1,8 +1,8 @@
 """Presets as plain data: YAML -> typed dataclasses, with `key.sub=value` overrides.
 
 Unknown keys and wrong types fail at once with the key, the file, and the closest valid key.
-Every number must be finite, and a section declares the range of its keys with `@limits(...)`:
-a value out of range fails with the key, the value and what is allowed.
+Every number must be finite and inside the range its key declares (pipeline/config/fields.py): a
+value out of range fails with the key, the value and what is allowed.
 A preset may start from another with `base: other.yaml` (resolved next to the file).
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import keyword
-import math
 import re
 import types
 import typing
@@ -20,29 +18,16 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.fields import check_ranges, field_name, key_name
+from pipeline.config.schema import RunConfig
 from pipeline.errors import UserError
 
 
-def _field_name(key: str) -> str:
-    # `tokenizer.from` reads better in YAML than `from_`; Python keywords get a trailing underscore.
-    return key + "_" if keyword.iskeyword(key) else key
-
-
-def _key_name(field: str) -> str:
-    return field[:-1] if field.endswith("_") and keyword.iskeyword(field[:-1]) else field
-
-
 def _valid_keys(cls) -> list[str]:
-    return [_key_name(f.name) for f in dataclasses.fields(cls)]
+    return [key_name(f.name) for f in dataclasses.fields(cls)]
 
 
-# Keys that moved: their old name gets the new one instead of a guess.
-RENAMED = {"rank.round": "run.round"}
-
-
-def _closest(key: str, options: list[str], dotted: str = "") -> str:
-    if dotted in RENAMED:
-        return f" It is now '{RENAMED[dotted]}'."
+def _closest(key: str, options: list[str]) -> str:
     match = difflib.get_close_matches(key, options, n=1, cutoff=0.4)
     return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(options)}."
 
@@ -116,84 +101,21 @@ def _coerce(value: Any, tp, where: str) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------- ranges
-
-_BOUND = re.compile(r"^\s*(>=|>|<=|<)\s*(-?[\d.e+-]+)\s*$")
-_INTERVAL = re.compile(r"^\s*([\[(])\s*(-?[\d.e+-]+)\s*,\s*(-?[\d.e+-]+)\s*([\])])\s*$")
-
-
-def limits(**ranges: str):
-    """Declare the allowed range of a section's numeric keys, as plain data next to the fields:
-
-        @limits(batch_size="> 0", lr="> 0", dropout="[0, 1)", max_steps="> 0 | -1")
-
-    A spec is a bound (`> 0`, `>= 0`, `< 1`), an interval (`[0, 1]`, `(0, 1]`), an exact value (`-1`),
-    or alternatives joined with `|`. None (for optional keys) is always allowed; lists are checked
-    element by element. Checked before the section's own `validate()`."""
-    for spec in ranges.values():
-        for alternative in spec.split("|"):
-            _in_range(0.0, alternative)  # a malformed spec fails at import, not on a user's run
-
-    def decorate(cls):
-        unknown = sorted(set(ranges) - set(getattr(cls, "__dataclass_fields__", {})))
-        if unknown:  # a range above the wrong class (a bad merge) would silently check nothing
-            raise TypeError(f"@limits on {cls.__name__} names keys it does not have: {', '.join(unknown)} "
-                            "(put @limits directly above @dataclass)")
-        cls.__limits__ = {**getattr(cls, "__limits__", {}), **ranges}
-        return cls
-
-    return decorate
-
-
-def _in_range(value: float, spec: str) -> bool:
-    if m := _BOUND.match(spec):
-        op, bound = m.group(1), float(m.group(2))
-        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
-    if m := _INTERVAL.match(spec):
-        lo, hi = float(m.group(2)), float(m.group(3))
-        above = value >= lo if m.group(1) == "[" else value > lo
-        below = value <= hi if m.group(4) == "]" else value < hi
-        return above and below
-    try:
-        return value == float(spec)
-    except ValueError:
-        raise ValueError(f"malformed range spec {spec!r}") from None
-
-
-def _check_ranges(obj, where: str) -> None:
-    """Every number finite; every key with a declared range inside it. One line per failure."""
-    ranges = getattr(type(obj), "__limits__", {})
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        path = f"{where}.{_key_name(f.name)}" if where else _key_name(f.name)
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                continue
-            shown = value if isinstance(value, list) else v
-            if not math.isfinite(v):
-                raise UserError(f"{path}={shown}: must be a finite number.")
-            spec = ranges.get(f.name) or ranges.get(_key_name(f.name))
-            if spec and not any(_in_range(v, alt) for alt in spec.split("|")):
-                allowed = " or ".join(f"in {a}" if a[:1] in "[(" else a for a in map(str.strip, spec.split("|")))
-                raise UserError(f"{path}={shown}: must be {allowed}.")
-
-
 def _build(cls, data: dict, where: str):
     hints = typing.get_type_hints(cls)
-    names = {_key_name(f.name): f.name for f in dataclasses.fields(cls)}
+    names = {key_name(f.name): f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         key = str(key)
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise UserError(f"unknown key '{path}'.{_closest(key, list(names), path)}")
+            raise UserError(f"unknown key '{path}'.{_closest(key, list(names))}")
         kwargs[names[key]] = _coerce(value, hints[names[key]], path)
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise UserError(f"{where or 'config'}: {e}") from None
-    _check_ranges(obj, where)
+    check_ranges(obj, where)
     if hasattr(obj, "validate"):
         obj.validate()
     return obj
@@ -266,8 +188,8 @@ def apply_overrides(data: dict, overrides: list[str], schema) -> None:
             valid = _valid_keys(cls)
             if part not in valid:
                 dotted = ".".join(path[: i + 1])
-                raise UserError(f"unknown key '{dotted}' in override '{text}'.{_closest(part, valid, dotted)}")
-            field_tp = typing.get_type_hints(cls)[_field_name(part)]
+                raise UserError(f"unknown key '{dotted}' in override '{text}'.{_closest(part, valid)}")
+            field_tp = typing.get_type_hints(cls)[field_name(part)]
             if i == len(path) - 1:
                 node[part] = value
             else:
@@ -289,10 +211,8 @@ def _dataclass_of(tp):
     return None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, schema=None):
+def load_config(path: str | Path, overrides: list[str] | None = None, schema=RunConfig):
     """Read a preset, apply overrides, and return the typed, validated config."""
-    if schema is None:
-        from pipeline.config.schema import RunConfig as schema
     path = Path(path)
     data = read_yaml(path)
     data.setdefault("run", {}).setdefault("name", path.stem)
@@ -310,11 +230,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, schema=Non
 def to_dict(cfg) -> dict:
     """The resolved config as plain data, with YAML spellings of keys (for manifests)."""
     if dataclasses.is_dataclass(cfg):
-        return {_key_name(f.name): to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {key_name(f.name): to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, (list, tuple)):
         return [to_dict(v) for v in cfg]
     return cfg
 
-
-def dump_yaml(cfg) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

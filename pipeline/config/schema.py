@@ -1,8 +1,10 @@
-"""The typed configuration of a run: one dataclass per YAML section, defaults documented.
+"""The typed configuration of a run: one dataclass per YAML section, each key with its help and range.
 
 Every stage reads the same `RunConfig`; a preset (configs/*.yaml) sets only what differs.
 Paths left empty are derived from `run.out_dir/run.name/<stage>` so stages chain by default.
-`@limits` above a section declares the allowed range of its numbers (every number must also be finite).
+Each key is declared with `setting(default, help, range=...)` (pipeline/config/fields.py); `validate()`
+holds only the checks that involve more than one key or more than a number's range.
+docs/config.md is generated from these declarations: `python -m pipeline.config.docs > docs/config.md`.
 """
 
 from __future__ import annotations
@@ -12,64 +14,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline.config.loader import limits
-from pipeline.errors import UserError
+from pipeline.config.fields import setting
 from pipeline.config.schema_align import AlignSection, DPOSection, GRPOSection, RLOOSection
 from pipeline.config.schema_lora import LoraSection
+from pipeline.config.schema_rl import EvalSection, PPOSection
+from pipeline.errors import UserError
+
+_RESUME = "continue an unfinished run made with the same settings from its last checkpoint"
 
 
 @dataclass
 class RunSection:
-    name: str = "run"  # defaults to the preset's file name: runs/<name>/...
-    out_dir: str = "runs"
-    seed: int = 1337
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on capable GPUs, fp32 on CPU
-    compile: bool = False  # torch.compile the model (pays off on GPU; nothing on CPU)
-    # rank -> reward -> PPO rounds (pipeline/graph/rounds.py): `make ppo` runs rounds 1..rounds; round N>1 ranks
-    # round N-1's PPO answers and writes rank-rN, reward-rN, ppo-rN. Eval, compare, chat and serve use the
-    # newest round up to `rounds` whose PPO model is finished.
-    rounds: int = 1
-    round: int | None = None  # the round a rank/reward/ppo command belongs to (the Makefile sets it); None: 1
+    """Where a run's artifacts go and what every stage shares: seed, device, precision, RLHF rounds."""
+
+    name: str = setting("run", "the run's folder, runs/<name>/...; a preset's own file name unless set")
+    out_dir: str = setting("runs", "the folder that holds the runs")
+    seed: int = setting(1337, "random seed of every stage (initialisation, shuffling, sampling)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to compute; auto: CUDA, else MPS, else CPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", "compute precision; auto: bfloat16 on GPUs that have it, float32 on the CPU")
+    compile: bool = setting(False, "torch.compile the model (pays off on a GPU; nothing on the CPU)")
+    rounds: int = setting(1, "rank -> reward -> PPO rounds `make ppo` runs; round N > 1 writes rank-rN, reward-rN, "
+                          "ppo-rN", range=">= 1")
+    round: int | None = setting(None, "the round a rank, reward or ppo command belongs to (make sets it); null: 1, "
+                                "or 2 with rank.policy", range=">= 1")
 
     def validate(self) -> None:
-        for key, value in (("rounds", self.rounds), ("round", self.round)):
-            if value is not None and value < 1:
-                raise UserError(f"run.{key}={value}: rounds are numbered from 1.")
         if Path(self.out_dir).is_file():
             raise UserError(f"run.out_dir={self.out_dir}: an existing file; the runs go in a folder there.")
         if (Path(self.out_dir) / self.name).is_file():
-            raise UserError(f"run.name={self.name}: {Path(self.out_dir) / self.name} is an existing file; the run "
-                            "goes in a folder there.")
+            raise UserError(f"run.name={self.name}: {Path(self.out_dir) / self.name} (run.out_dir/run.name) is an "
+                            "existing file; the run goes in a folder there.")
 
 
 @dataclass
 class DataSection:
     """The embedded demo data (data/demo): built from the docs that ship inside Python."""
 
-    subset: Literal["common", "all"] = "common"  # common: everyday modules (~0.6 MB of text); all: the stdlib
-    k: int = 4  # candidate answers per ranking prompt (2-6), graded best to worst
-    seed: int = 0
-    dir: str | None = None  # default runs/<name>/data
-    answer_words: int = 40  # gold answers are cut to whole sentences within this many words
-    val_docs: float = 0.05  # share of documents held out for validation loss (never asked about)
-
-    def validate(self) -> None:
-        if not 2 <= self.k <= 6:
-            raise UserError(f"data.k={self.k}: the demo builds 2 to 6 graded candidates per prompt.")
-        if self.answer_words < 8:
-            raise UserError(f"data.answer_words={self.answer_words} is too short for an answer; use 8 or more.")
-        if not 0.0 < self.val_docs < 0.5:
-            raise UserError(f"data.val_docs={self.val_docs} must be between 0 and 0.5.")
+    subset: Literal["common", "all"] = setting("common", "common: everyday modules (~0.6 MB of text); all: the "
+                                               "whole standard library")
+    k: int = setting(4, "graded candidate answers per ranking prompt, best to worst", range="[2, 6]")
+    seed: int = setting(0, "random seed of the demo's questions, candidates and splits")
+    dir: str | None = setting(None, "where the demo data is written; null: runs/<name>/data")
+    answer_words: int = setting(40, "gold answers are cut to whole sentences within this many words", range=">= 8")
+    val_docs: float = setting(0.05, "share of documents held out for validation loss (never asked about)",
+                              range="(0, 0.5)")
 
 
-@limits(vocab_size="> 0", min_frequency=">= 0")
 @dataclass
 class TokenizerSection:
-    kind: Literal["bpe", "word"] = "bpe"  # byte-level BPE, or whole words and punctuation (unknown words: <|unk|>)
-    vocab_size: int = 4096  # the whole vocabulary, special tokens included
-    min_frequency: int = 2
-    from_: str | None = None  # reuse an existing tokenizer (path or hub name) instead of training one
+    """The tokenizer pretraining trains on train.data (or reuses)."""
+
+    kind: Literal["bpe", "word"] = setting("bpe", "bpe: byte-level BPE; word: whole words and punctuation "
+                                           "(unknown words become <|unk|>)")
+    vocab_size: int = setting(4096, "tokens in the vocabulary, special tokens included", range="> 0")
+    min_frequency: int = setting(2, "a merge or word enters the vocabulary only when seen this many times",
+                                 range=">= 0")
+    from_: str | None = setting(None, "reuse this tokenizer (a folder or hub name) instead of training one")
 
     def validate(self) -> None:
         if self.kind == "word" and self.from_:
@@ -77,22 +78,25 @@ class TokenizerSection:
                             "set only one of them.")
 
 
-@limits(n_layer="> 0", n_head="> 0", n_kv_head="> 0", n_embd="> 0", intermediate_size="> 0",
-        block_size="> 0", max_position_embeddings="> 0", rope_theta="> 0", dropout="[0, 1)")
 @dataclass
 class ModelSection:
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int | None = None  # grouped-query attention; None = n_head
-    n_embd: int = 128
-    intermediate_size: int | None = None  # SwiGLU width; None = ~8/3 * n_embd rounded up to 32
-    block_size: int = 256  # context length used in training
-    max_position_embeddings: int | None = None  # None = block_size
-    tie_embeddings: bool = True
-    rope_theta: float = 10000.0
-    dropout: float = 0.0
-    init_from: str | None = None  # start from an existing causal LM (path or hub name)
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """The shape of the Llama-style model pretraining builds (RoPE, SwiGLU, RMSNorm)."""
+
+    n_layer: int = setting(4, "transformer blocks", range="> 0")
+    n_head: int = setting(4, "attention heads per block", range="> 0")
+    n_kv_head: int | None = setting(None, "key/value heads (grouped-query attention); null: n_head", range="> 0")
+    n_embd: int = setting(128, "width of the residual stream (the hidden size)", range="> 0")
+    intermediate_size: int | None = setting(None, "SwiGLU inner width; null: ~8/3 x n_embd rounded up to 32",
+                                            range="> 0")
+    block_size: int = setting(256, "context length in pretraining, in tokens", range="> 0")
+    max_position_embeddings: int | None = setting(None, "the longest input the model takes, in tokens; null: "
+                                                  "block_size", range="> 0")
+    tie_embeddings: bool = setting(True, "the output layer shares the input embedding's weights")
+    rope_theta: float = setting(10000.0, "base of the rotary position embedding's wavelengths", range="> 0")
+    dropout: float = setting(0.0, "dropout probability in training", range="[0, 1)")
+    init_from: str | None = setting(None, "start from this causal LM (a folder or hub name) instead of a new model")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = setting(
+        "sdpa", "attention kernel: sdpa (PyTorch's), eager (plain), or flash_attention_2 (CUDA)")
 
     def validate(self) -> None:
         if self.n_embd % self.n_head:
@@ -104,7 +108,8 @@ class ModelSection:
         if self.n_head % kv:
             raise UserError(f"model.n_head={self.n_head} is not divisible by model.n_kv_head={kv}.")
         if (self.n_embd // self.n_head) % 2:
-            raise UserError(f"head size n_embd/n_head={self.n_embd // self.n_head} must be even for RoPE.")
+            raise UserError(f"head size model.n_embd/model.n_head={self.n_embd // self.n_head} must be even for "
+                            "RoPE.")
         if self.max_position_embeddings and self.block_size > self.max_position_embeddings:
             raise UserError(
                 f"model.block_size={self.block_size} is over model.max_position_embeddings="
@@ -112,226 +117,143 @@ class ModelSection:
             )
 
 
-@limits(val_fraction="[0, 1)", batch_size="> 0", tokens_per_step="> 0", max_steps="> 0", lr="> 0",
-        min_lr=">= 0", warmup_steps=">= 0", weight_decay=">= 0", beta1="[0, 1)", beta2="[0, 1)", grad_clip="> 0",
-        eval_every="> 0", eval_batches="> 0", log_every="> 0", checkpoint_every="> 0", sample_temperatures=">= 0",
-        sample_tokens=">= 0")
 @dataclass
 class TrainSection:
     """Pretraining: next-token prediction on raw text."""
 
-    data: list[str] = field(default_factory=lambda: ["demo"])  # .txt/.jsonl/.parquet files, dirs, globs, hub names
-    text_field: str = "text"
-    val_fraction: float = 0.05  # held-out share of documents when the data has no validation split
-    batch_size: int = 12  # sequences per micro-batch (per process)
-    tokens_per_step: int | None = None  # global tokens per optimizer step; sets gradient accumulation
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    eval_every: int = 250
-    eval_batches: int = 20
-    log_every: int = 10
-    checkpoint_every: int = 250
-    resume: bool = True  # continue from the last checkpoint if one exists
-    sample_temperatures: list[float] = field(default_factory=lambda: [0.0, 0.7, 1.0])
-    sample_tokens: int = 120
+    data: list[str] = setting(["demo"], "pretraining text: .txt/.jsonl/.parquet files, folders, globs, hub names; "
+                              "demo: the demo's docs")
+    text_field: str = setting("text", "the field that holds the text in .jsonl and .parquet records")
+    val_fraction: float = setting(0.05, "share of documents held out for validation loss when the data has no "
+                                  "validation split", range="[0, 1)")
+    batch_size: int = setting(12, "sequences per micro-batch on each process", range="> 0")
+    tokens_per_step: int | None = setting(None, "tokens per optimizer step over all processes (sets gradient "
+                                          "accumulation); null: one micro-batch each", range="> 0")
+    max_steps: int = setting(1000, "optimizer steps", range="> 0")
+    lr: float = setting(1e-3, "peak learning rate, reached after the warmup", range="> 0")
+    min_lr: float = setting(1e-4, "the learning rate the cosine decay ends at, at max_steps", range=">= 0")
+    warmup_steps: int = setting(100, "steps of linear warmup up to lr", range=">= 0")
+    weight_decay: float = setting(0.1, "AdamW weight decay", range=">= 0")
+    beta1: float = setting(0.9, "AdamW's decay of its gradient average", range="[0, 1)")
+    beta2: float = setting(0.99, "AdamW's decay of its squared-gradient average", range="[0, 1)")
+    grad_clip: float = setting(1.0, "gradients are scaled down to at most this global norm", range="> 0")
+    eval_every: int = setting(250, "steps between validation-loss estimates", range="> 0")
+    eval_batches: int = setting(20, "micro-batches per validation-loss estimate", range="> 0")
+    log_every: int = setting(10, "steps between logged training metrics", range="> 0")
+    checkpoint_every: int = setting(250, "steps between checkpoints (what a killed run resumes from)", range="> 0")
+    resume: bool = setting(True, _RESUME)
+    sample_temperatures: list[float] = setting([0.0, 0.7, 1.0], "temperatures of the samples in samples.md "
+                                               "(0: greedy)", range=">= 0")
+    sample_tokens: int = setting(120, "new tokens per sample in samples.md", range=">= 0")
 
 
-@limits(val_fraction="[0, 1)", max_length="> 0", lr="> 0", epochs="> 0", max_steps="> 0 | -1", batch_size="> 0",
-        grad_accum="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", eval_every="> 0", log_every="> 0",
-        save_every="> 0", num_samples=">= 0", gold_prompts=">= 0",
-        max_new_tokens="> 0")
 @dataclass
 class SFTSection:
-    init_from: str | None = None  # default runs/<name>/pretrain; any HF causal LM dir or hub name
-    data: str = "demo"  # demo, a local file (.jsonl/.json/.parquet/.csv, .gz) or a hub name
-    val_data: str | None = None  # default: the demo's validation split, or a share of `data`
-    val_fraction: float = 0.05
-    max_length: int = 256
-    packing: bool = False  # pack conversations into max_length rows (attention kept within each one)
-    # loss on the assistant's tokens only; false trains on whole conversations (for a chat template whose
-    # assistant turns cannot be marked: pipeline/lm/chat_format.py)
-    assistant_only_loss: bool = True
-    lr: float = 5e-4
-    epochs: float = 3.0
-    max_steps: int = -1  # >0 overrides epochs
-    batch_size: int = 16
-    grad_accum: int = 1
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    eval_every: int = 100
-    log_every: int = 10
-    save_every: int = 200
-    resume: bool = True
-    num_samples: int = 8  # held-out prompts answered into samples.md
-    gold_prompts: int = 64  # held-out prompts whose greedy answers get the gold-metric score
-    max_new_tokens: int = 64  # answer length for samples.md and the gold score
+    """Supervised instruction tuning (TRL SFTTrainer) of the pretrained model on conversations."""
+
+    init_from: str | None = setting(None, "the model SFT starts from (a causal LM folder or hub name); null: "
+                                    "runs/<name>/pretrain")
+    data: str = setting("demo", "conversations: demo, a local file (.jsonl/.json/.parquet/.csv, .gz) or a hub name")
+    val_data: str | None = setting(None, "held-out conversations; null: the demo's validation split, or "
+                                   "val_fraction of data")
+    val_fraction: float = setting(0.05, "share of data held out when there is no val_data", range="[0, 1)")
+    max_length: int = setting(256, "tokens per conversation: longer ones are cut (dropped when no answer is left)",
+                              range="> 0")
+    packing: bool = setting(False, "pack conversations into max_length rows (attention kept within each one)")
+    assistant_only_loss: bool = setting(True, "loss on the assistant's tokens only; false: on whole conversations "
+                                        "(for unmarkable templates)")
+    lr: float = setting(5e-4, "peak learning rate (cosine decay after the warmup)", range="> 0")
+    epochs: float = setting(3.0, "passes over the training conversations", range="> 0")
+    max_steps: int = setting(-1, "optimizer steps; -1: as many as epochs take", range="> 0 | -1")
+    batch_size: int = setting(16, "conversations per micro-batch on each device", range="> 0")
+    grad_accum: int = setting(1, "micro-batches summed into one optimizer step", range="> 0")
+    warmup_ratio: float = setting(0.05, "share of the steps over which the learning rate rises from 0", range="[0, 1)")
+    weight_decay: float = setting(0.0, "AdamW weight decay", range=">= 0")
+    eval_every: int = setting(100, "steps between held-out loss evaluations", range="> 0")
+    log_every: int = setting(10, "steps between logged metrics", range="> 0")
+    save_every: int = setting(200, "steps between checkpoints (what a killed run resumes from)", range="> 0")
+    resume: bool = setting(True, _RESUME)
+    num_samples: int = setting(8, "held-out prompts answered into samples.md", range=">= 0")
+    gold_prompts: int = setting(64, "held-out prompts whose greedy answers get the gold-metric score", range=">= 0")
+    max_new_tokens: int = setting(64, "answer length limit for samples.md and the gold score, in tokens", range="> 0")
     lora: LoraSection = field(default_factory=LoraSection)
-    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, more time
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward: less memory, more time")
 
 
-@limits(k="> 0", max_new_tokens="> 0", batch_size="> 0", chunk_prompts="> 0", noise=">= 0", port=">= 0")
 @dataclass
 class RankSection:
-    """Ranking the policy's own answers (issue 12): K samples per prompt, ordered by a labeler.
+    """Ranking the policy's own answers: K samples per prompt, ordered by a labeler.
 
     Writes runs/<name>/rank (round 1) or runs/<name>/rank-r<N> (run.round); the reward stage trains on it."""
 
-    policy: str | None = None  # whose answers are ranked; default runs/<name>/sft in round 1, the previous
-    # round's PPO model in round N>1 (run.round); set without run.round, it is round 2 (runs/<name>/rank-r2)
-    prompts: str = "demo"  # demo: the reward training rankings' prompts; or a file with `prompt` (+ `gold`)
-    heldout_prompts: str = "demo"  # prompts ranked by gold (no noise) for the reward report, never trained on;
-    # demo: the held-out reward prompts; "none" skips
-    num_prompts: int | None = None  # labeling prompts used (the first N); None = all
-    num_heldout_prompts: int | None = None
-    k: int = 4  # answers sampled per prompt (identical ones are merged)
-    temperatures: list[float] = field(default_factory=lambda: [0.7, 0.9, 1.1, 1.3])  # answer j: temperatures[j % n]
-    max_new_tokens: int = 48  # = ppo.max_new_tokens: rank answers like the ones PPO will write
-    batch_size: int = 64  # prompts sampled together
-    chunk_prompts: int = 128  # prompts per saved chunk of candidates (what a killed run keeps)
-    labeler: Literal["gold", "human", "judge"] = "gold"  # gold: simulated person (gold metric + noise)
-    noise: float = 0.07  # gold labeler: Plackett-Luce temperature on gold scores (0 = the exact gold order);
-    # 0.07 puts ~84% of pairs in the gold order, so two simulated people agree on ~73%, as InstructGPT's labelers did
-    judge: str | None = None  # labeler=judge: a reward model dir, or a causal LM (mean log-prob of the answer)
-    ui: Literal["browser", "terminal"] = "browser"  # labeler=human
-    host: str = "127.0.0.1"  # the labeling page binds here; change deliberately
-    port: int = 0  # 0 = a free port
-    labeler_name: str = "you"  # labeler=human: whose labels (runs/<name>/labels/<labeler_name>.jsonl)
-    resume: bool = True
+    policy: str | None = setting(None, "whose answers are ranked; null: SFT in round 1, later the previous round's "
+                                 "PPO model; set: round 2")
+    prompts: str = setting("demo", "labeling prompts: demo (the reward rankings' prompts) or a file with prompt "
+                           "(and gold)")
+    heldout_prompts: str = setting("demo", "prompts ranked by gold for the reward report, never trained on: demo, "
+                                   "a file, or none")
+    num_prompts: int | None = setting(None, "labeling prompts used (the first N); null: all", range=">= 0")
+    num_heldout_prompts: int | None = setting(None, "held-out prompts used (the first N); null: all", range=">= 0")
+    k: int = setting(4, "answers sampled per prompt (identical ones are merged)", range="[2, 16]")
+    temperatures: list[float] = setting([0.7, 0.9, 1.1, 1.3], "sampling temperatures: answer j uses "
+                                        "temperatures[j % their number]", range="> 0")
+    max_new_tokens: int = setting(48, "answer length limit in tokens; equal to ppo.max_new_tokens, the answers are "
+                                  "like PPO's", range="> 0")
+    batch_size: int = setting(64, "prompts sampled together", range="> 0")
+    chunk_prompts: int = setting(128, "prompts per saved chunk of answers (what a killed run keeps)", range="> 0")
+    labeler: Literal["gold", "human", "judge"] = setting("gold", "who ranks: gold (a simulated person: the gold "
+                                                         "metric + noise), human (you), judge (a model)")
+    noise: float = setting(0.07, "gold labeler's Plackett-Luce temperature on gold scores; 0: the exact gold order, "
+                           "0.07: ~84% of pairs", range=">= 0")
+    judge: str | None = setting(None, "labeler=judge: a reward model folder, or a causal LM (the answer's mean "
+                                "log-prob)")
+    ui: Literal["browser", "terminal"] = setting("browser", "labeler=human: label on a web page or in the terminal")
+    host: str = setting("127.0.0.1", "the address the labeling page binds to; change it deliberately")
+    port: int = setting(0, "the labeling page's port; 0: a free one", range=">= 0")
+    labeler_name: str = setting("you", "labeler=human: whose labels (runs/<name>/labels/<labeler_name>.jsonl)")
+    resume: bool = setting(True, "keep the answers and labels of an unfinished run made with the same settings")
 
     def validate(self) -> None:
-        if not 2 <= self.k <= 16:
-            raise UserError(f"rank.k={self.k}: sample 2 to 16 answers per prompt.")
-        if not self.temperatures or any(t <= 0 for t in self.temperatures):
-            raise UserError(f"rank.temperatures={self.temperatures}: give one or more temperatures above 0.")
-        if self.noise < 0:
-            raise UserError(f"rank.noise={self.noise} must be 0 (exact gold order) or more.")
+        if not self.temperatures:
+            raise UserError("rank.temperatures=[]: give one or more temperatures above 0.")
         if self.labeler == "judge" and not self.judge:
             raise UserError("rank.labeler=judge needs rank.judge=DIR (a reward model or a causal LM).")
-        for key in ("max_new_tokens", "batch_size", "chunk_prompts"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"rank.{key} must be positive, got {getattr(self, key)}.")
         if not re.fullmatch(r"[\w.-]+", self.labeler_name):
             raise UserError(f"rank.labeler_name={self.labeler_name!r}: use letters, digits, '.', '_' or '-'.")
 
 
-@limits(val_fraction="[0, 1)", max_length="> 0", lr="> 0", epochs="> 0", max_steps="> 0 | -1", batch_size="> 0",
-        grad_accum="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", eval_every="> 0", log_every="> 0",
-        save_every="> 0", center_rewards_coefficient=">= 0",
-        stats_prompts=">= 0")
 @dataclass
 class RewardSection:
-    init_from: str | None = None  # default runs/<name>/sft
-    # "+"-joined sources: demo (prepared rankings), rank (this run's ranked own answers), rank-r2 (round 2),
-    # or files: pairwise, HH transcripts or K-way rankings (see data/README.md)
-    data: str = "demo+rank"
-    val_data: str | None = None
-    val_fraction: float = 0.1
-    max_length: int = 256
-    lr: float = 1e-4
-    epochs: float = 2.0
-    max_steps: int = -1
-    batch_size: int = 16
-    grad_accum: int = 1
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    use_margin: bool = False  # use a `margin` column in the loss when the data has one
-    center_rewards_coefficient: float | None = None  # auxiliary loss pulling rewards to zero mean
-    group_by_prompt: bool = True  # K-way: keep one prompt's pairs in the same batch (InstructGPT)
-    eval_every: int = 100
-    log_every: int = 10
-    save_every: int = 200
-    resume: bool = True
-    stats_prompts: int = 64  # SFT samples scored after training for PPO's reward normalisation
+    """The reward model (TRL RewardTrainer): the SFT model with a scalar head, trained on rankings."""
+
+    init_from: str | None = setting(None, "the model the reward model starts from (a scalar head is added); null: "
+                                    "runs/<name>/sft")
+    data: str = setting("demo+rank", "sources joined by +: demo (prepared rankings), rank, rank-r2, ... (this run's "
+                        "ranked answers), files")
+    val_data: str | None = setting(None, "held-out preferences; null: the demo's or rank's held-out rankings, else "
+                                   "val_fraction of data")
+    val_fraction: float = setting(0.1, "share of data's prompts held out when there is no val_data", range="[0, 1)")
+    max_length: int = setting(256, "tokens per prompt + answer; a longer prompt loses its oldest tokens",
+                              range="> 0")
+    lr: float = setting(1e-4, "peak learning rate (cosine decay after the warmup)", range="> 0")
+    epochs: float = setting(2.0, "passes over the training pairs", range="> 0")
+    max_steps: int = setting(-1, "optimizer steps; -1: as many as epochs take", range="> 0 | -1")
+    batch_size: int = setting(16, "pairs per micro-batch on each device", range="> 0")
+    grad_accum: int = setting(1, "micro-batches summed into one optimizer step", range="> 0")
+    warmup_ratio: float = setting(0.05, "share of the steps over which the learning rate rises from 0", range="[0, 1)")
+    weight_decay: float = setting(0.0, "AdamW weight decay", range=">= 0")
+    use_margin: bool = setting(False, "ask for a larger score gap where the data has a margin (or a rank distance)")
+    center_rewards_coefficient: float | None = setting(None, "weight of an extra loss pulling rewards to mean 0; "
+                                                       "null: none", range=">= 0")
+    group_by_prompt: bool = setting(True, "K-way rankings: keep one prompt's pairs in the same batch (InstructGPT)")
+    eval_every: int = setting(100, "steps between held-out evaluations", range="> 0")
+    log_every: int = setting(10, "steps between logged metrics", range="> 0")
+    save_every: int = setting(200, "steps between checkpoints (what a killed run resumes from)", range="> 0")
+    resume: bool = setting(True, _RESUME)
+    stats_prompts: int = setting(64, "PPO prompts whose SFT answers set the reward normalisation (mean, std); 0: "
+                                 "none", range=">= 0")
     lora: LoraSection = field(default_factory=LoraSection)
-    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, more time
-
-
-@limits(num_eval_prompts=">= 0", report_prompts="> 0", report_samples="> 0", total_episodes="> 0",
-        batch_size="> 0", num_minibatches="> 0", ppo_epochs="> 0", grad_accum="> 0", lr="> 0", max_new_tokens="> 0",
-        max_prompt_length="> 0", temperature="> 0", top_k=">= 0", top_p="(0, 1]", kl_coef=">= 0", target_kl="> 0",
-        kl_horizon="> 0", kl_budget=">= 0", gamma="[0, 1]", lam="[0, 1]", cliprange="> 0", cliprange_value="> 0",
-        vf_coef=">= 0", reward_clip="> 0", max_grad_norm="> 0", forward_batch_size="> 0",
-        generation_batch_size="> 0", sample_every="> 0", log_every="> 0", save_every="> 0")
-@dataclass
-class PPOSection:
-    policy: str | None = None  # default runs/<name>/sft (also the frozen reference)
-    reward_model: str | None = None  # default runs/<name>/reward
-    value_model: str | None = None  # default: initialised from the reward model
-    data: str = "demo"  # prompts: demo, or a file/hub name with a `prompt` field (string or messages)
-    eval_data: str | None = None  # development prompts (+ gold) the stage reports on; default: demo's ppo_dev, or the last prompts of data
-    num_eval_prompts: int = 64  # development prompts answered into samples.md (with RM and gold scores) while training
-    report_prompts: int | None = None  # development prompts of the final PPO-vs-SFT report; None = all of them
-    report_samples: int = 2  # answers per prompt and model in that report; its intervals count prompts, not answers
-    total_episodes: int = 2048
-    batch_size: int = 64  # prompts per rollout (global)
-    num_minibatches: int = 4
-    ppo_epochs: int = 4
-    grad_accum: int = 1  # micro-batches per minibatch
-    lr: float = 3e-5
-    max_new_tokens: int = 48
-    max_prompt_length: int = 128
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    kl_coef: float = 0.05
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    adaptive_kl: bool = False
-    target_kl: float = 6.0
-    kl_horizon: int = 10000
-    kl_budget: float = 10.0  # the quality bar's limit on mean KL(PPO||SFT) per answer
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_rewards: bool = False
-    missing_eos_penalty: float | None = 1.0
-    missing_eos_mode: Literal["subtract", "replace"] = "subtract"
-    reward_clip: float | None = None
-    max_grad_norm: float = 1.0
-    forward_batch_size: int = 32  # micro-batch for no-grad forwards (reference, reward, value)
-    generation_batch_size: int | None = None  # prompts sampled together; None = the whole rollout batch
-    sample_every: int = 5  # rollouts between samples.md / held-out evaluations
-    log_every: int = 1
-    save_every: int = 10
-    resume: bool = True
-    lora: LoraSection = field(default_factory=LoraSection)
-    # With LoRA, the value model: head = a scalar head on the policy's hidden states (one shared base,
-    # the value loss also trains the adapters); base_head = a head on the base's (adapters off, only the
-    # head trains); model = a separate value model from value_model / the reward model (a full copy).
-    lora_value: Literal["head", "base_head", "model"] = "head"
-    gradient_checkpointing: bool = False  # recompute each layer in the backward: less memory, ~30% more time
-    check_memory: bool = True  # refuse before loading when the memory estimate exceeds what the device has free
-
-
-@limits(lm_max_tokens="> 0", num_prompts="> 0", max_new_tokens="> 0", temperature=">= 0", top_k=">= 0",
-        top_p="(0, 1]", batch_size="> 0", num_side_by_side=">= 0", length_tolerance=">= 0")
-@dataclass
-class EvalSection:
-    """Compare models on held-out data; the last model listed is compared against the others."""
-
-    models: list[str] = field(default_factory=list)  # default: this run's pretrain, sft and ppo (those that exist)
-    reward_model: str | None = None  # default runs/<name>/reward if it exists; "none" skips RM scoring
-    prompts: str | None = None  # default: the demo's evaluation prompts (with gold answers); "none": no answers
-    lm_data: str = "demo"  # held-out text for loss/perplexity/bits per byte: demo, a file, "none", or
-    # "pretrain": the documents pretraining held out of train.data
-    lm_max_tokens: int = 32768  # held-out tokens scored per model
-    num_prompts: int = 128
-    max_new_tokens: int = 64
-    temperature: float = 0.7  # also the temperature of the KL estimate (as in PPO's rollouts)
-    top_k: int = 0
-    top_p: float = 1.0
-    batch_size: int = 32
-    num_side_by_side: int = 10
-    length_tolerance: float = 0.2  # "matched length": answers within 20% of each other's word count
-    seed: int = 0
-
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward: less memory, more time")
 
 
 @dataclass

@@ -6,105 +6,103 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config.loader import limits
-from pipeline.errors import UserError
+from pipeline.config.fields import setting
 from pipeline.config.schema_lora import LoraSection
+from pipeline.errors import UserError
 
 
 @dataclass
 class AlignSection:
     """Which alignment method `python -m stages.align` runs (`make dpo|grpo|rloo` set it)."""
 
-    method: Literal["dpo", "grpo", "rloo"] = "dpo"
+    method: Literal["dpo", "grpo", "rloo"] = setting("dpo", "the method the align stage runs (make dpo, grpo and rloo set it)")
 
 
-@limits(eval_pairs="> 0", beta="> 0", max_length="> 0", lr="> 0", epochs="> 0", max_steps="> 0 | -1",
-        batch_size="> 0", grad_accum="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", eval_every="> 0",
-        log_every="> 0", save_every="> 0", report_prompts="> 0", max_new_tokens="> 0", temperature="> 0")
 @dataclass
 class DPOSection:
     """Direct preference optimisation (TRL DPOTrainer) of the SFT model on preference pairs."""
 
-    policy: str | None = None  # default runs/<name>/sft (also the frozen reference)
-    data: str = "reward"  # reward: the reward stage's training pairs (+ runs/<name>/rank/rankings.jsonl); or a file
-    val_data: str | None = "reward"  # held-out pairs: the reward stage's held-out set; a file; None = no evaluation
-    eval_pairs: int | None = 512  # held-out pairs per evaluation (the first ones); None = all
-    beta: float = 0.1  # strength of the KL leash to the reference (higher: closer to SFT)
-    loss_type: str = "sigmoid"  # any TRL DPO loss: sigmoid (DPO), ipo, hinge, robust, ...
-    max_length: int = 256  # prompt + answer tokens; longer pairs are dropped and counted
-    lr: float = 5e-6
-    epochs: float = 1.0  # passes over the pairs (the reward model's own epochs is a fair alternative)
-    max_steps: int = -1  # >0 overrides epochs
-    batch_size: int = 8  # pairs per step
-    grad_accum: int = 1
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    eval_every: int = 100
-    log_every: int = 10
-    save_every: int = 100
-    resume: bool = True
-    report_prompts: int = 64  # held-out prompts answered (vs SFT) for samples.md and report.json
-    max_new_tokens: int = 48
-    temperature: float = 0.7
+    policy: str | None = setting(None, "the model DPO trains, also its frozen reference; null: runs/<name>/sft")
+    data: str = setting("reward", "training pairs: reward (the reward stage's pairs and this run's rankings) or a file")
+    val_data: str | None = setting("reward", "held-out pairs: reward (the reward stage's held-out set), a file, "
+                                   "or null for no evaluation")
+    eval_pairs: int | None = setting(512, "held-out pairs scored per evaluation (the first ones); null: all",
+                                     range="> 0")
+    beta: float = setting(0.1, "strength of the KL leash to the reference: higher stays closer to SFT", range="> 0")
+    loss_type: str = setting("sigmoid", "any TRL DPO loss: sigmoid (DPO), ipo, hinge, robust, ...")
+    max_length: int = setting(256, "prompt + answer tokens; longer pairs are dropped and counted", range="> 0")
+    lr: float = setting(5e-6, "peak learning rate (cosine decay after the warmup)", range="> 0")
+    epochs: float = setting(1.0, "passes over the training pairs", range="> 0")
+    max_steps: int = setting(-1, "optimizer steps; -1: as many as epochs take", range="> 0 | -1")
+    batch_size: int = setting(8, "pairs per step on each device", range="> 0")
+    grad_accum: int = setting(1, "micro-batches summed into one optimizer step", range="> 0")
+    warmup_ratio: float = setting(0.05, "share of the steps over which the learning rate rises from 0", range="[0, 1)")
+    weight_decay: float = setting(0.0, "AdamW weight decay", range=">= 0")
+    eval_every: int = setting(100, "steps between held-out evaluations", range="> 0")
+    log_every: int = setting(10, "steps between logged metrics", range="> 0")
+    save_every: int = setting(100, "steps between checkpoints (what a killed run resumes from)", range="> 0")
+    resume: bool = setting(True, "continue an unfinished run made with the same settings from its last checkpoint")
+    report_prompts: int = setting(64, "held-out prompts answered (against SFT) for samples.md and report.json",
+                                  range="> 0")
+    max_new_tokens: int = setting(48, "answer length limit of the report, in tokens", range="> 0")
+    temperature: float = setting(0.7, "sampling temperature of the report's answers", range="> 0")
     lora: LoraSection = field(default_factory=LoraSection)
 
 
-@limits(total_episodes="> 0", num_generations="> 1", batch_size="> 0", grad_accum="> 0", num_iterations="> 0",
-        lr="> 0", warmup_ratio="[0, 1)", weight_decay=">= 0", beta=">= 0", epsilon="> 0", max_new_tokens="> 0",
-        max_prompt_length="> 0", temperature="> 0", top_k=">= 0", top_p="(0, 1]", log_every="> 0",
-        save_every="> 0", report_prompts="> 0")
 @dataclass
 class OnlineRLSection:
     """Online RL from the reward model with TRL's GRPO/RLOO trainers: `num_generations` answers per
     prompt, each scored exactly as PPO scores it (pipeline.judge.scoring.RewardFunction with
     ppo.missing_eos_penalty / missing_eos_mode / reward_clip and reward_stats.json)."""
 
-    policy: str | None = None  # default runs/<name>/sft (also the frozen reference)
-    reward_model: str | None = None  # default runs/<name>/reward
-    data: str = "demo"  # prompts, as ppo.data
-    total_episodes: int | None = None  # sampled answers in all; None = ppo.total_episodes (a fair budget)
-    num_generations: int = 4  # answers per prompt: the group the baseline is computed over
-    batch_size: int = 16  # answers per optimizer step (a multiple of num_generations)
-    grad_accum: int = 1
-    num_iterations: int = 1  # optimisation passes over each generated batch
-    lr: float = 3e-5
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    beta: float = 0.05  # KL coefficient to the reference (PPO's kl_coef default)
-    epsilon: float = 0.2  # clip range of the importance ratio
-    max_new_tokens: int = 48
-    max_prompt_length: int = 128  # longer prompts are dropped and counted
-    temperature: float = 0.7  # PPO's sampling temperature
-    top_k: int = 0
-    top_p: float = 1.0
-    log_every: int = 1
-    save_every: int = 10
-    resume: bool = True
-    report_prompts: int = 64  # held-out prompts answered (vs SFT) for samples.md and report.json
+    policy: str | None = setting(None, "the model trained, also its frozen reference; null: runs/<name>/sft")
+    reward_model: str | None = setting(None, "the reward model that scores the answers; null: runs/<name>/reward")
+    data: str = setting("demo", "training prompts, as ppo.data: demo, or a file or hub name with a prompt field")
+    total_episodes: int | None = setting(None, "answers sampled in all; null: ppo.total_episodes (PPO's budget)",
+                                         range="> 0")
+    num_generations: int = setting(4, "answers per prompt: the group whose rewards make the baseline", range=">= 2")
+    batch_size: int = setting(16, "answers per optimizer step, a multiple of num_generations", range="> 0")
+    grad_accum: int = setting(1, "micro-batches summed into one optimizer step", range="> 0")
+    num_iterations: int = setting(1, "optimisation passes over each generated batch", range="> 0")
+    lr: float = setting(3e-5, "peak learning rate (cosine decay after the warmup)", range="> 0")
+    warmup_ratio: float = setting(0.0, "share of the steps over which the learning rate rises from 0", range="[0, 1)")
+    weight_decay: float = setting(0.0, "AdamW weight decay", range=">= 0")
+    beta: float = setting(0.05, "KL coefficient to the reference (as ppo.kl_coef)", range=">= 0")
+    epsilon: float = setting(0.2, "clip range of the importance ratio (as ppo.cliprange)", range="> 0")
+    max_new_tokens: int = setting(48, "answer length limit, in tokens", range="> 0")
+    max_prompt_length: int = setting(128, "prompt length limit in tokens; longer prompts are dropped and counted",
+                                     range="> 0")
+    temperature: float = setting(0.7, "sampling temperature (PPO's); the policy gradient needs it above 0",
+                                 range="> 0")
+    top_k: int = setting(0, "sample only from the k likeliest tokens; 0: no limit", range=">= 0")
+    top_p: float = setting(1.0, "sample only from the likeliest tokens holding this much probability; 1: all",
+                           range="(0, 1]")
+    log_every: int = setting(1, "optimizer steps between logged metrics", range="> 0")
+    save_every: int = setting(10, "optimizer steps between checkpoints (what a killed run resumes from)",
+                              range="> 0")
+    resume: bool = setting(True, "continue an unfinished run made with the same settings from its last checkpoint")
+    report_prompts: int = setting(64, "held-out prompts answered (against SFT) for samples.md and report.json",
+                                  range="> 0")
     lora: LoraSection = field(default_factory=LoraSection)
 
     def validate(self) -> None:
         name = type(self).__name__[: -len("Section")].lower()
-        if self.num_generations < 2:
-            raise UserError(f"{name}.num_generations={self.num_generations}: the baseline needs 2 or more answers "
-                            "per prompt.")
         if self.batch_size % self.num_generations:
             raise UserError(f"{name}.batch_size={self.batch_size} is not a multiple of {name}.num_generations="
                             f"{self.num_generations}: each step trains on whole groups of answers.")
-        if self.temperature <= 0:
-            raise UserError(f"{name}.temperature must be > 0: the policy gradient needs sampled answers.")
 
 
 @dataclass
 class GRPOSection(OnlineRLSection):
     """GRPO: advantage = reward minus the group mean, scaled by the group's std (scale_rewards)."""
 
-    loss_type: str = "grpo"  # TRL's loss aggregation: grpo, dapo, dr_grpo, bnpo, ...
-    scale_rewards: Literal["group", "batch", "none"] = "group"
+    loss_type: str = setting("grpo", "TRL's loss aggregation: grpo, dapo, dr_grpo, bnpo, ...")
+    scale_rewards: Literal["group", "batch", "none"] = setting(
+        "group", "divide each advantage by the reward std of its group, of the whole batch, or by nothing")
 
 
 @dataclass
 class RLOOSection(OnlineRLSection):
     """RLOO: advantage = reward minus the mean of the other answers to the same prompt."""
 
-    normalize_advantages: bool = False
+    normalize_advantages: bool = setting(False, "scale the batch's advantages to mean 0 and std 1")
