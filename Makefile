@@ -30,29 +30,34 @@ space := $(empty) $(empty)
 # Command-line variables with a dot in their name are config overrides (make passes them as variables).
 OVERRIDES := $(strip $(foreach v,$(MAKEOVERRIDES),$(if $(findstring .,$(firstword $(subst =, ,$(v)))),$(v))) $(ARGS))
 STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
-# Which stages each target builds first, read from the config and overrides (pipeline/graph/plan.py): a stage
-# whose input is given (sft.init_from, reward.init_from, ppo.policy, ppo.reward_model, rank.policy, ...)
-# does not build the one before it, and a target with no job in this config (pretrain when sft.init_from
-# is set, data when no stage reads the demo) says why instead of running. Without a usable config (or
-# .venv), the full chain, as the stage itself then reports what is wrong.
-STAGE_TARGETS := data pretrain sft rank reward ppo dpo grpo rloo
-FULL_CHAIN := data: pretrain:data sft:pretrain rank:sft reward:sft,rank ppo:sft,reward dpo:sft grpo:sft,reward rloo:sft,reward
-ifneq ($(filter $(STAGE_TARGETS),$(MAKECMDGOALS)),)
-PLAN := $(shell $(PY) -m pipeline.graph.plan $(STAGE_ARGS) 2>/dev/null)
-endif
-PLAN := $(or $(PLAN),$(FULL_CHAIN))
+# The stage graph (stages/graph.py) decides each stage target's prerequisites, its command and whether
+# it has a job in this config; `python -m stages.plan` prints it as words (no torch, a fraction of a
+# second). A stage whose input the config names (sft.init_from, ppo.policy, ...) builds nothing before it.
+PLAN := $(shell $(PY) -m stages.plan $(STAGE_ARGS) 2>/dev/null)
+word_of = $(patsubst $(1):%,%,$(filter $(1):%,$(PLAN)))
+list_of = $(subst $(comma),$(space),$(call word_of,$(1)))
+STAGES := $(call list_of,stages)
+needs = $(call list_of,$(1))
+run_parts = $(subst :, ,$(patsubst run:$(1)=%,%,$(filter run:$(1)=%,$(PLAN))))
+# L: a training stage, under $(LAUNCH); P: plain python. ARGS_<stage>: make variables a stage reads.
+stage_cmd = $(if $(filter L,$(word 1,$(call run_parts,$(1)))),$(LAUNCH),$(PY)) -m $(word 2,$(call run_parts,$(1))) \
+	$(STAGE_ARGS) $(wordlist 3,9,$(call run_parts,$(1))) $(ARGS_$(1))
+ARGS_eval = $(if $(MODELS),eval.models="[$(subst $(space),$(comma),$(strip $(MODELS)))]")
 # chat and serve: the PPO model of the newest finished round up to run.rounds, else the SFT model
-ifneq ($(filter chat serve,$(MAKECMDGOALS)),)
-MODEL ?= $(or $(shell $(PY) -m pipeline.graph.plan --model $(STAGE_ARGS) 2>/dev/null),$(RUN)/sft)
+MODEL ?= $(or $(call word_of,model),$(RUN)/sft)
+NOT_STAGES := help setup lock test lint bench faults chat serve clean
+ifneq ($(filter-out $(NOT_STAGES),$(MAKECMDGOALS)),)
+ifeq ($(STAGES),)
+$(error $(PY) cannot read the stage graph: run `make setup` first (or set PY=your python))
 endif
-needs = $(subst $(comma),$(space),$(patsubst $(1):%,%,$(filter $(1):%,$(PLAN))))
-run_or_skip = $(if $(filter skip:$(1),$(PLAN)),@$(PY) -m pipeline.graph.plan --why $(1) $(STAGE_ARGS),$(2))
+endif
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup lock test faults lint bench data pretrain sft rank reward ppo dpo grpo rloo compare eval chat serve clean
+.PHONY: $(NOT_STAGES) $(STAGES)
 
 help:  ## list the targets
+	@$(PY) -m stages.plan --targets 2>/dev/null || echo "  (stage targets: run make setup first)"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  presets: $(notdir $(wildcard configs/*.yaml))   current: CONFIG=$(CONFIG) -> $(RUN)/"
 
@@ -85,47 +90,14 @@ faults:  ## fault injection: the bad-input suite (one clear line each), then per
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_bad_inputs.py -q
 	$(PY) -m faults $(FAULTS_ARGS)
 
-# Each stage target runs its stage, and each stage checks itself: when its artifact is complete for
-# the same config sections and input fingerprints it prints "up to date" and exits. So `make ppo`
-# runs only what is missing or stale, and a command-line override makes exactly its stage stale.
-# The prerequisites follow the config (PLAN above): `make -n sft sft.init_from=DIR` shows no pretraining.
-data:  ## build the embedded demo data (offline, seconds)
-	$(call run_or_skip,data,$(PY) -m data.demo $(STAGE_ARGS))
-
-pretrain: $(call needs,pretrain)  ## tokenizer + GPT from scratch -> runs/<preset>/pretrain
-	$(call run_or_skip,pretrain,$(LAUNCH) -m stages.pretrain $(STAGE_ARGS))
-
-sft: $(call needs,sft)  ## instruction tuning (TRL SFTTrainer) -> runs/<preset>/sft
-	$(LAUNCH) -m stages.sft $(STAGE_ARGS)
-
-rank: $(call needs,rank)  ## the SFT model's own answers, ranked (rank.labeler=gold|human|judge) -> runs/<preset>/rank
-	$(PY) -m stages.rank $(STAGE_ARGS)
-
-reward: $(call needs,reward)  ## reward model on rankings (TRL RewardTrainer) -> runs/<preset>/reward
-	$(LAUNCH) -m stages.reward $(STAGE_ARGS)
-
-# run.rounds=N: after round 1, `make ppo` runs rounds 2..N, each rank -> reward -> ppo with run.round set
-# (round N ranks round N-1's PPO answers and writes rank-rN, reward-rN, ppo-rN; pipeline/graph/rounds.py).
-round = $(PY) -m stages.rank $(STAGE_ARGS) run.round=$(1) && $(LAUNCH) -m stages.reward $(STAGE_ARGS) \
-	run.round=$(1) && $(LAUNCH) -m stages.ppo $(STAGE_ARGS) run.round=$(1)
-ppo: $(call needs,ppo)  ## PPO with a KL leash to SFT -> runs/<preset>/ppo (run.rounds=N: rounds 2..N -> ppo-rN)
-	$(LAUNCH) -m stages.ppo $(STAGE_ARGS)
-	$(if $(call needs,later),$(foreach r,$(call needs,later),$(call round,$(r)) && )true)
-
-dpo: $(call needs,dpo)  ## DPO (TRL DPOTrainer) on the reward model's preference pairs -> runs/<preset>/dpo
-	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=dpo
-
-grpo: $(call needs,grpo)  ## GRPO (TRL GRPOTrainer), rewarded as PPO is, PPO's answer budget -> runs/<preset>/grpo
-	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=grpo
-
-rloo: $(call needs,rloo)  ## RLOO (TRL RLOOTrainer), rewarded as PPO is, PPO's answer budget -> runs/<preset>/rloo
-	$(LAUNCH) -m stages.align $(STAGE_ARGS) align.method=rloo
-
-compare:  ## SFT vs PPO, DPO, GRPO, RLOO (those that exist) -> runs/<preset>/compare/compare.md
-	$(PY) -m stages.compare $(STAGE_ARGS)
-
-eval:  ## compare pretrain / SFT / PPO on held-out data -> runs/<preset>/eval/report.md
-	$(PY) -m stages.eval $(STAGE_ARGS) $(if $(MODELS),eval.models="[$(subst $(space),$(comma),$(strip $(MODELS)))]")
+# Each stage target runs its stage, and each stage checks itself first: when its artifact is complete
+# for the same config values and input fingerprints it prints "up to date" and exits (before loading
+# torch). So `make ppo` runs only what is missing or stale, and an override makes exactly the artifacts
+# it changes stale. run.rounds=N: after round 1, `make ppo` runs the loop's stages for rounds 2..N.
+.SECONDEXPANSION:
+$(STAGES): $$(call needs,$$@)
+	$(if $(filter skip:$@,$(PLAN)),@$(PY) -m stages.plan --why $@ $(STAGE_ARGS),$(call stage_cmd,$@))
+	$(if $(and $(filter $@,$(call word_of,rounds_after)),$(call word_of,later)),$(foreach r,$(call list_of,later),$(foreach s,$(call list_of,loop),$(call stage_cmd,$(s)) run.round=$(r) && ))true)
 
 chat:  ## talk to the final model (MODEL=dir TEMPERATURE=0.7)
 	$(PY) -m apps.chat --model $(MODEL) --temperature $(TEMPERATURE) $(CHAT_ARGS)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from data import formats
 from data.formats import BadRecord, Drop
-from pipeline.artifacts.store import fingerprint
+from pipeline.artifacts.store import is_saved_dataset
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -92,10 +91,6 @@ def _looks_like_hub(source: str) -> bool:
     return bool(_HUB_NAME.match(source)) and _suffix(Path(source.split(":")[0]))[0] not in SUFFIXES
 
 
-def _is_saved_dataset(p: Path) -> bool:
-    return p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists())
-
-
 def resolve(source: str) -> list[Path] | str:
     """The files a source names (sorted), or the source itself when it is a hub name."""
     source = str(source)
@@ -103,12 +98,12 @@ def resolve(source: str) -> list[Path] | str:
         raise UserError('"demo" names the embedded demo data: resolve it with data.demo.demo_file(cfg, name) '
                         "before calling a loader.")
     p = Path(source).expanduser()
-    if not p.exists() and _is_saved_dataset(Path(source.rpartition(":")[0])):
+    if not p.exists() and is_saved_dataset(Path(source.rpartition(":")[0])):
         return source  # a split of a saved DatasetDict: folder:split
     if p.is_file():
         return [p]
     if p.is_dir():
-        if _is_saved_dataset(p):
+        if is_saved_dataset(p):
             return source  # saved with datasets.save_to_disk: read by _hub_records
         files = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f)[0] in SUFFIXES)
         if not files:
@@ -370,20 +365,3 @@ def iter_texts(sources: list[str] | str, text_field: str = "text") -> Iterator[s
         if long_docs:
             log.warning("%s: cut %d text%s over %s characters (no blank lines?) into %d pieces, to bound memory",
                         source, long_docs, "s" if long_docs > 1 else "", f"{MAX_DOCUMENT_CHARS:,}", pieces)
-
-
-def source_fingerprint(source: str) -> str:
-    """A content hash of a data source: a file, a folder or a glob; a hub dataset is recorded by
-    name (`hub:<name>`). Stages put it in their manifest so a changed dataset makes them stale."""
-    if Path(source).exists():
-        return fingerprint(source)
-    folder, _, split = source.rpartition(":")
-    if folder and _is_saved_dataset(Path(folder)):
-        return f"{fingerprint(folder)}:{split}"
-    matches = sorted(glob.glob(source, recursive=True)) if glob.has_magic(source) else []
-    if matches:
-        h = hashlib.sha256()
-        for m in matches:
-            h.update(m.encode() + fingerprint(m).encode())
-        return h.hexdigest()[:16]
-    return f"hub:{source}"

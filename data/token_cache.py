@@ -54,7 +54,7 @@ class TokenSplit:
 
 def source_fingerprint(source: str) -> str:
     """data.loaders.source_fingerprint, refusing a path-like source that does not exist."""
-    from data.loaders import source_fingerprint as fingerprint_source
+    from pipeline.artifacts.store import source_fingerprint as fingerprint_source
 
     found = fingerprint_source(source)
     looks_local = source.startswith((".", "/", "~")) or source.endswith(_TEXT_SUFFIXES) or glob.has_magic(source)

@@ -156,7 +156,7 @@ def test_lora_saves_the_adapter_and_merged_weights(run_dir, method):
 
 
 def test_dpo_by_default_learns_from_the_pairs_the_reward_model_learnt_from(run_dir):
-    from data.loaders import source_fingerprint
+    from pipeline.artifacts.store import source_fingerprint
 
     rankings, held = str(run_dir / "rankings.jsonl"), str(run_dir / "held_rankings.jsonl")
     recorded = {"train": {rankings: source_fingerprint(rankings)}, "heldout": {held: source_fingerprint(held)}}

@@ -150,7 +150,8 @@ def test_a_saved_dataset_dict_is_read_by_split_name_like_a_hub_dataset(tmp_path)
 
 
 def test_hub_names_keep_their_split_and_slice():
-    from data.loaders import resolve, source_fingerprint
+    from data.loaders import resolve
+    from pipeline.artifacts.store import source_fingerprint
 
     for name in ("Anthropic/hh-rlhf", "Anthropic/hh-rlhf:test[:50%]", "HuggingFaceH4/ultrafeedback_binarized:train_prefs"):
         assert resolve(name) == name

@@ -1,7 +1,7 @@
 """One resume scheme for every stage: a keyed work directory and one run at a time.
 
-A stage's unfinished work (`runs/<name>/<stage>.partial/`) carries `key.json`: the config sections
-and input fingerprints that decide its artifact, the same ones the stage gives `already_done`. A
+A stage's unfinished work (`runs/<name>/<stage>.partial/`) carries `key.json`: the config values
+and input fingerprints that decide its artifact (the stage's declared key, stages/graph.py). A
 re-run with the same key resumes from the checkpoints there; with another key it refuses, naming
 what changed (`ppo.kl_coef: 0.1 -> 0.05`) and the two ways out, because continuing would silently
 mix two runs. `RunLock` keeps a second process off the same stage of the same run directory.
@@ -18,9 +18,6 @@ from pipeline.artifacts.atomic import write_text
 from pipeline.errors import UserError
 
 KEY_FILE = "key.json"
-# Settings that change how a run is carried out, not what it makes: never part of the key.
-NO_EFFECT = ("resume", "log_every", "save_every", "checkpoint_every",
-             "gradient_checkpointing", "check_memory")  # memory, not results: change them and resume
 _SHOWN_CHANGES = 4
 _HELD: dict[Path, RunLock] = {}  # locks this process holds (a test may run a stage's main twice)
 
@@ -46,12 +43,11 @@ def changed_keys(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix}: {_show(old)} -> {_show(new)}"]
 
 
-def check_resume_key(work_dir: str | Path, stage: str, *, config: dict, inputs: dict, resume_flag: str,
-                     has_work: bool) -> None:
+def check_resume_key(work_dir: str | Path, stage: str, *, key: dict, resume_flag: str, has_work: bool) -> None:
     """Refuse to continue `work_dir` if it was started with another key; record the key otherwise."""
     work_dir = Path(work_dir)
     key_path = work_dir / KEY_FILE
-    wanted = {"config": without_no_effect(plain(config)), "inputs": plain(inputs)}
+    wanted = plain(key)
     ways_out = f"re-run with {resume_flag}=false to start fresh, or revert the change to resume it"
     if key_path.is_file():
         try:
@@ -75,12 +71,6 @@ def check_resume_key(work_dir: str | Path, stage: str, *, config: dict, inputs: 
                         "to start fresh.")
     work_dir.mkdir(parents=True, exist_ok=True)
     write_text(key_path, json.dumps(wanted, indent=1) + "\n")
-
-
-def without_no_effect(config: dict) -> dict:
-    """`config` without the NO_EFFECT keys of its sections."""
-    return {k: {kk: vv for kk, vv in v.items() if kk not in NO_EFFECT} if isinstance(v, dict) else v
-            for k, v in config.items() if k not in NO_EFFECT}
 
 
 class RunLock:

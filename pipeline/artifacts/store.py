@@ -11,6 +11,7 @@ directory that is not an artifact of the same stage, and never commits non-finit
 from __future__ import annotations
 
 import atexit
+import glob
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 from pipeline.artifacts.atomic import fsync_dir, swap_dir, translating_disk_errors, write_text
 from pipeline.errors import UserError
 from pipeline.artifacts.finite import NonFiniteError, non_finite
-from pipeline.artifacts.resume import RunLock, check_resume_key, without_no_effect
+from pipeline.artifacts.resume import RunLock, check_resume_key
 
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors")
@@ -44,6 +45,28 @@ def fingerprint(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def is_saved_dataset(p: Path) -> bool:
+    """A folder written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
+    return p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists())
+
+
+def source_fingerprint(source: str) -> str:
+    """A content hash of a data source: a file, a folder or a glob; a hub dataset is recorded by
+    name (`hub:<name>`). Stages put it in their manifest so a changed dataset makes them stale."""
+    if Path(source).exists():
+        return fingerprint(source)
+    folder, _, split = source.rpartition(":")
+    if folder and is_saved_dataset(Path(folder)):
+        return f"{fingerprint(folder)}:{split}"
+    matches = sorted(glob.glob(source, recursive=True)) if glob.has_magic(source) else []
+    if matches:
+        h = hashlib.sha256()
+        for m in matches:
+            h.update(m.encode() + fingerprint(m).encode())
+        return h.hexdigest()[:16]
+    return f"hub:{source}"
 
 
 def package_versions() -> dict:
@@ -136,9 +159,10 @@ class ArtifactWriter:
         writer.commit(config=..., inputs=..., metrics=...)
     """
 
-    def __init__(self, final_dir: str | Path, stage: str):
+    def __init__(self, final_dir: str | Path, stage: str, key: dict | None = None):
         self.final_dir = Path(final_dir)
         self.stage = stage
+        self.key = key  # the declared key the up-to-date check compares (stages/graph.py)
         self.work_dir = self.final_dir.with_name(self.final_dir.name + ".partial")
         self.out_dir = self.work_dir / "artifact"
         self.checkpoint_dir = self.work_dir / "checkpoints"
@@ -174,6 +198,7 @@ class ArtifactWriter:
             "wall_time_s": round(time.time() - self.started, 1),
             "fingerprint": fingerprint(self.out_dir),
             "inputs": inputs or {},
+            **({"key": self.key} if self.key is not None else {}),
             "metrics": metrics or {},
             "config": config,
             "versions": package_versions(),
@@ -213,57 +238,28 @@ def _recover_commit(final_dir: Path) -> None:
             pass  # another process (a DDP rank) restored it first
 
 
-def up_to_date(final_dir: str | Path, config: dict, inputs: dict) -> bool:
-    """True when `final_dir` is a finished artifact made from these inputs with this config.
-
-    `config` holds the sections (or keys) the stage depends on: each must equal the same path in
-    the manifest's resolved config, so a change elsewhere (another stage's section, run.name)
-    does not make this stage stale. `inputs` must equal the manifest's inputs exactly.
-    """
-    manifest = read_manifest(final_dir)
-    if not manifest or manifest.get("status") != "complete":
-        return False
-    as_json = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - tuples/paths as saved
-    wanted = without_no_effect(as_json(config))  # e.g. `ppo.resume=false` once does not make it stale
-    return _is_subset(wanted, manifest.get("config") or {}) and as_json(inputs) == manifest.get("inputs")
-
-
-def already_done(final_dir: str | Path, config: dict, inputs: dict) -> bool:
-    """`up_to_date`, said out loud: a stage calls this first and exits when it is True."""
-    if not up_to_date(final_dir, config, inputs):
-        return False
-    print(f"{final_dir} is up to date (same config and inputs); nothing to do.")
-    return True
-
-
 def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, is_main: bool = True,
-                   config: dict | None = None, inputs: dict | None = None,
-                   resume_flag: str | None = None) -> ArtifactWriter:
+                   key: dict | None = None, resume_flag: str | None = None) -> ArtifactWriter:
     """The writer of a stage's artifact, after the main process has
       - locked the stage in this run directory (`<stage>.lock`; a second run refuses at once),
       - discarded unfinished work if not `resume`,
-      - checked the work dir's key: `config` and `inputs` are what the stage gave `already_done`;
-        a work dir started with others is refused, naming the changed keys and `resume_flag`
+      - checked the work dir's key ({"config", "inputs"}: the stage's declared key, stages/graph.py);
+        a work dir started with another is refused, naming the changed keys and `resume_flag`
         (default `<stage>.resume`) as the way to start fresh.
+    The writer records the key in the manifest at commit: the up-to-date check compares it.
     A run that fails before its first checkpoint removes its work dir at exit."""
     final_dir = Path(final_dir)
     if not is_main:
-        return ArtifactWriter(final_dir, stage)  # the main process went first (callers wait for it)
+        return ArtifactWriter(final_dir, stage, key=key)  # the main process went first (callers wait for it)
     check_replaceable(final_dir, stage)  # before touching anything
     _recover_commit(final_dir)
     RunLock(final_dir.with_name(final_dir.name + ".lock"), f"{stage} in {final_dir.parent}").acquire()
-    writer = ArtifactWriter(final_dir, stage)
+    writer = ArtifactWriter(final_dir, stage, key=key)
     if not resume:
         writer.discard()
-        writer = ArtifactWriter(final_dir, stage)
-    if config is not None or inputs is not None:
-        check_resume_key(writer.work_dir, stage, config=config or {}, inputs=inputs or {},
-                         resume_flag=resume_flag or f"{stage}.resume", has_work=writer.has_checkpoint())
+        writer = ArtifactWriter(final_dir, stage, key=key)
+    if key is not None:
+        check_resume_key(writer.work_dir, stage, key=key, resume_flag=resume_flag or f"{stage}.resume",
+                         has_work=writer.has_checkpoint())
     atexit.register(writer.remove_if_unused)
     return writer
-
-
-def _is_subset(wanted, have) -> bool:
-    if isinstance(wanted, dict):
-        return isinstance(have, dict) and all(k in have and _is_subset(v, have[k]) for k, v in wanted.items())
-    return wanted == have

@@ -27,7 +27,8 @@ import torch
 from pipeline.lm.chat_format import close_at_turn_end, turn_end_ids
 from pipeline.errors import UserError
 
-STATS_FILE = "reward_stats.json"
+STATS_FILE = "reward_stats.json"  # in a reward-stats artifact: PPO's normalisation
+TRAINING_FILE = "reward_model.json"  # in a reward artifact: what it was trained on (max_length)
 
 Messages = list[dict]
 
@@ -114,16 +115,17 @@ def score_conversations(model, tokenizer, prompts_msgs: list[Messages], response
 
 
 def read_reward_stats(path: str | Path) -> dict:
-    """`reward_stats.json` of a reward artifact: mean/std of the rewards of the SFT model's own
-    answers (for PPO's normalisation) and the training `max_length`."""
+    """`reward_stats.json` of a reward-stats artifact (`make reward-stats`): the mean/std of the reward
+    model's scores of the policy's own answers, which PPO, GRPO and RLOO normalise every reward by."""
     f = Path(path) / STATS_FILE
     if not f.is_file():
-        raise UserError(f"{f} is missing: {path} is not a reward artifact from `make reward`.")
+        raise UserError(f"{f} is missing: {path} is not a reward-stats artifact; run `make reward-stats`.")
     return json.loads(f.read_text())
 
 
 def load_reward_model(path: str | Path, *, dtype=None, device=None):
-    """(model, tokenizer, stats) of a reward artifact; stats is {} for a foreign reward model."""
+    """(model, tokenizer, info) of a reward artifact: info holds the training `max_length` ({} for a
+    foreign reward model)."""
     from transformers import AutoTokenizer
 
     from pipeline.lm.loading import load_sequence_scorer, loading
@@ -134,8 +136,8 @@ def load_reward_model(path: str | Path, *, dtype=None, device=None):
     if device is not None:
         model.to(device)
     model.eval()
-    stats = read_reward_stats(path) if (Path(path) / STATS_FILE).is_file() else {}
-    return model, tokenizer, stats
+    info = Path(path) / TRAINING_FILE
+    return model, tokenizer, json.loads(info.read_text()) if info.is_file() else {}
 
 
 def process_scores(raw: torch.Tensor, has_eos: torch.Tensor, mean: float, std: float, *, clip: float | None,

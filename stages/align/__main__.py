@@ -1,5 +1,3 @@
-import sys
+from stages.entry import start
 
-from stages.align.stage import main
-
-sys.exit(main())
+start("align", "stages.align.stage")

@@ -1,6 +1,6 @@
-"""DPO's preference pairs: by default exactly the pairs the reward model learns from (the reward
-stage's data, K-way rankings expanded to all pairs), plus the rank stage's rankings of the
-model's own answers where `make rank` has produced them; screened against max_length with counts."""
+"""DPO's preference pairs: by default exactly the pairs the reward model learns from (every part of
+reward.data: the demo's rankings and the rank stage's rankings of the model's own answers, K-way
+rankings expanded to all pairs); screened against max_length with counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.artifacts.store import is_complete, read_manifest
 from pipeline.errors import UserError
 from pipeline.judge.scoring import encode_conversation
 
@@ -28,55 +27,40 @@ class Pairs:
         return {"used": len(self.records), "total": self.total, "dropped_too_long": self.too_long}
 
 
-def _demo(cfg, stem: str) -> str:
-    from data.demo import demo_file
+def declared_path(cfg, inp) -> str:
+    """The file a declared input names: a data source (the demo's built first), or a rank artifact's
+    rankings (it must be finished)."""
+    from pipeline.artifacts.store import require_artifact
+    from pipeline.graph.declare import Artifact, default_dir
+    from pipeline.graph.rounds import make_command
+    from stages.graph import STAGES
 
-    return str(demo_file(cfg, stem))
+    if isinstance(inp, Artifact):
+        d = default_dir(cfg, inp, STAGES)
+        require_artifact(d, make_command("rank", inp.round_no or 1))
+        return str(d / "rankings.jsonl")
+    if inp.demo:
+        from data.demo import demo_file
 
-
-def rank_rankings(cfg) -> str | None:
-    """runs/<name>/rank/rankings.jsonl when the rank stage has finished it."""
-    d = cfg.stage_dir("rank")
-    f = d / "rankings.jsonl"
-    return str(f) if is_complete(d) and f.is_file() else None
-
-
-def reward_sources(cfg) -> tuple[list[str], str | None] | None:
-    """The training and held-out sources the finished reward model recorded in its manifest, if any."""
-    d = cfg.stage_dir("reward")
-    data = ((read_manifest(d) or {}).get("inputs") or {}).get("data") or {} if is_complete(d) else {}
-    train, held = data.get("train"), data.get("heldout")
-    if not isinstance(train, dict) or not train or not all(Path(s).is_file() for s in train):
-        return None
-    return list(train), next(iter(held), None) if isinstance(held, dict) else None
+        return str(demo_file(cfg, Path(inp.path).name))
+    return inp.path
 
 
 def pair_sources(cfg) -> tuple[list[str], str | None]:
-    """(training sources, held-out source or None) for cfg.dpo. `reward` means the pairs the reward
-    model learnt from: those its artifact records, else what the reward section would read (plus
-    the rank stage's rankings of the model's own answers when they exist)."""
-    d, r = cfg.dpo, cfg.reward
-    recorded = reward_sources(cfg)
-    if d.data == "reward":
-        if recorded:
-            train = recorded[0]
-        else:
-            train = [_demo(cfg, "rankings_train.jsonl") if r.data == "demo" else r.data]
-            own = rank_rankings(cfg)
-            if own:
-                train.append(own)
-    else:
-        train = [d.data]
-    held = d.val_data
-    if held == "reward":
-        held = recorded[1] if recorded else (r.val_data or (_demo(cfg, "rankings_heldout.jsonl")
-                                                             if r.data == "demo" else None))
+    """(training sources, held-out source or None) for cfg.dpo, as the stage graph declares them
+    (stages/graph.py): dpo.data=reward means the pairs the reward model learns from, every part of
+    reward.data (demo+rank: the demo's rankings and this run's rankings of the model's own answers)."""
+    from stages.graph import STAGES
+
+    inputs = STAGES["dpo"].inputs(cfg)
+    train = [declared_path(cfg, inp) for name, inp in inputs.items() if name.startswith("pairs")]
+    held = declared_path(cfg, inputs["heldout"]) if inputs.get("heldout") else None
     return train, held
 
 
 def load_pairs(sources: list[str]) -> Pairs:
     from data.loaders import load_pairs as read
-    from data.loaders import source_fingerprint
+    from pipeline.artifacts.store import source_fingerprint
 
     records = []
     for src in sources:

@@ -21,13 +21,15 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from pipeline.artifacts.store import already_done, resolve_model_source, start_artifact
+from pipeline.artifacts.store import resolve_model_source, start_artifact
+from pipeline.graph.declare import artifact_dir
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.lm.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
 from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
+from stages.graph import STAGES, is_up_to_date, key
 from stages.align import dpo, online, preferences
 from stages.align.report import heldout_prompts, heldout_report, write_samples
 
@@ -53,23 +55,6 @@ class TrainingClock(TrainerCallback):
             (d / ELAPSED).write_text(json.dumps({"seconds": self.seconds}))
 
 
-def dependencies(cfg) -> dict:
-    """The config this artifact depends on: its own section, seeding/precision, the demo data, and for
-    the RL methods PPO's reward settings (and budget, when they take PPO's)."""
-    m = cfg.align.method
-    s = getattr(cfg, m)
-    deps = {m: to_dict(s), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype}, "data": to_dict(cfg.data),
-            "ppo": {"data": cfg.ppo.data, "eval_data": cfg.ppo.eval_data}}  # the held-out prompts of the report
-    if m == "dpo":
-        deps["reward"] = {"data": cfg.reward.data, "val_data": cfg.reward.val_data}
-    else:
-        deps["ppo"].update({k: getattr(cfg.ppo, k) for k in ("missing_eos_penalty", "missing_eos_mode", "reward_clip",
-                                                             "forward_batch_size")})
-        if s.total_episodes is None:
-            deps["ppo"]["total_episodes"] = cfg.ppo.total_episodes
-    return deps
-
-
 def load_policy(source: str):
     from transformers import AutoTokenizer
 
@@ -85,10 +70,14 @@ def load_policy(source: str):
     return model, tokenizer
 
 
-def read_score_stats(reward_source: str) -> tuple[float, float]:
+def read_score_stats(cfg) -> tuple[float, float]:
+    """The mean/std PPO normalises rewards by (the reward-stats step): GRPO and RLOO are rewarded as PPO is."""
+    from pipeline.artifacts.store import require_artifact
     from pipeline.judge.scoring import read_reward_stats
 
-    stats = read_reward_stats(reward_source)
+    stats_dir = artifact_dir(cfg, STAGES["reward-stats"])
+    require_artifact(stats_dir, "make reward-stats")
+    stats = read_reward_stats(stats_dir)
     return float(stats["mean"]), float(stats["std"]) or 1.0
 
 
@@ -105,7 +94,8 @@ def prepare(cfg, method: str, policy_src: str):
                                   keep=s.eval_pairs) if held_src else None
         inputs["data"] = {"train": train.sources, "heldout": held.sources if held else {}}
         return inputs, model, tokenizer, train, held, {}
-    from data.loaders import load_prompts, source_fingerprint
+    from data.loaders import load_prompts
+    from pipeline.artifacts.store import source_fingerprint
     from pipeline.judge.scoring import load_reward_model
 
     reward_src, reward_rec = resolve_model_source(s.reward_model, cfg.stage_dir("reward"), "make reward")
@@ -121,7 +111,7 @@ def prepare(cfg, method: str, policy_src: str):
     if rm_tok.get_vocab() != tokenizer.get_vocab():
         raise UserError(f"{reward_src} and {policy_src} use different tokenizers; the reward model must read the "
                         "policy's tokens (train it from this SFT model with `make reward`).")
-    reward_fn = online.reward_function(cfg, rm, rm_tok, read_score_stats(reward_src))
+    reward_fn = online.reward_function(cfg, rm, rm_tok, read_score_stats(cfg))
     inputs.update(reward_model=reward_rec, prompts={prompt_src: source_fingerprint(prompt_src)})
     return inputs, model, tokenizer, prompts, None, {"reward_fn": reward_fn, "prompts_dropped": dropped}
 
@@ -148,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(cfg.run.seed)
     inputs, model, tokenizer, train, held, extra = prepare(cfg, method, policy_src)
     inputs["policy"] = policy_rec
-    if already_done(final, dependencies(cfg), inputs):
+    if is_up_to_date(cfg, method):
         return 0
 
     from accelerate import PartialState
 
     state = PartialState()
     writer = start_artifact(final, method, resume=s.resume, is_main=state.is_main_process,
-                            config=dependencies(cfg), inputs=inputs)
+                            key=key(cfg, method))
     state.wait_for_everyone()
     checkpoint = resume_checkpoint(writer.checkpoint_dir, f"{method}.resume") if s.resume else None
     callback = MetricsCallback(writer.out_dir, desc=method, resume_step=step_of(checkpoint))

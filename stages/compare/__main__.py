@@ -1,5 +1,3 @@
-import sys
+from stages.entry import start
 
-from stages.compare.stage import main
-
-sys.exit(main())
+start("compare", "stages.compare.stage")

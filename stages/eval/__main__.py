@@ -1,5 +1,3 @@
-import sys
+from stages.entry import start
 
-from stages.eval.stage import main
-
-sys.exit(main())
+start("eval", "stages.eval.stage")

@@ -1,5 +1,3 @@
-import sys
+from stages.entry import start
 
-from stages.ppo.stage import main
-
-sys.exit(main())
+start("ppo", "stages.ppo.stage")

@@ -20,17 +20,19 @@ import os
 
 import torch
 
-from pipeline.artifacts.store import already_done, resolve_model_source, start_artifact
+from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.judge.comparison import summary_line
 from pipeline.lm.model import model_dtype
+from pipeline.graph.declare import artifact_dir
 from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from stages.ppo.evaluation import compare_to_reference
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
 from stages.ppo.report import dev_headline, render_report
+from stages.graph import STAGES, is_up_to_date, key
 from stages.ppo.trainer import PPOTrainer
 
 
@@ -59,31 +61,19 @@ def load_prompt_sets(cfg):
     return [r["prompt"] for r in train], [r["prompt"] for r in dev], [r.get("gold") for r in dev], eval_src
 
 
-def dependencies(cfg) -> dict:
-    ppo = to_dict(cfg.ppo)
-    if not cfg.ppo.lora.enabled:
-        ppo.pop("lora_value")  # no LoRA, no choice: a run from before the option stays up to date
-    return {"ppo": ppo, "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
-            "data": to_dict(cfg.data) if cfg.ppo.data == "demo" else {}}
+def read_score_stats(cfg, ppo_cfg) -> tuple[float, float]:
+    """The mean/std of the reward model's scores of the policy's answers (the reward-stats step)."""
+    from pipeline.artifacts.store import require_artifact
+    from pipeline.judge.scoring import read_reward_stats
 
-
-def read_score_stats(reward_source: str, ppo_cfg) -> tuple[float, float]:
-    """The mean/std of the reward model's scores of SFT answers, saved by the reward stage."""
-    from pipeline.judge.scoring import STATS_FILE, read_reward_stats
-
-    if not os.path.exists(os.path.join(reward_source, STATS_FILE)):
-        print(f"ppo: warning: {reward_source} has no {STATS_FILE}; rewards are not normalised (mean 0, std 1)")
-        return 0.0, 1.0
-    stats = read_reward_stats(reward_source)
-    mean, std = float(stats["mean"]), float(stats["std"])
-    if std < 1e-3:
-        print(f"ppo: warning: the reward model's scores of SFT answers barely vary (std {std:.2g}); "
-              "normalised rewards will be large. Was the reward model trained?")
+    stats_dir = artifact_dir(cfg, STAGES["reward-stats"])
+    require_artifact(stats_dir, make_command("reward-stats", current_round(cfg)))
+    stats = read_reward_stats(stats_dir)
     length = ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens
     if stats.get("max_length") and length > stats["max_length"]:
         print(f"ppo: warning: prompts + answers reach {length} tokens but the reward model was trained on "
               f"{stats['max_length']}; its scores of longer sequences are extrapolation.")
-    return mean, std or 1.0
+    return float(stats["mean"]), float(stats["std"]) or 1.0
 
 
 @main_guard
@@ -97,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     reward_src, reward_rec = resolve_model_source(p.reward_model, round_dir(cfg, "reward"),
                                                   make_command("reward", current_round(cfg)))
     inputs = {"policy": policy_rec, "reward_model": reward_rec}
-    if already_done(final, dependencies(cfg), inputs):
+    if is_up_to_date(cfg, "ppo"):
         return 0
+    prompt_sources(cfg)  # builds the demo data first when it is missing: the key fingerprints its files
 
     device = pick_device(cfg.run.device)
     share_cpu_threads(device.type)
@@ -106,12 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     check_memory(cfg, policy_src, reward_src, device, frozen_dtype, world=int(os.environ.get("WORLD_SIZE", 1)))
     acc = Accelerator(mixed_precision=mixed_precision(cfg.run.dtype, device.type), cpu=device.type == "cpu")
     seed_everything(cfg.run.seed + acc.process_index)  # a different sample stream on each rank
-    writer = start_artifact(final, "ppo", resume=p.resume, is_main=acc.is_main_process, config=dependencies(cfg),
-                            inputs=inputs)
+    writer = start_artifact(final, "ppo", resume=p.resume, is_main=acc.is_main_process, key=key(cfg, "ppo"))
     acc.wait_for_everyone()
 
     models = load_models(p, policy_src, reward_src, frozen_dtype)
-    score_stats = read_score_stats(reward_src, p)
+    score_stats = read_score_stats(cfg, p)
     prompts, dev_prompts, dev_golds, dev_source = load_prompt_sets(cfg)
     eval_prompts, eval_golds = dev_prompts[: p.num_eval_prompts], dev_golds[: p.num_eval_prompts]
     n_report = len(dev_prompts) if p.report_prompts is None else min(p.report_prompts, len(dev_prompts))

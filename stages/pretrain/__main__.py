@@ -1,5 +1,3 @@
-import sys
+from stages.entry import start
 
-from stages.pretrain.stage import main
-
-sys.exit(main())
+start("pretrain", "stages.pretrain.stage")

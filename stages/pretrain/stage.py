@@ -23,7 +23,7 @@ from data.token_cache import (
     prune_cache,
     source_fingerprint,
 )
-from pipeline.artifacts.store import already_done, fingerprint, start_artifact
+from pipeline.artifacts.store import fingerprint, start_artifact
 from pipeline.artifacts.atomic import publish_dir, scratch_name
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
@@ -33,19 +33,9 @@ from pipeline.lm.model import build_model, describe
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
 from pipeline.lm.tokenizer import load_tokenizer, train_tokenizer
 from pipeline.lm.word_tokenizer import train_word_tokenizer
+from stages.graph import is_up_to_date, key
 from stages.pretrain.baseline import fit_bigram, unknown_tokens
 from stages.pretrain.samples import write_samples
-
-# Keys that change nothing in the trained model: editing them must not make the artifact stale.
-_NO_EFFECT = {"resume", "log_every", "checkpoint_every"}
-
-
-def dependencies(cfg) -> dict:
-    """The parts of the resolved config that the pretrained model depends on."""
-    full = to_dict(cfg)
-    return {"run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype}, "tokenizer": full["tokenizer"],
-            "model": full["model"], "train": {k: v for k, v in full["train"].items() if k not in _NO_EFFECT}}
-
 
 def get_tokenizer(cfg, sources, cache_root: Path, accelerator):
     """(tokenizer, its cache directory or None when it comes from tokenizer.from)."""
@@ -84,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.tokenizer.from_:
         inputs["tokenizer"] = {
             cfg.tokenizer.from_: fingerprint(cfg.tokenizer.from_) if Path(cfg.tokenizer.from_).exists() else "hub"}
-    if already_done(final, dependencies(cfg), inputs):
+    if is_up_to_date(cfg, "pretrain"):
         return 0
 
     from accelerate import Accelerator
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     share_cpu_threads(device_type, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
     seed_everything(cfg.run.seed)
     writer = start_artifact(final, "pretrain", resume=cfg.train.resume, is_main=accelerator.is_main_process,
-                            config=dependencies(cfg), inputs=inputs, resume_flag="train.resume")
+                            key=key(cfg, "pretrain"), resume_flag="train.resume")
     accelerator.wait_for_everyone()
 
     cache_root = cfg.run_dir / "cache"

@@ -1,5 +1,3 @@
-import sys
+from stages.entry import start
 
-from stages.rank.stage import main
-
-sys.exit(main())
+start("rank", "stages.rank.stage")

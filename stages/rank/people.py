@@ -15,10 +15,6 @@ from data.formats import ranking_groups
 from stages.rank.labels import agreement, read_labels
 
 
-def labels_dir(run_dir: Path, round_no: int) -> Path:
-    return run_dir / ("labels" if round_no == 1 else f"labels-r{round_no}")
-
-
 def human_rankings(candidates: list[dict], directory: Path) -> tuple[list[dict], dict]:
     """This run's rankings by people (one record per prompt and person) and counts for the report."""
     by_id = {c["prompt_id"]: c for c in candidates}

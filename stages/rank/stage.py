@@ -17,20 +17,20 @@ import json
 import time
 from pathlib import Path
 
-from data.loaders import source_fingerprint
-from pipeline.artifacts.store import already_done, fingerprint, read_manifest, resolve_model_source, start_artifact
+from pipeline.artifacts.store import source_fingerprint
+from pipeline.artifacts.store import fingerprint, read_manifest, resolve_model_source, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
-from stages.rank.people import human_rankings, labels_dir
+from stages.graph import is_up_to_date, labels_dir
+from stages.graph import key as stage_key
+from stages.rank.people import human_rankings
 from stages.rank.report import gold_by_position, gold_by_temperature, write_report
 from stages.rank.simulated import agreement, gold_scores, label_with_gold, positions, tiers_by_score
 
-# Where and how a person labels does not change what the labels are.
-_NOT_CONTENT = ("ui", "host", "port", "resume")
 # What decides the sampled answers: a change of labeler or noise alone reuses the previous artifact's.
 _SAMPLING = ("prompts", "heldout_prompts", "num_prompts", "num_heldout_prompts", "k", "temperatures",
              "max_new_tokens", "batch_size", "chunk_prompts")
@@ -52,12 +52,6 @@ def prompt_sources(cfg) -> tuple[str, str | None]:
     return demo_source(cfg, r.prompts, "rank_prompts.jsonl"), held
 
 
-def dependencies(cfg) -> dict:
-    demo = "demo" in (cfg.rank.prompts, cfg.rank.heldout_prompts)
-    return {"rank": {k: v for k, v in to_dict(cfg.rank).items() if k not in _NOT_CONTENT},
-            "run": {"seed": cfg.run.seed}, "data": to_dict(cfg.data) if demo else {}}
-
-
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("rank", argv, description="Rank the policy's own answers (gold, human or judge labeler).")
@@ -72,12 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if r.labeler == "judge":
         judge_src, judge_rec = resolve_model_source(r.judge, cfg.stage_dir("reward"), "make reward")
         inputs["judge"] = judge_rec
-    people_dir = labels_dir(cfg.run_dir, round_no)
+    people_dir = labels_dir(cfg, round_no)
     if r.labeler == "human":
         inputs["labels"] = fingerprint(people_dir) if people_dir.is_dir() else None
-    previous = (read_manifest(final) or {}).get("metrics") or {}
-    unfinished = r.labeler == "human" and previous.get("remaining", 0) > 0  # a person stopped: reopen the page
-    if not unfinished and already_done(final, dependencies(cfg), inputs):
+    if is_up_to_date(cfg, "rank"):  # a person who stopped partway has work left: the page reopens
         return 0
 
     prompts = load_prompt_records(train_src, "p", r.num_prompts)
@@ -93,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(cfg.run.seed)
     started = time.time()
     # The people's labels file grows while they rank: it decides the artifact, not the work in progress.
-    writer = start_artifact(final, "rank", resume=r.resume, config=dependencies(cfg),
-                            inputs={k: v for k, v in inputs.items() if k != "labels"})
+    run_key = stage_key(cfg, "rank")
+    writer = start_artifact(final, "rank", resume=r.resume, key={
+        "config": run_key["config"], "inputs": {k: v for k, v in run_key["inputs"].items() if k != "labels"}})
     key = sampling_key(cfg, inputs)
     sampled = previous_samples(final, key) or sample_all(cfg, policy_src, device, prompts, held_prompts,
                                                          writer.checkpoint_dir, key)

@@ -1,5 +1,3 @@
-import sys
+from stages.entry import start
 
-from stages.reward.stage import main
-
-sys.exit(main())
+start("reward", "stages.reward.stage")

@@ -52,7 +52,7 @@ def examples_md(h: Heldout, scores: torch.Tensor, n: int = 4) -> list[str]:
     return lines
 
 
-def write_report(path: Path, *, title: str, final: dict, history: list[dict], counts: dict, stats: dict | None,
+def write_report(path: Path, *, title: str, final: dict, history: list[dict], counts: dict,
                  heldout: Heldout, scores: torch.Tensor, settings: dict, own_answers: dict | None = None) -> None:
     gaps = sorted(int(k[len("accuracy_gap"):]) for k in final if k.startswith("accuracy_gap"))
     lines = [f"# {title}", "", "## Held-out evaluation", "",
@@ -117,14 +117,5 @@ def write_report(path: Path, *, title: str, final: dict, history: list[dict], co
     lines += ["## Training data", "", "| | count |", "|---|---:|"]
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]
-    if stats:
-        skipped = stats.get("prompts_too_long")
-        skipped = f"; {skipped} longer than ppo.max_prompt_length skipped, as PPO drops them" if skipped else ""
-        lines += ["## Reward statistics for PPO", "",
-                  f"The policy `{stats['policy']}` answered {stats['n']} of PPO's prompts ({stats['prompts_source']}"
-                  f"{skipped}; temperature "
-                  f"{stats['temperature']}, up to {stats['max_new_tokens']} new tokens). Their rewards: mean "
-                  f"{stats['mean']:.4f}, std {stats['std']:.4f} (saved in reward_stats.json; PPO normalises "
-                  "rewards with them).", ""]
     lines += ["## Held-out examples", ""] + examples_md(heldout, scores)
     path.write_text("\n".join(lines) + "\n")

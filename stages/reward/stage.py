@@ -5,8 +5,9 @@ RewardTrainer (Bradley-Terry loss: -log sigmoid(r_chosen - r_rejected)).
     accelerate launch --config_file configs/accelerate/ddp.yaml -m stages.reward --config ...
 
 Output runs/<name>/reward/: a sequence-classification model (AutoModelForSequenceClassification),
-its tokenizer with the chat template, reward_stats.json (the mean/std of rewards of the SFT
-model's own answers, for PPO), report.md, metrics.jsonl, TensorBoard logs and manifest.json.
+its tokenizer with the chat template, reward_model.json (the training max_length), report.md,
+metrics.jsonl, TensorBoard logs and manifest.json. The mean/std of its scores that PPO normalises by
+are measured by the next step, `python -m stages.reward.stats` (runs/<name>/reward-stats/).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from data.loaders import source_fingerprint
-from pipeline.artifacts.store import already_done, resolve_model_source, start_artifact
+from pipeline.artifacts.store import source_fingerprint
+from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.artifacts.atomic import translating_disk_errors
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
-from pipeline.errors import UserError, main_guard
+from pipeline.errors import main_guard
 from pipeline.artifacts.finite import check_finite
 from pipeline.lm.hf_glue import (
     MetricsCallback,
@@ -39,11 +40,10 @@ from pipeline.lm.hf_glue import (
     use_our_progress,
 )
 from pipeline.runtime.metrics import read_metrics
-from pipeline.judge.scoring import STATS_FILE, score_conversations
+from pipeline.judge.scoring import TRAINING_FILE
 from pipeline.graph.rounds import round_dir
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.reward.dataset import (
-    data_parts,
     heldout_source,
     load_heldout,
     load_training_pairs,
@@ -56,31 +56,13 @@ from stages.reward.heldout import HeldoutEvalCallback, evaluate_heldout, heldout
 from stages.reward.own_answers import evaluate_own_answers, own_answer_inputs, own_answer_sources
 from stages.reward.report import write_report
 from stages.reward.trainer import make_trainer_class
+from stages.graph import is_up_to_date, key
 
 log = logging.getLogger("stages.reward")
 
 
-def dependencies(cfg) -> dict:
-    """The config this artifact depends on: its own section, seeding/precision, and the sampling
-    settings of the reward statistics (PPO's, whose rewards they normalise)."""
-    return {"reward": to_dict(cfg.reward), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype},
-            "ppo": {"data": cfg.ppo.data, "temperature": cfg.ppo.temperature,
-                    "max_new_tokens": cfg.ppo.max_new_tokens, "max_prompt_length": cfg.ppo.max_prompt_length,
-                    **({"policy": cfg.ppo.policy} if cfg.ppo.policy else {})},
-            "data": to_dict(cfg.data) if "demo" in (*data_parts(cfg), cfg.ppo.data) else {}}
-
-
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
-
-
-def stats_prompts_source(cfg) -> str:
-    """The prompts PPO will train on (ppo.data): the statistics normalise rewards of answers to them."""
-    if cfg.ppo.data == "demo":
-        from data.demo import demo_file
-
-        return str(demo_file(cfg, "ppo_prompts.jsonl"))
-    return cfg.ppo.data
 
 
 def load_reward_init(source: str, cfg):
@@ -99,54 +81,6 @@ def load_reward_init(source: str, cfg):
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.padding_side = "right"
     return model, tokenizer
-
-
-def stats_policy(cfg, init_source: str) -> str:
-    """Whose answers the statistics score: ppo.policy when set (the model PPO starts from), else the model
-    the reward model starts from (this run's SFT model by default), so `make reward` with reward.init_from
-    set needs no SFT model of this run."""
-    return cfg.ppo.policy or init_source
-
-
-@torch.no_grad()
-def reward_statistics(cfg, policy_source: str, model, tokenizer, max_length: int) -> dict:
-    """Mean/std of the rewards of the policy's own sampled answers to PPO's prompts (ppo.data)."""
-    from data.loaders import load_prompts
-    from pipeline.lm.generation import eos_ids_of, generate_batched
-    from pipeline.lm.model import load_causal_lm
-
-    source = stats_prompts_source(cfg)
-    prompts, ids, too_long = [], [], 0
-    for record in load_prompts(source):  # the first reward.stats_prompts that PPO would keep
-        if len(prompts) == cfg.reward.stats_prompts:
-            break
-        x = tokenizer.apply_chat_template(record["prompt"], tokenize=True, return_dict=True,
-                                          add_generation_prompt=True)["input_ids"]
-        if len(x) > cfg.ppo.max_prompt_length:  # PPO drops these too (stages/ppo/rollout.encode_prompts)
-            too_long += 1
-            continue
-        prompts.append(record["prompt"])
-        ids.append(x)
-    if not prompts:
-        raise UserError(f"{source} holds no prompt for the reward statistics (reward.stats_prompts) within "
-                        f"ppo.max_prompt_length={cfg.ppo.max_prompt_length} tokens ({too_long} longer).")
-    policy = load_causal_lm(policy_source).to(next(model.parameters()).device).eval()
-    gen = torch.Generator(device=next(policy.parameters()).device).manual_seed(cfg.run.seed)
-    answers = generate_batched(policy, ids, batch_size=cfg.ppo.forward_batch_size,
-                               max_new_tokens=cfg.ppo.max_new_tokens, eos_ids=eos_ids_of(policy, tokenizer),
-                               pad_id=tokenizer.pad_token_id, temperature=cfg.ppo.temperature,
-                               top_k=cfg.ppo.top_k, top_p=cfg.ppo.top_p, generator=gen)
-    texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
-    scores = score_conversations(model, tokenizer, prompts, texts, batch_size=cfg.reward.batch_size * 2,
-                                 max_length=max_length)
-    del policy
-    return {
-        "mean": float(scores.mean()), "std": float(scores.std(unbiased=False)), "n": len(texts),
-        "min": float(scores.min()), "max": float(scores.max()),
-        "ended_with_eos": sum(bool(a) and a[-1] in eos_ids_of(model, tokenizer) for a in answers),
-        "max_length": max_length, "prompts_source": source, "prompts_too_long": too_long, "policy": policy_source,
-        "temperature": cfg.ppo.temperature, "max_new_tokens": cfg.ppo.max_new_tokens,
-    }
 
 
 def heldout_history(metrics_dir: Path) -> list[dict]:
@@ -171,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {"init": init_record, "data": {"train": {s: source_fingerprint(s) for s in train_srcs},
                                             "heldout": {held_src: source_fingerprint(held_src)} if held_src else {},
                                             "own_answers": own_answer_inputs(own)}}
-    if already_done(final, dependencies(cfg), inputs):
+    if is_up_to_date(cfg, "reward"):
         return 0
 
     from datasets import Dataset
@@ -196,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     data = tokenize_pairs(pairs, tokenizer, max_length, use_margin=r.use_margin, source=train_src)
     # the work directory only once the inputs are known to be usable: bad data leaves nothing behind
     writer = start_artifact(final, "reward", resume=r.resume, is_main=int(os.environ.get("RANK", "0")) == 0,
-                            config=dependencies(cfg), inputs=inputs)
+                            key=key(cfg, "reward"))
     per_prompt = data.counts["kept"] / max(1, data.counts["prompts"])
     print(f"reward data: {data.counts['kept']} pairs from {data.counts['prompts']} prompts ({per_prompt:.1f} per "
           f"prompt); held out: {len(heldout)} pairs ({len(heldout.rankings)} rankings) from {held_src or 'a split'}")
@@ -238,10 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     own_metrics = evaluate_own_answers(trainer.model, tokenizer, own, max_length=max_length,
                                        batch_size=r.batch_size * 2)
 
-    # statistics first: a LoRA model is merged (and so changed) by saving it
-    stats = None
-    if r.stats_prompts > 0 and main_process:
-        stats = reward_statistics(cfg, stats_policy(cfg, init_source), trainer.model, tokenizer, max_length)
     if r.lora.enabled:
         if main_process:
             save_lora(trainer.model, writer.out_dir, tokenizer)
@@ -251,21 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         (writer.out_dir / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(writer.out_dir)
-        if stats:
-            (writer.out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        (writer.out_dir / TRAINING_FILE).write_text(json.dumps({"max_length": max_length}) + "\n")
         settings = {"init_from": init_source, "data": train_src, "group_by_prompt": r.group_by_prompt,
                     "use_margin": r.use_margin, "center_rewards_coefficient": r.center_rewards_coefficient,
                     "lora": r.lora.enabled, "steps": step, "batch_size": r.batch_size, "lr": r.lr,
                     "max_length": max_length}
         write_report(writer.out_dir / "report.md", title=f"Reward model: {cfg.run.name}", final=final_metrics,
-                     history=heldout_history(writer.out_dir), counts=data.counts, stats=stats, heldout=heldout,
+                     history=heldout_history(writer.out_dir), counts=data.counts, heldout=heldout,
                      scores=scores, settings=settings, own_answers=own_metrics)
         summary = {f"heldout_{k}": v for k, v in final_metrics.items() if v is not None}
         summary.update({f"data_{k}": v for k, v in data.counts.items()})
         for name, m in own_metrics.items():
             summary.update({f"own_{name}_{k}": v for k, v in m.items() if isinstance(v, (int, float))})
-        if stats:
-            summary.update(reward_mean=stats["mean"], reward_std=stats["std"])
         # the last training log, from the Trainer's history (a resumed run has it from its checkpoint)
         last_log = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         summary.update({k: v for k, v in last_log.items() if k in ("loss", "accuracy", "margin")})
@@ -279,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             f"; own answers ({name}): accuracy {_fmt(m.get('accuracy'))}, Spearman with gold "
             f"{_fmt(m.get('spearman_gold'))}, best-of-n gold win rate {_fmt(m.get('best_of_n_reward_model'))} "
             f"(blind {_fmt(m.get('best_of_n_blind'))}, by gold {_fmt(m.get('best_of_n_gold'))})"
-            for name, m in own_metrics.items())
-            + (f"; SFT answers score {stats['mean']:.3f} +- {stats['std']:.3f}" if stats else "")
-            + f" -> {final}")
+            for name, m in own_metrics.items()) + f" -> {final}")
         fc = trainer.forward_counts  # not in the manifest: a resumed run counts only what it trained itself
         if fc.get("rows"):
             print(f"reward: the training batches held {fc['rows']:,} answers, {fc['forwarded']:,} distinct, each "

@@ -1,5 +1,3 @@
-import sys
+from stages.entry import start
 
-from stages.sft.stage import main
-
-sys.exit(main())
+start("sft", "stages.sft.stage")

@@ -66,7 +66,7 @@ def _demo_file(cfg, stem: str) -> str:
 
 
 def _source_record(source: str) -> dict:
-    from data.loaders import source_fingerprint
+    from pipeline.artifacts.store import source_fingerprint
 
     return {"path": source, "fingerprint": source_fingerprint(source)}
 

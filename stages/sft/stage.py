@@ -18,7 +18,7 @@ import sys
 
 from accelerate import PartialState
 
-from pipeline.artifacts.store import already_done, resolve_model_source, start_artifact
+from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.artifacts.atomic import translating_disk_errors
 from pipeline.lm.chat_format import has_generation_markers
 from pipeline.config.cli import stage_config
@@ -39,16 +39,11 @@ from pipeline.lm.hf_glue import (
 from pipeline.lm.model import count_parameters, load_causal_lm, set_generation_defaults
 from pipeline.runtime.device import seed_everything
 from pipeline.lm.tokenizer import load_tokenizer
+from stages.graph import is_up_to_date, key
 from stages.sft.dataset import Screened, heldout_prompts, load_sft_splits, screen_splits
 from stages.sft.report import answer, gold_eval, write_samples
 
 log = logging.getLogger("stages.sft")
-
-
-def stage_signature(cfg) -> dict:
-    """The part of the config that decides this stage's artifact (the up-to-date check compares
-    it with the manifest's config): the sft section plus the run settings that change training."""
-    return {"sft": to_dict(cfg.sft), "run": {"seed": cfg.run.seed, "dtype": cfg.run.dtype}}
 
 
 def load_model(source: str, cfg, quant=None):
@@ -172,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     with PartialState().main_process_first():  # under `accelerate launch`, one process builds the demo data
         train_raw, val_raw, data_record = load_sft_splits(cfg)
     inputs = {"model": source_record, "data": data_record}
-    signature = stage_signature(cfg)
-    if already_done(final_dir, signature, inputs):
+    if is_up_to_date(cfg, "sft"):
         return 0
 
     quant = quantization_config(s.lora)
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with PartialState().main_process_first():
         writer = start_artifact(final_dir, "sft", resume=s.resume, is_main=PartialState().is_main_process,
-                                config=signature, inputs=inputs)
+                                key=key(cfg, "sft"))
     resume = resume_checkpoint(writer.checkpoint_dir, "sft.resume")
     if resume:
         print(f"resuming from {resume}")

@@ -1,0 +1,323 @@
+"""The stage graph: every stage of the pipeline declared once (pipeline/graph/declare.py says what a
+declaration is and what is derived from it).
+
+    data -> pretrain -> sft -> rank -> reward -> reward-stats -> ppo        (rank, reward, reward-stats
+                          \\                 \\-> grpo, rloo                  and ppo repeat per round)
+                           \\-> dpo                      eval, compare read whatever is finished
+
+For each stage: the config values that decide its artifact (`config`), and its inputs (`inputs`): other
+stages' artifacts, which make builds first unless a config key names another input, and data sources,
+fingerprinted by content. Keys that change how a run is carried out but not what it makes (NO_EFFECT)
+are left out, so changing them never makes an artifact stale. This module reads only the config: no
+torch, no model; `python -m stages.plan` prints what make needs from it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pipeline.config.loader import to_dict
+from pipeline.graph.declare import Artifact, Source, Stage, artifact_dir, needs, stage_key, up_to_date
+from pipeline.graph.rounds import current_round, reward_parts
+
+# How a run is carried out, not what it makes: never part of a key (memory, logging, checkpoint cadence).
+NO_EFFECT = ("resume", "log_every", "save_every", "checkpoint_every", "gradient_checkpointing", "check_memory")
+# Where and how a person labels does not change what the labels are.
+RANK_NO_EFFECT = ("ui", "host", "port")
+# The settings of PPO's sampling that the reward statistics are measured with (PPO normalises its rewards by them).
+STATS_SAMPLING = ("data", "temperature", "top_k", "top_p", "max_new_tokens", "max_prompt_length",
+                  "forward_batch_size")
+RANK_PART = re.compile(r"rank(-r[0-9]+)?")
+
+
+def section(cfg, name: str, drop: tuple[str, ...] = ()) -> dict:
+    return {k: v for k, v in to_dict(getattr(cfg, name)).items() if k not in NO_EFFECT + drop}
+
+
+def is_demo(value) -> bool:
+    return value in (None, "", "demo")
+
+
+def demo(cfg, value, file: str, key: str) -> Source:
+    """`value` as a data source: the demo's `file` when it says "demo" (or is empty)."""
+    if is_demo(value):
+        return Source(str(cfg.data_dir / file), key, demo=True)
+    return Source(str(value), key)
+
+
+def demo_section(cfg, inputs: dict) -> dict:
+    """The data section, when a stage reads the demo (its values decide the demo's content)."""
+    return {"data": section(cfg, "data", drop=("dir",))} if any(
+        isinstance(i, Source) and i.demo for i in inputs.values()) else {}
+
+
+def seed_dtype(cfg) -> dict:
+    return {"seed": cfg.run.seed, "dtype": cfg.run.dtype}
+
+
+# --- data sources, resolved once (the stages read what these name) -----------------------------------
+
+def pretrain_inputs(cfg) -> dict:
+    out = {}
+    for n, source in enumerate(cfg.train.data):
+        if is_demo(source):
+            out["demo_train"] = demo(cfg, source, "pretrain_train.jsonl", "train.data")
+            out["demo_val"] = demo(cfg, source, "pretrain_val.jsonl", "train.data")
+        else:
+            out[f"data{n}"] = Source(str(source), "train.data")
+    if cfg.tokenizer.from_:
+        out["tokenizer"] = Source(str(cfg.tokenizer.from_), "tokenizer.from")
+    return out
+
+
+def sft_inputs(cfg) -> dict:
+    s = cfg.sft
+    out = {"model": Artifact("pretrain", "sft.init_from"), "train": demo(cfg, s.data, "sft_train.jsonl", "sft.data")}
+    if s.val_data:
+        out["val"] = Source(str(s.val_data), "sft.val_data")
+    elif is_demo(s.data):
+        out["val"] = demo(cfg, None, "sft_val.jsonl", "sft.data")
+    return out
+
+
+def rank_inputs(cfg) -> dict:
+    r = cfg.rank
+    first = current_round(cfg) == 1
+    out = {"policy": Artifact("sft", "rank.policy") if first else Artifact("ppo", "rank.policy", round_offset=-1),
+           "prompts": demo(cfg, r.prompts, "rank_prompts.jsonl", "rank.prompts"),
+           "heldout": None if r.heldout_prompts == "none"
+           else demo(cfg, r.heldout_prompts, "rank_heldout_prompts.jsonl", "rank.heldout_prompts")}
+    if r.labeler == "judge":
+        out["judge"] = Artifact("reward", "rank.judge")
+    return out
+
+
+def rank_labels(cfg) -> dict:
+    """The labels people wrote (rank.labeler=human): they decide the artifact."""
+    from pipeline.artifacts.store import fingerprint
+
+    if cfg.rank.labeler != "human":
+        return {}
+    d = labels_dir(cfg)
+    return {"labels": fingerprint(d) if d.is_dir() else None}
+
+
+def labels_dir(cfg, round_no: int | None = None):
+    """Where people's labels of a round live: runs/<name>/labels (labels-rN), never deleted by make clean."""
+    n = round_no or current_round(cfg)
+    return cfg.run_dir / ("labels" if n == 1 else f"labels-r{n}")
+
+
+def rank_part(name: str) -> Artifact:
+    """rank, rank-r2, ...: a rank artifact of a given round, read by the reward stage and DPO."""
+    return Artifact("rank", round_offset=0, round_no=int(name.rsplit("-r", 1)[-1]) if "-r" in name else 1)
+
+
+def reward_data_inputs(cfg, prefix: str = "") -> dict:
+    """reward.data's parts (demo+rank by default): the demo's rankings, this run's rank artifacts, files;
+    and the held-out rankings the reward stage reports on."""
+    out = {}
+    parts = reward_parts(cfg)
+    for n, part in enumerate(parts):
+        if part == "demo":
+            out[f"{prefix}demo"] = demo(cfg, "demo", "rankings_train.jsonl", "reward.data")
+        elif RANK_PART.fullmatch(part):
+            out[f"{prefix}{part}"] = rank_part(part)
+        else:
+            out[f"{prefix}data{n}"] = Source(part, "reward.data")
+    if cfg.reward.val_data:
+        out[f"{prefix}heldout"] = Source(str(cfg.reward.val_data), "reward.val_data")
+    elif "demo" in parts:
+        out[f"{prefix}heldout"] = demo(cfg, "demo", "rankings_heldout.jsonl", "reward.data")
+    return out
+
+
+def reward_inputs(cfg) -> dict:
+    out = {"init": Artifact("sft", "reward.init_from"), **reward_data_inputs(cfg)}
+    if not any(RANK_PART.fullmatch(p) for p in reward_parts(cfg)):  # own answers measured on round 1's ranking
+        out["own_answers"] = Artifact("rank", round_no=1, optional=True)
+    return out
+
+
+def stats_inputs(cfg) -> dict:
+    p = cfg.ppo
+    return {"reward_model": Artifact("reward", "ppo.reward_model"), "policy": Artifact("sft", "ppo.policy"),
+            "prompts": demo(cfg, p.data, "ppo_prompts.jsonl", "ppo.data")}
+
+
+def ppo_inputs(cfg) -> dict:
+    p = cfg.ppo
+    dev = (Source(str(p.eval_data), "ppo.eval_data") if p.eval_data
+           else demo(cfg, None, "ppo_dev.jsonl", "ppo.data") if is_demo(p.data) else None)
+    return {"policy": Artifact("sft", "ppo.policy"), "reward_model": Artifact("reward", "ppo.reward_model"),
+            "reward_stats": Artifact("reward-stats"), "prompts": demo(cfg, p.data, "ppo_prompts.jsonl", "ppo.data"),
+            "dev_prompts": dev}
+
+
+def dev_prompts(cfg) -> Source:
+    """The development prompts every training report is judged on: PPO's (ppo.eval_data, the demo's
+    ppo_dev, or else the last prompts of ppo.data, which PPO then holds out)."""
+    inputs = ppo_inputs(cfg)
+    return inputs["dev_prompts"] or inputs["prompts"]
+
+
+def dpo_inputs(cfg) -> dict:
+    d = cfg.dpo
+    out = {"policy": Artifact("sft", "dpo.policy")}
+    if d.data == "reward":  # the pairs the reward model learns from
+        out.update({k: v for k, v in reward_data_inputs(cfg, "pairs_").items() if not k.endswith("heldout")})
+    else:
+        out["pairs"] = Source(str(d.data), "dpo.data")
+    if d.val_data == "reward":
+        held = reward_data_inputs(cfg, "pairs_").get("pairs_heldout")
+        if held:
+            out["heldout"] = held
+    elif d.val_data:
+        out["heldout"] = Source(str(d.val_data), "dpo.val_data")
+    out["dev_prompts"] = dev_prompts(cfg)
+    return out
+
+
+def online_inputs(method: str):
+    def inputs(cfg) -> dict:
+        s = getattr(cfg, method)
+        return {"policy": Artifact("sft", f"{method}.policy"), "reward_model": Artifact("reward", f"{method}.reward_model"),
+                "reward_stats": Artifact("reward-stats"), "prompts": demo(cfg, s.data, "ppo_prompts.jsonl", f"{method}.data"),
+                "dev_prompts": dev_prompts(cfg)}
+    return inputs
+
+
+def align_config(method: str):
+    def config(cfg) -> dict:
+        s = getattr(cfg, method)
+        out = {method: section(cfg, method), "run": seed_dtype(cfg)}
+        if method != "dpo":  # rewarded as PPO is, with PPO's answer budget unless it sets its own
+            out["ppo"] = {k: getattr(cfg.ppo, k) for k in ("missing_eos_penalty", "missing_eos_mode", "reward_clip",
+                                                           "forward_batch_size")}
+            if s.total_episodes is None:
+                out["ppo"]["total_episodes"] = cfg.ppo.total_episodes
+        inputs = (dpo_inputs if method == "dpo" else online_inputs(method))(cfg)
+        return {**out, **demo_section(cfg, inputs)}
+    return config
+
+
+def _with_demo(config, inputs):
+    return lambda cfg: {**config(cfg), **demo_section(cfg, inputs(cfg))}
+
+
+def eval_inputs(cfg) -> dict:
+    e = cfg.eval
+    out = {"prompts": demo(cfg, e.prompts, "eval_prompts.jsonl", "eval.prompts")}
+    if e.models:
+        out.update({f"model{n}": Artifact("sft", "eval.models", value=str(m)) for n, m in enumerate(e.models)})
+    else:
+        out.update(pretrain=Artifact("pretrain", optional=True), sft=Artifact("sft"),
+                   ppo=Artifact("ppo", round_no="newest", optional=True))
+    out["reward_model"] = Artifact("reward", "eval.reward_model", round_no="newest", optional=True)
+    if e.lm_data not in (None, "pretrain", "none"):
+        out["lm_data"] = demo(cfg, e.lm_data, "pretrain_val.jsonl", "eval.lm_data")
+    return out
+
+
+def compare_inputs(cfg) -> dict:
+    out = {"sft": Artifact("sft"), "prompts": demo(cfg, cfg.eval.prompts, "eval_prompts.jsonl", "eval.prompts"),
+           "reward_model": Artifact("reward", "eval.reward_model", round_no="newest", optional=True)}
+    for m in ("ppo", "dpo", "grpo", "rloo"):
+        out[m] = Artifact(m, round_no="newest" if m == "ppo" else None, optional=True)
+    return out
+
+
+def _pretrain_skip(cfg) -> str | None:
+    if cfg.sft.init_from is not None and cfg.eval.lm_data != "pretrain":
+        return (f"pretrain: skipped: sft.init_from={cfg.sft.init_from} starts from an existing model, so no stage "
+                "of this config reads a pretrained one (to pretrain anyway: python -m stages.pretrain --config ...)")
+    return None
+
+
+def _data_skip(cfg) -> str | None:
+    readers = demo_readers(cfg)
+    if not readers:
+        return ("data: skipped: no stage of this config reads the demo data (every data key names a file or "
+                "hub dataset; to build it anyway: python -m data.demo --config ...)")
+    return None
+
+
+def _data_config(cfg) -> dict:
+    from data.demo import demo_config
+
+    return demo_config(cfg)
+
+
+TRAINED = ("pretrain", "sft", "rank", "reward", "reward-stats", "ppo", "dpo", "grpo", "rloo")
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("data", "build the embedded demo data (offline, seconds)", "data.demo", _data_config, lambda cfg: {},
+          skip=_data_skip),
+    Stage("pretrain", "tokenizer + GPT from scratch", "stages.pretrain",
+          _with_demo(lambda cfg: {"run": seed_dtype(cfg), "tokenizer": section(cfg, "tokenizer"),
+                                  "model": section(cfg, "model"), "train": section(cfg, "train")}, pretrain_inputs),
+          pretrain_inputs, launch=True, skip=_pretrain_skip),
+    Stage("sft", "instruction tuning (TRL SFTTrainer)", "stages.sft",
+          _with_demo(lambda cfg: {"sft": section(cfg, "sft"), "run": seed_dtype(cfg)}, sft_inputs),
+          sft_inputs, launch=True),
+    Stage("rank", "the SFT model's own answers, ranked (rank.labeler=gold|human|judge)", "stages.rank",
+          _with_demo(lambda cfg: {"rank": section(cfg, "rank", RANK_NO_EFFECT), "run": {"seed": cfg.run.seed}},
+                     rank_inputs),
+          rank_inputs, loop=True, extra=rank_labels,
+          finished=lambda m: (m.get("metrics") or {}).get("remaining", 0) == 0),
+    Stage("reward", "reward model on rankings (TRL RewardTrainer)", "stages.reward",
+          _with_demo(lambda cfg: {"reward": section(cfg, "reward", ("stats_prompts",)), "run": seed_dtype(cfg)},
+                     reward_inputs),
+          reward_inputs, launch=True, loop=True),
+    Stage("reward-stats", "the mean/std of the reward model's scores of the policy's answers (PPO's "
+          "normalisation; seconds)", "stages.reward.stats",
+          _with_demo(lambda cfg: {"ppo": {k: getattr(cfg.ppo, k) for k in STATS_SAMPLING},
+                                  "reward": {"stats_prompts": cfg.reward.stats_prompts}, "run": seed_dtype(cfg)},
+                     stats_inputs),
+          stats_inputs, loop=True),
+    Stage("ppo", "PPO with a KL leash to SFT (run.rounds=N: rounds 2..N -> ppo-rN)", "stages.ppo",
+          _with_demo(lambda cfg: {"ppo": section(cfg, "ppo"), "run": seed_dtype(cfg)}, ppo_inputs),
+          ppo_inputs, launch=True, loop=True),
+    Stage("dpo", "DPO (TRL DPOTrainer) on the reward model's preference pairs", "stages.align", align_config("dpo"),
+          dpo_inputs, args=("align.method=dpo",), launch=True),
+    Stage("grpo", "GRPO (TRL GRPOTrainer), rewarded as PPO is, PPO's answer budget", "stages.align",
+          align_config("grpo"), online_inputs("grpo"), args=("align.method=grpo",), launch=True),
+    Stage("rloo", "RLOO (TRL RLOOTrainer), rewarded as PPO is, PPO's answer budget", "stages.align",
+          align_config("rloo"), online_inputs("rloo"), args=("align.method=rloo",), launch=True),
+    Stage("eval", "compare pretrain / SFT / PPO on held-out data (MODELS=dir ... to choose)", "stages.eval",
+          _with_demo(lambda cfg: {"eval": section(cfg, "eval"), "ppo": {"kl_budget": cfg.ppo.kl_budget},
+                                  "run": {"dtype": cfg.run.dtype}}, eval_inputs),
+          eval_inputs, after=True),
+    Stage("compare", "SFT vs PPO, DPO, GRPO, RLOO (those that exist)", "stages.compare",
+          _with_demo(lambda cfg: {"eval": section(cfg, "eval"), "ppo": {"kl_budget": cfg.ppo.kl_budget},
+                                  "run": {"dtype": cfg.run.dtype}}, compare_inputs),
+          compare_inputs, after=True),
+)}
+LOOP = tuple(name for name, s in STAGES.items() if s.loop)
+
+
+def demo_readers(cfg) -> list[str]:
+    """The config keys whose stage reads the embedded demo data (data's job), for stages that run."""
+    keys = []
+    for name, stage in STAGES.items():
+        if name == "data" or (name == "pretrain" and _pretrain_skip(cfg)):
+            continue
+        keys += [i.key for i in stage.inputs(cfg).values() if isinstance(i, Source) and i.demo]
+    return sorted(set(keys))
+
+
+def key(cfg, name: str) -> dict:
+    return stage_key(cfg, STAGES[name], STAGES)
+
+
+def is_up_to_date(cfg, name: str, *, say: bool = True) -> bool:
+    """The one up-to-date check every stage calls first: its finished artifact has today's key."""
+    if not up_to_date(cfg, STAGES[name], STAGES):
+        return False
+    if say:
+        print(f"{artifact_dir(cfg, STAGES[name])} is up to date (same config and inputs); nothing to do.")
+    return True
+
+
+def make_needs(cfg) -> dict[str, list[str]]:
+    return needs(cfg, STAGES)
