@@ -75,3 +75,33 @@ def test_up_to_date_compares_the_sections_a_stage_depends_on(tmp_path):
     assert not up_to_date(final, {"model": {"n_layer": 3}}, {"data": "abc"})  # changed config
     assert not up_to_date(final, {"model": {"n_layer": 2}}, {"data": "abd"})  # changed input data
     assert not up_to_date(final, {"model": {"n_layer": 2, "n_head": 2}}, {"data": "abc"})  # key never recorded
+
+
+def test_wall_time_after_a_resume_counts_every_process_that_worked_on_the_artifact(tmp_path, monkeypatch):
+    import os
+
+    from pipeline.artifacts import store
+
+    now = [1000.0]
+    monkeypatch.setattr(store.time, "time", lambda: now[0])
+    final = tmp_path / "runs" / "t" / "sft"
+    first = store.start_artifact(final, "sft", resume=True)
+    checkpoint = first.checkpoint_dir / "step-1.pt"
+    checkpoint.write_text("resumable state")
+    os.utime(checkpoint, (1060.0, 1060.0))  # its last write, a minute in; killed at 1090: nothing committed
+    now[0] = 5000.0  # started again an hour later, resuming the same work dir
+    second = store.start_artifact(final, "sft", resume=True)
+    now[0] = 5040.0
+    second.commit(config={})
+    assert store.read_manifest(final)["wall_time_s"] == 100.0  # 60 s up to the kill's last checkpoint + 40 s
+
+    # a fresh start (resume=false) throws the earlier work away, and its time with it
+    now[0] = 7000.0
+    killed = store.start_artifact(final, "sft", resume=True)
+    (killed.checkpoint_dir / "step-1.pt").write_text("resumable state")
+    os.utime(killed.checkpoint_dir / "step-1.pt", (7500.0, 7500.0))
+    now[0] = 8000.0
+    fresh = store.start_artifact(final, "sft", resume=False)
+    now[0] = 8030.0
+    fresh.commit(config={})
+    assert store.read_manifest(final)["wall_time_s"] == 30.0

@@ -29,6 +29,7 @@ from pipeline.artifacts.finite import NonFiniteError, non_finite
 from pipeline.artifacts.resume import RunLock, check_resume_key
 
 MANIFEST = "manifest.json"
+_CLOCK = "wall_time.json"  # in the work dir: the time earlier processes spent on it, for the manifest's wall_time_s
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers", "safetensors")
 
 
@@ -167,10 +168,28 @@ class ArtifactWriter:
         self.out_dir = self.work_dir / "artifact"
         self.checkpoint_dir = self.work_dir / "checkpoints"
         self.started = time.time()
+        self.earlier_s = 0.0  # seconds that earlier processes spent on this work dir (start_clock)
         self.committed = False
         check_replaceable(self.final_dir, stage)
         for d in (self.out_dir, self.checkpoint_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+    def start_clock(self) -> None:
+        """Count the time earlier processes spent on this work dir (a resumed run continues their work,
+        so the manifest's wall_time_s is the total) and record this process's start for the next one.
+
+        A killed process cannot say when it stopped: its end is taken as the last time it wrote a file
+        here (a checkpoint, a line of metrics); the minutes between that and the kill are not counted.
+        Called before anything else is written in this process, or its own writes would count as theirs."""
+        clock = self.work_dir / _CLOCK
+        try:
+            before = json.loads(clock.read_text())
+            last_write = max((p.stat().st_mtime for p in self.work_dir.rglob("*") if p.is_file() and p != clock),
+                             default=float(before["started"]))
+            self.earlier_s = float(before["earlier_s"]) + max(0.0, last_write - float(before["started"]))
+        except (OSError, ValueError, KeyError, TypeError):  # a fresh work dir, or no readable clock: the first
+            self.earlier_s = 0.0
+        write_text(clock, json.dumps({"earlier_s": self.earlier_s, "started": self.started}) + "\n")
 
     def discard(self) -> None:
         """Forget the unfinished work (checkpoints included)."""
@@ -195,7 +214,7 @@ class ArtifactWriter:
             "stage": self.stage,
             "status": "complete",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "wall_time_s": round(time.time() - self.started, 1),
+            "wall_time_s": round(self.earlier_s + time.time() - self.started, 1),  # resumed runs: all processes
             "fingerprint": fingerprint(self.out_dir),
             "inputs": inputs or {},
             **({"key": self.key} if self.key is not None else {}),
@@ -258,6 +277,7 @@ def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, is_main: 
     if not resume:
         writer.discard()
         writer = ArtifactWriter(final_dir, stage, key=key)
+    writer.start_clock()  # before the resume key is written: that is this process's work
     if key is not None:
         check_resume_key(writer.work_dir, stage, key=key, resume_flag=resume_flag or f"{stage}.resume",
                          has_work=writer.has_checkpoint())
