@@ -3,8 +3,8 @@
 import pytest
 
 from pipeline.config.loader import load_config, to_dict
-from pipeline.errors import UserError
 from pipeline.config.schema import ModelSection, RunConfig
+from pipeline.errors import UserError
 
 
 def write(tmp_path, text, name="preset.yaml"):
