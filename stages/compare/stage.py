@@ -45,7 +45,7 @@ def cost(path: str, method: str) -> dict:
     m = manifest.get("metrics") or {}
     if method == "ppo":
         episodes = (manifest.get("config") or {}).get("ppo", {}).get("total_episodes")
-        # PPO records the whole stage's time (its final report included) of the last process that ran it
+        # PPO records the whole stage's time (its final report included), over every process of a resumed run
         return {"wall_time_s": manifest.get("wall_time_s"), "used": f"{episodes} sampled answers"}
     used = (f"{m.get('pairs_seen')} pair updates ({m.get('pairs')} pairs)" if method == "dpo"
             else f"{m.get('answers_sampled')} sampled answers")
