@@ -56,23 +56,26 @@ def test_candidates_are_deterministic_and_a_killed_run_resumes_at_the_missing_ch
 
 
 def test_logprobs_are_the_policys_own_and_identical_answers_merge(lm):
-    from pipeline.lm.generation import answer_logprobs
-    from stages.rank.candidates import merge_answers, sample_chunk
+    from pipeline.lm.generation import answer_logprobs, generate
+    from stages.rank.candidates import AnswerLogprob, merge_answers
 
     model, tok = lm
-    recs = sample_chunk(model, tok, _prompts(2), k=3, temperatures=[1.0], max_new_tokens=6, batch_size=2, seed=9,
-                        policy="tiny")
-    for r in recs:
-        prompt_ids = tok.apply_chat_template(r["messages"] if "messages" in r else
-                                             [{"role": "user", "content": r["prompt"]}], tokenize=True,
-                                             return_dict=True, add_generation_prompt=True)["input_ids"]
-        for text, lp in zip(r["responses"], r["logprobs"]):
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            if tok.decode(ids) != text or len(ids) >= 6:
-                continue  # only answers that re-encode to the same ids and ended with EOS can be recomputed
-            expected = sum(answer_logprobs(model, [prompt_ids], [ids + [tok.eos_token_id]], pad_id=tok.pad_token_id,
-                                           temperature=1.0)[0])
-            assert lp == pytest.approx(expected, abs=1e-3)
+    prompts = [tok.apply_chat_template(p["messages"], tokenize=True, return_dict=True,
+                                       add_generation_prompt=True)["input_ids"] for p in _prompts(3)]
+    prompts.append(prompts[0] + prompts[1])  # a longer prompt: the others are left-padded beside it
+    # Every 8th token id ends an answer here, so that within 6 tokens some answers end (EOS counted,
+    # nothing after it) and others are cut at the limit; the random model rarely says its real EOS.
+    eos_ids = set(range(3, len(tok), 8))
+    checked = {"ended": 0, "cut": 0}
+    for temperature in (0.7, 1.3):  # sampled at any temperature, the log-prob is the policy's own (temperature 1)
+        logprob = AnswerLogprob(eos_ids)  # the rank stage's on_step
+        answers = generate(model, prompts, max_new_tokens=6, eos_ids=eos_ids, pad_id=tok.pad_token_id,
+                           temperature=temperature, generator=torch.Generator().manual_seed(9), on_step=logprob)
+        teacher_forced = answer_logprobs(model, prompts, answers, pad_id=tok.pad_token_id, temperature=1.0)
+        for answer, total, token_lps in zip(answers, logprob.total.tolist(), teacher_forced):
+            assert total == pytest.approx(sum(token_lps), abs=1e-4)
+            checked["ended" if answer[-1] in eos_ids else "cut"] += 1
+    assert checked["ended"] > 0 and checked["cut"] > 0, checked  # both kinds of answer were recomputed
     merged = merge_answers(_prompts(1)[0], [("same", 0.7, -1.0), ("same", 1.3, -2.0), ("other", 1.3, -3.0)], "t")
     assert merged["responses"] == ["same", "other"] and merged["temperatures"] == [0.7, 1.3]
     assert merged["logprobs"] == [-1.0, -3.0] and "skipped" not in merged
