@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from pipeline.artifacts.store import resolve_model_source
 from pipeline.errors import UserError, main_guard
-from pipeline.lm.generation import context_length, eos_ids_of, generate, shape_logits
+from pipeline.lm.generation import chat_stop_ids, context_length, eos_ids_of, generate, shape_logits
 from pipeline.lm.loading import loading
 from pipeline.lm.model import count_parameters, load_causal_lm
 from pipeline.runtime.device import pick_device
@@ -56,13 +56,6 @@ class Sampling:
     def describe(self) -> str:
         t = "0 (greedy)" if self.temperature <= 0 else f"{self.temperature:g}"
         return f"temperature {t}, top_p {self.top_p:g}, top_k {self.top_k}, max {self.max_new_tokens} tokens"
-
-
-def turn_end_ids(model, tokenizer) -> set[int]:
-    """Token ids that end an answer: EOS, and any role marker (a small model sometimes starts the
-    next turn itself)."""
-    vocab = tokenizer.get_vocab()
-    return eos_ids_of(model, tokenizer) | {vocab[t] for t in ROLE_TOKENS if t in vocab}
 
 
 def load_chat_model(path: str, device: torch.device):
@@ -108,7 +101,7 @@ class Chat:
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.generator = torch.Generator(device=next(model.parameters()).device)
         self.generator.manual_seed(seed if seed is not None else torch.seed() % 2**63)
-        self.eos_ids = turn_end_ids(model, tokenizer)
+        self.eos_ids = chat_stop_ids(model, tokenizer)
         self.context = context_length(model)
         self.history: list[dict] = []
 

@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import re
 import sys
 
 
 class UserError(Exception):
     """Bad input from the user (config, data, missing artifact). Printed without a traceback."""
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# How the writers that do not raise OSError say it: torch's zip writer, safetensors (Rust), numpy.
+_DISK_PHRASES = ("no space left", "file too large", "disk quota", "os error 27", "os error 28", "file write failed",
+                 "unexpected pos")
+
+
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile
+
+
+class DiskFullError(UserError):
+    """A write failed for lack of space (or over a file-size limit)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(p in text for p in _DISK_PHRASES) or bool(_SHORT_WRITE.search(text))
+
+
+def disk_full_error(path, exc: BaseException) -> DiskFullError:
+    return DiskFullError(f"could not write {path}: the disk is full or a file-size limit was hit ({_short(exc)}). "
+                         "Free some space (or raise the limit) and re-run the same command to resume; "
+                         "the previous artifact, if any, is untouched.")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
 
 
 def main_guard(fn):
@@ -27,8 +60,6 @@ def main_guard(fn):
             print(f"\nerror: {e}", file=sys.stderr)
             sys.exit(2)
         except Exception as e:  # a full disk, raised from a write we did not wrap (torch, safetensors, HF)
-            from pipeline.artifacts.atomic import disk_full_error, is_disk_full
-
             if not is_disk_full(e) or os.environ.get("RLHF_DEBUG"):
                 raise
             print(f"\nerror: {disk_full_error(getattr(e, 'filename', None) or 'a file', e)}", file=sys.stderr)

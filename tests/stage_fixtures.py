@@ -1,5 +1,5 @@
-"""Finished upstream artifacts for a stage test: an SFT model and a reward model (with its
-normalisation statistics) committed under <root>/runs/t/, as `make sft reward` would leave them."""
+"""Finished upstream artifacts for a stage test: an SFT model, a reward model and its normalisation
+statistics committed under <root>/runs/t/, as `make sft reward reward-stats` would leave them."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def fake_artifact(root, stage, build, inputs=None):
 
 
 def sft_and_reward(tiny_lm_dir, root) -> None:
-    """runs/t/sft: the tiny LM; runs/t/reward: a scalar head on it (seed 0) with fixed statistics."""
+    """runs/t/sft: the tiny LM; runs/t/reward: a scalar head on it (seed 0); runs/t/reward-stats: fixed
+    statistics (the step that measures them is tested in test_reward_train.py)."""
     def sft(out):
         shutil.copytree(tiny_lm_dir, out, dirs_exist_ok=True)
 
@@ -28,7 +29,11 @@ def sft_and_reward(tiny_lm_dir, root) -> None:
         torch.manual_seed(0)
         AutoModelForSequenceClassification.from_pretrained(tiny_lm_dir, num_labels=1).save_pretrained(out)
         AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
+        (out / "reward_model.json").write_text(json.dumps({"max_length": 96}))
+
+    def stats(out):
         (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
 
     fake_artifact(root, "sft", sft)
     fake_artifact(root, "reward", reward)
+    fake_artifact(root, "reward-stats", stats)

@@ -155,16 +155,19 @@ def test_lora_saves_the_adapter_and_merged_weights(run_dir, method):
     assert changed and all("proj" in n for n in changed)  # only the adapted layers moved
 
 
-def test_dpo_by_default_learns_from_the_pairs_the_reward_model_learnt_from(run_dir):
+def test_dpo_by_default_learns_from_the_pairs_the_reward_model_learns_from(run_dir):
+    """dpo.data=reward reads every part of reward.data (here a file of rankings and this run's rank artifact,
+    demo+rank's shape) and reward.val_data, as the stage graph declares them; no reward model is needed."""
     from pipeline.artifacts.store import source_fingerprint
 
     rankings, held = str(run_dir / "rankings.jsonl"), str(run_dir / "held_rankings.jsonl")
-    recorded = {"train": {rankings: source_fingerprint(rankings)}, "heldout": {held: source_fingerprint(held)}}
-    reward = run_dir / "runs" / "t" / "reward"
-    fake_artifact(run_dir, "reward", lambda out: shutil.copytree(reward, out, dirs_exist_ok=True,
-                                                                 ignore=shutil.ignore_patterns("manifest.json")),
-                  inputs={"data": recorded})
-    assert align.main(argv(run_dir, "dpo", "dpo.data=reward", "dpo.val_data=reward", "dpo.max_steps=1")) == 0
+    own = run_dir / "runs" / "t" / "rank"
+    fake_artifact(run_dir, "rank", lambda out: shutil.copy(held, out / "rankings.jsonl"))
+    shutil.rmtree(run_dir / "runs" / "t" / "reward")  # DPO never reads the reward model
+    assert align.main(argv(run_dir, "dpo", "dpo.data=reward", "dpo.val_data=reward", f"reward.data={rankings}+rank",
+                           f"reward.val_data={held}", "dpo.max_steps=1")) == 0
     manifest = read_manifest(run_dir / "runs" / "t" / "dpo")
-    assert manifest["inputs"]["data"] == recorded
-    assert manifest["metrics"]["pairs"] == 12 * 6  # every pair of each 4-way ranking
+    assert manifest["inputs"]["data"]["train"] == {rankings: source_fingerprint(rankings),
+                                                   str(own / "rankings.jsonl"): source_fingerprint(str(own / "rankings.jsonl"))}
+    assert manifest["inputs"]["data"]["heldout"] == {held: source_fingerprint(held)}
+    assert manifest["metrics"]["pairs"] == 12 * 6 + 2 * 6  # every pair of each 4-way ranking, of both parts

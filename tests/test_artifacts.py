@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.artifacts.store import ArtifactWriter, fingerprint, is_complete, require_artifact, up_to_date
+from pipeline.artifacts.store import ArtifactWriter, fingerprint, is_complete, require_artifact, start_artifact
 from pipeline.errors import UserError
 
 
@@ -66,15 +66,13 @@ def test_fingerprint_follows_content_not_time(tmp_path):
     assert fingerprint(a) != first
 
 
-def test_up_to_date_compares_the_sections_a_stage_depends_on(tmp_path):
-    final = tmp_path / "pretrain"
-    assert not up_to_date(final, {"model": {"n_layer": 2}}, {"data": "abc"})  # nothing built yet
-    config = {"model": {"n_layer": 2}, "sft": {"lr": 0.1}}
-    build(final, config=config, inputs={"data": "abc"})
-    assert up_to_date(final, {"model": {"n_layer": 2}}, {"data": "abc"})
-    assert not up_to_date(final, {"model": {"n_layer": 3}}, {"data": "abc"})  # changed config
-    assert not up_to_date(final, {"model": {"n_layer": 2}}, {"data": "abd"})  # changed input data
-    assert not up_to_date(final, {"model": {"n_layer": 2, "n_head": 2}}, {"data": "abc"})  # key never recorded
+def test_a_commit_records_the_declared_key_that_the_up_to_date_check_compares(tmp_path):
+    key = {"config": {"model": {"n_layer": 2}}, "inputs": {"data": {"a.txt": "abc"}}}
+    writer = start_artifact(tmp_path / "pretrain", "pretrain", resume=True, key=key)
+    (writer.out_dir / "w.bin").write_text("w")
+    writer.commit(config={"model": {"n_layer": 2}, "sft": {"lr": 0.1}})
+    manifest = json.loads((tmp_path / "pretrain" / "manifest.json").read_text())
+    assert manifest["key"] == key and manifest["config"]["sft"] == {"lr": 0.1}  # the whole config, for provenance
 
 
 def test_wall_time_after_a_resume_counts_every_process_that_worked_on_the_artifact(tmp_path, monkeypatch):

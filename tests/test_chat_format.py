@@ -159,7 +159,7 @@ def chatml_lm(tmp_path_factory):
 
 
 def test_generation_stops_at_the_templates_end_of_turn(chatml_lm):
-    from apps.chat import turn_end_ids as chat_stops
+    from pipeline.lm.generation import chat_stop_ids as chat_stops
     from pipeline.lm.generation import eos_ids_of, generate
 
     model, tok = chatml_lm

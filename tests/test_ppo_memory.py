@@ -148,14 +148,12 @@ def test_a_bf16_base_is_merged_in_fp32_so_the_lora_update_survives(tiny_lm_dir, 
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
 
 
-def test_the_value_option_keys_the_run_only_with_lora_and_memory_options_never_do():
-    from pipeline.config.cli import stage_config
-    from pipeline.artifacts.resume import without_no_effect
-    from stages.ppo.stage import dependencies
+def test_memory_options_never_key_the_run_and_the_value_option_always_does():
+    from pipeline.config.loader import load_config
+    from stages.graph import key
 
-    plain = dependencies(stage_config("ppo", ["--config", "configs/test.yaml"], description=""))
-    assert "lora_value" not in plain["ppo"]  # a PPO run from before the option stays up to date
-    lora = dependencies(stage_config("ppo", ["--config", "configs/test.yaml", "ppo.lora.enabled=true"], description=""))
-    assert lora["ppo"]["lora_value"] == "head"
-    kept = without_no_effect(plain)["ppo"]
-    assert "gradient_checkpointing" not in kept and "check_memory" not in kept  # memory, not results
+    base = load_config("configs/test.yaml")
+    saving = load_config("configs/test.yaml", ["ppo.gradient_checkpointing=true", "ppo.check_memory=false"])
+    assert key(base, "ppo") == key(saving, "ppo")  # memory, not results: change them and resume
+    assert key(base, "ppo")["config"]["ppo"]["lora_value"] == "head"  # no shim: always part of the key
+

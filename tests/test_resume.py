@@ -22,8 +22,8 @@ from tests.conftest import ROOT
 
 
 def start(final, kl=0.1, resume=True, fingerprint="a"):
-    return start_artifact(final, "ppo", resume=resume, config={"ppo": {"kl_coef": kl, "lr": 1e-5}},
-                          inputs={"policy": {"fingerprint": fingerprint}})
+    return start_artifact(final, "ppo", resume=resume, key={
+        "config": {"ppo": {"kl_coef": kl, "lr": 1e-5}}, "inputs": {"policy": {"fingerprint": fingerprint}}})
 
 
 def checkpoint(writer):

@@ -50,6 +50,10 @@ def reward_run(tiny_lm_dir, tmp_path_factory):
                "reward.max_steps=36", "reward.batch_size=6", "reward.lr=0.003", "reward.eval_every=12",
                "reward.save_every=12", "reward.stats_prompts=6", "ppo.max_new_tokens=8", "reward.warmup_ratio=0.0"])
     assert rc == 0
+    from stages.reward.statistics import main as measure
+
+    assert measure(["--config", "configs/test.yaml", f"run.out_dir={d}", "run.name=t", f"ppo.policy={tiny_lm_dir}",
+                    f"ppo.data={prompts}", "reward.stats_prompts=6", "ppo.max_new_tokens=8"]) == 0
     return d / "t" / "reward", held
 
 
@@ -66,7 +70,7 @@ def test_the_reward_model_learns_the_preference_and_reports_it(reward_run):
     report = (out / "report.md").read_text()
     for needle in ("pairwise accuracy", "Kendall tau", "rank distance", "chosen shorter", "Held-out examples"):
         assert needle in report
-    stats = json.loads((out / "reward_stats.json").read_text())
+    stats = json.loads((out.parent / "reward-stats" / "reward_stats.json").read_text())
     assert stats["n"] == 6 and stats["std"] >= 0 and stats["max_length"] == 96
     assert {"init", "data"} <= set(manifest["inputs"])
     assert not (out.parent / "reward.partial").exists()
@@ -151,3 +155,52 @@ def test_a_file_without_a_usable_pair_stops_with_a_message_naming_it_and_leaves_
     assert stopped.value.code == 2
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").glob("reward*"))
+
+
+def test_new_sampling_settings_measure_the_statistics_again_and_leave_the_reward_model_alone(reward_run, tiny_lm_dir):
+    from stages.reward.statistics import main as measure
+
+    out, _ = reward_run
+    d = out.parent.parent
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    old_stats = json.loads((out.parent / "reward-stats" / "manifest.json").read_text())
+    assert measure(["--config", "configs/test.yaml", f"run.out_dir={d}", "run.name=t", f"ppo.policy={tiny_lm_dir}",
+                    f"ppo.data={d / 'prompts.jsonl'}", "reward.stats_prompts=6", "ppo.max_new_tokens=8",
+                    "ppo.temperature=1.3"]) == 0
+    new_stats = json.loads((out.parent / "reward-stats" / "manifest.json").read_text())
+    assert new_stats["key"]["config"]["ppo"]["temperature"] == 1.3 != old_stats["key"]["config"]["ppo"]["temperature"]
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before  # the reward model untouched
+
+
+def test_the_statistics_score_the_sampled_ids_as_ppo_does(reward_run, tiny_lm_dir):
+    """PPO scores prompt ids + sampled ids (cut after the end of turn); decoding and templating the answer
+    again would score another sequence (an end of turn added to a cut answer, text re-tokenised)."""
+    from pipeline.judge.scoring import load_reward_model, score_ids
+    from pipeline.lm.model import load_causal_lm
+    from stages.ppo.rollout import sequence_scores
+    from stages.reward.statistics import measure
+    from pipeline.config.loader import load_config
+
+    out, _ = reward_run
+    cfg = load_config("configs/test.yaml", ["ppo.max_new_tokens=8", "ppo.forward_batch_size=2"])
+    rm, tok, _ = load_reward_model(out)
+    policy = load_causal_lm(str(tiny_lm_dir)).eval()
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"] for q in ("What is a list?", "Why sort?")]
+    stats = measure(cfg, policy, rm, tok, prompts)
+    # the same draw, scored the way PPO's trainer scores a rollout (stages/ppo/rollout.sequence_scores)
+    from pipeline.lm.chat_format import turn_end_ids
+    from pipeline.lm.generation import generate_batched
+
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    answers = generate_batched(policy, prompts, batch_size=2, max_new_tokens=8, eos_ids=turn_end_ids(tok),
+                               pad_id=tok.pad_token_id, temperature=cfg.ppo.temperature, top_k=0, top_p=1.0,
+                               generator=gen)
+    seqs = [q + a for q, a in zip(prompts, answers)]
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s in seqs], batch_first=True,
+                                          padding_value=tok.pad_token_id)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(s), dtype=torch.long) for s in seqs], batch_first=True)
+    with torch.no_grad():
+        ppo_view = sequence_scores(rm, ids, mask)
+    assert stats["mean"] == pytest.approx(float(ppo_view.mean()), abs=1e-4)
+    assert score_ids(rm, seqs, tok.pad_token_id).tolist() == pytest.approx(ppo_view.tolist(), abs=1e-4)

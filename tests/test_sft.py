@@ -308,8 +308,8 @@ def test_checkpoints_from_other_inputs_are_refused_not_resumed(tmp_path):
     from pipeline.errors import UserError
 
     def start(fingerprint, resume=True):
-        return start_artifact(tmp_path / "sft", "sft", resume=resume, config={"sft": {"lr": 1e-3}},
-                              inputs={"model": {"fingerprint": fingerprint}})
+        return start_artifact(tmp_path / "sft", "sft", resume=resume, key={
+            "config": {"sft": {"lr": 1e-3}}, "inputs": {"model": {"fingerprint": fingerprint}}})
 
     writer = start("a")
     (writer.checkpoint_dir / "checkpoint-5").mkdir()

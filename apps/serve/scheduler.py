@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from apps.chat import turn_end_ids
+from pipeline.lm.generation import chat_stop_ids
 from pipeline.lm.generation import Decoding, left_pad, pick_tokens, shape_logits
 from apps.serve.protocol import ApiError, ChatRequest
 
@@ -80,7 +80,7 @@ class Scheduler:
     def __init__(self, model, tokenizer, *, max_batch: int = 32, max_waiting: int = 128):
         self.model, self.tok = model, tokenizer
         self.max_batch, self.max_waiting = max_batch, max_waiting
-        self.eos_ids = turn_end_ids(model, tokenizer)
+        self.eos_ids = chat_stop_ids(model, tokenizer)
         self.text = TextTracker(tokenizer)
         self.waiting: list[Job] = []
         self.rows: list[Row] = []

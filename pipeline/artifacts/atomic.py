@@ -9,40 +9,12 @@ no temporary file behind.
 
 from __future__ import annotations
 
-import errno
 import os
-import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import UserError
-
-_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
-# How the writers that do not raise OSError say it: torch's zip writer, safetensors (Rust), numpy.
-_DISK_PHRASES = ("no space left", "file too large", "disk quota", "os error 27", "os error 28", "file write failed",
-                 "unexpected pos")
-
-
-_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile
-
-
-class DiskFullError(UserError):
-    """A write failed for lack of space (or over a file-size limit)."""
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
-        return True
-    text = str(exc).lower()
-    return any(p in text for p in _DISK_PHRASES) or bool(_SHORT_WRITE.search(text))
-
-
-def disk_full_error(path, exc: BaseException) -> DiskFullError:
-    return DiskFullError(f"could not write {path}: the disk is full or a file-size limit was hit ({_short(exc)}). "
-                         "Free some space (or raise the limit) and re-run the same command to resume; "
-                         "the previous artifact, if any, is untouched.")
-
+from pipeline.errors import DiskFullError, disk_full_error, is_disk_full
 
 @contextmanager
 def translating_disk_errors(path):
@@ -171,8 +143,3 @@ def scratch_name(final: str | Path) -> Path:
     """A temporary sibling of `final` private to this process (a hidden name: cache pruning skips it)."""
     final = Path(final)
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:160]

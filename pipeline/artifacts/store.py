@@ -257,8 +257,8 @@ def _recover_commit(final_dir: Path) -> None:
             pass  # another process (a DDP rank) restored it first
 
 
-def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, is_main: bool = True,
-                   key: dict | None = None, resume_flag: str | None = None) -> ArtifactWriter:
+def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, key: dict | None = None,
+                   resume_flag: str | None = None) -> ArtifactWriter:
     """The writer of a stage's artifact, after the main process has
       - locked the stage in this run directory (`<stage>.lock`; a second run refuses at once),
       - discarded unfinished work if not `resume`,
@@ -267,8 +267,10 @@ def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, is_main: 
         (default `<stage>.resume`) as the way to start fresh.
     The writer records the key in the manifest at commit: the up-to-date check compares it.
     A run that fails before its first checkpoint removes its work dir at exit."""
+    from pipeline.runtime.device import is_main_process
+
     final_dir = Path(final_dir)
-    if not is_main:
+    if not is_main_process():
         return ArtifactWriter(final_dir, stage, key=key)  # the main process went first (callers wait for it)
     check_replaceable(final_dir, stage)  # before touching anything
     _recover_commit(final_dir)

@@ -21,6 +21,7 @@ _SECTIONS = {
     "sft": ("run", "sft"),
     "rank": ("run", "rank"),
     "reward": ("run", "reward"),
+    "reward-stats": ("run", "reward", "ppo"),  # reward.stats_prompts and PPO's sampling settings
     "ppo": ("run", "ppo"),
     "align": ("run", "align", "dpo", "grpo", "rloo"),
     "eval": ("run", "eval"),
@@ -49,8 +50,13 @@ def keys_help(sections: tuple[str, ...]) -> str:
             + "\n\n".join(blocks))
 
 
-def stage_config(stage: str, argv: list[str] | None = None, description: str = "",
-                 sections: tuple[str, ...] | None = None):
+def stage_config(stage: str, argv=None, description: str = "", sections: tuple[str, ...] | None = None, *,
+                 quiet: bool = True):
+    """The config of a stage's command line (`argv`), or `argv` itself when it is a config already read
+    (stages/entry.py reads it once, to decide "up to date" before the stage imports torch)."""
+    if isinstance(argv, RunConfig):
+        quiet_weight_bars()
+        return argv
     parser = argparse.ArgumentParser(
         prog=f"python -m stages.{stage}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Overrides: any config key as section.key=value, e.g. train.max_steps=200 model.n_layer=2\n\n"
@@ -61,5 +67,6 @@ def stage_config(stage: str, argv: list[str] | None = None, description: str = "
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    quiet_weight_bars()
+    if quiet:  # imports transformers: stages/entry.py asks for it only once the stage has work to do
+        quiet_weight_bars()
     return cfg

@@ -35,6 +35,16 @@ def eos_ids_of(model, tokenizer) -> set[int]:
     return ids
 
 
+def chat_stop_ids(model, tokenizer) -> set[int]:
+    """Where a live chat stops an answer: every end of turn (eos_ids_of) and any role marker of our chat
+    format, since a small model sometimes starts the next turn itself. Training and evaluation stop at
+    eos_ids_of alone, so that what they measure is what the model does."""
+    from pipeline.lm.tokenizer import ROLE_TOKENS
+
+    vocab = tokenizer.get_vocab()
+    return eos_ids_of(model, tokenizer) | {vocab[t] for t in ROLE_TOKENS if t in vocab}
+
+
 def context_length(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", None) or 2048)
 

@@ -162,9 +162,9 @@ class MetricsCallback(TrainerCallback):
     def __init__(self, out_dir: str | Path, *, desc: str, resume_step: int | None = None,
                  enabled: bool | None = None, prefix_eval: str = "eval_"):
         if enabled is None:  # only the main process writes (under `accelerate launch` too)
-            from accelerate import PartialState
+            from pipeline.runtime.device import is_main_process
 
-            enabled = PartialState().is_main_process
+            enabled = is_main_process()
         self.desc = desc
         self.enabled = enabled
         self.prefix_eval = prefix_eval

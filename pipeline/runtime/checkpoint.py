@@ -29,11 +29,7 @@ def save_checkpoint(directory: str | Path, *, model, optimizer, step: int, token
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         **extra,
-        "rng": {
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng": rng_state(),
     }
     return save_torch(state, directory / LATEST)
 
@@ -57,13 +53,23 @@ def load_state_file(path: str | Path, resume_flag: str):
                         f"{resume_flag}=false to start fresh.") from None
 
 
-def restore_rng(state: dict) -> None:
-    rng = state["rng"]
+def rng_state() -> dict:
+    """Every random stream a run draws from (Python, torch, CUDA): saved with each checkpoint."""
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(rng: dict) -> None:
+    """Put back what rng_state saved, so a resumed run draws the same numbers as an unbroken one."""
     random.setstate(_as_tuple(rng["python"]))
     torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
+    if rng.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _as_tuple(x):
+def restore_rng(state: dict) -> None:
+    set_rng_state(state["rng"])
+
+
+def _as_tuple(x):  # a state read back through JSON-like paths has lists where random wants tuples
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -73,3 +73,11 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def is_main_process() -> bool:
+    """The one test for "this process writes the artifact": accelerate's view of the launch (the same
+    state Accelerator, Trainer and `accelerate launch` share), true when nothing was launched."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process

@@ -26,12 +26,15 @@ from pipeline.graph.declare import artifact_dir
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
+from pipeline.judge.comparison import headline, summary_line
+from pipeline.judge.evaluate import RewardJudge, reward_max_length
 from pipeline.lm.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
 from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.graph import STAGES, is_up_to_date, key
 from stages.align import dpo, online, preferences
-from stages.align.report import heldout_prompts, heldout_report, write_samples
+from stages.align import report as heldout
+from stages.report_prompts import report_prompts
 
 log = logging.getLogger("stages.align")
 ELAPSED = "elapsed.json"  # training seconds so far, saved with each checkpoint: wall time survives a resume
@@ -113,7 +116,8 @@ def prepare(cfg, method: str, policy_src: str):
                         "policy's tokens (train it from this SFT model with `make reward`).")
     reward_fn = online.reward_function(cfg, rm, rm_tok, read_score_stats(cfg))
     inputs.update(reward_model=reward_rec, prompts={prompt_src: source_fingerprint(prompt_src)})
-    return inputs, model, tokenizer, prompts, None, {"reward_fn": reward_fn, "prompts_dropped": dropped}
+    return inputs, model, tokenizer, prompts, None, {"reward_fn": reward_fn, "prompts_dropped": dropped,
+                                                     "reward_max_length": reward_max_length(reward_src)}
 
 
 @main_guard
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     state = PartialState()
-    writer = start_artifact(final, method, resume=s.resume, is_main=state.is_main_process,
+    writer = start_artifact(final, method, resume=s.resume,
                             key=key(cfg, method))
     state.wait_for_everyone()
     checkpoint = resume_checkpoint(writer.checkpoint_dir, f"{method}.resume") if s.resume else None
@@ -187,12 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     policy.generation_config.save_pretrained(writer.out_dir)
 
     sft = load_causal_lm(policy_src).to(policy.device)
-    numbers, rows = heldout_report(policy, sft, tokenizer, heldout_prompts(cfg, s.report_prompts),
-                                   reward_fn=extra.get("reward_fn"), max_new_tokens=s.max_new_tokens,
-                                   temperature=s.temperature, seed=cfg.run.seed)
-    write_samples(writer.out_dir / "samples.md", method, numbers, rows)
+    chosen = report_prompts(cfg, method)
+    reward_fn = extra.get("reward_fn")  # DPO has none: its report has no RM scores
+    reward = reward_fn and RewardJudge(reward_fn.model, reward_fn.tokenizer, extra["reward_max_length"],
+                                       stats=(reward_fn.mean, reward_fn.std))
+    report, rows = heldout.heldout_report(policy, sft, tokenizer, chosen, heldout.sampling(cfg, method), method=method,
+                                          reward=reward, kl_budget=cfg.ppo.kl_budget)
+    heldout.write_samples(writer.out_dir / "samples.md", method, report, rows, chosen.source)
     metrics = {k: v for k, v in callback.last.items() if isinstance(v, (int, float))}
-    metrics.update({f"heldout_{k}": v for k, v in numbers.items()})
+    metrics.update(headline(report, "heldout_") if report else {})
     metrics.update(steps=trainer.state.global_step, train_wall_time_s=round(train_seconds, 1))
     if method == "dpo":
         metrics.update(pairs=len(train.records), pairs_seen=dpo.pairs_seen(trainer),
@@ -200,22 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         metrics.update(answers_sampled=online.answers_sampled(trainer.state.global_step, s, state.num_processes),
                        prompts_dropped=extra["prompts_dropped"])
-    (writer.out_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (writer.out_dir / "report.json").write_text(json.dumps({**metrics, "heldout": report}, indent=2) + "\n")
     writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)
-    print_summary(method, final, metrics)
+    print_summary(method, final, metrics, report)
     return 0
 
 
-def print_summary(method: str, final, m: dict) -> None:
+def print_summary(method: str, final, m: dict, report: dict) -> None:
     used = (f"{m['pairs_seen']} pair updates over {m['pairs']} pairs" if method == "dpo"
             else f"{m['answers_sampled']} sampled answers")
     print(f"\n{method} done -> {final}: {m['steps']} steps, {used}, {m['train_wall_time_s']:.0f} s of training")
-    if "heldout_kl_to_sft" in m:
-        rm = (f"; reward {m['heldout_rm_tuned']:+.3f} vs SFT {m['heldout_rm_sft']:+.3f}"
-              if "heldout_rm_tuned" in m else "")
-        gold = (f"; gold {m['heldout_gold_tuned']:.3f} vs SFT {m['heldout_gold_sft']:.3f}"
-                if m.get("heldout_gold_tuned") is not None else "")
-        print(f"  held-out ({m['heldout_prompts']} prompts): KL to SFT {m['heldout_kl_to_sft']:.2f}{rm}{gold}")
+    if report:
+        print(f"  {summary_line(report, 'development prompts')}")
+        if "quality_bar" in report:
+            print(f"  {report['quality_bar']['verdict']}")
     print(f"  samples: {final}/samples.md; compare all methods with `make compare`")
 
 

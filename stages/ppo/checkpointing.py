@@ -10,34 +10,14 @@ Loading uses weights_only=True, and a corrupt file is one line naming it.
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
-import torch
 
 from pipeline.artifacts.atomic import recover_dir, save_torch, swap_dir, translating_disk_errors
-from pipeline.runtime.checkpoint import load_state_file
+from pipeline.runtime.checkpoint import load_state_file, rng_state, set_rng_state
 
 NAME = "ckpt"
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def save(directory: Path, *, rank: int, is_main: bool, barrier, models: dict, trainer_state: dict) -> None:

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(cfg.run.dtype, device_type))
     share_cpu_threads(device_type, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
     seed_everything(cfg.run.seed)
-    writer = start_artifact(final, "pretrain", resume=cfg.train.resume, is_main=accelerator.is_main_process,
+    writer = start_artifact(final, "pretrain", resume=cfg.train.resume,
                             key=key(cfg, "pretrain"), resume_flag="train.resume")
     accelerator.wait_for_everyone()
 

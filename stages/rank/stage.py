@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics.update({f"agreement_{k}": v for k, v in ag.items() if isinstance(v, float)})
     if "remaining" in extra:
         metrics["remaining"] = extra["remaining"]
+    writer.key = stage_key(cfg, "rank")  # with the labels people wrote meanwhile: what the artifact holds
     writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics, extra={"sampling": key})
     tau = ag.get("kendall_tau")
     print(f"rank: {len(rankings)} of {len(prompts)} prompts ranked by {r.labeler} ({summary['skipped']} with fewer "

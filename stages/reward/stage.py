@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         heldout = heldout_from_pairs(held_pairs)
     data = tokenize_pairs(pairs, tokenizer, max_length, use_margin=r.use_margin, source=train_src)
     # the work directory only once the inputs are known to be usable: bad data leaves nothing behind
-    writer = start_artifact(final, "reward", resume=r.resume, is_main=int(os.environ.get("RANK", "0")) == 0,
+    writer = start_artifact(final, "reward", resume=r.resume,
                             key=key(cfg, "reward"))
     per_prompt = data.counts["kept"] / max(1, data.counts["prompts"])
     print(f"reward data: {data.counts['kept']} pairs from {data.counts['prompts']} prompts ({per_prompt:.1f} per "

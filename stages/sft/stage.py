@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s, val_s = screen_splits(train_raw, val_raw, tokenizer, max_length, s.assistant_only_loss)
 
     with PartialState().main_process_first():
-        writer = start_artifact(final_dir, "sft", resume=s.resume, is_main=PartialState().is_main_process,
+        writer = start_artifact(final_dir, "sft", resume=s.resume,
                                 key=key(cfg, "sft"))
     resume = resume_checkpoint(writer.checkpoint_dir, "sft.resume")
     if resume:
