@@ -33,7 +33,7 @@ from pathlib import Path
 
 from faults.stages import STAGES, Stage
 from pipeline.artifacts.store import fingerprint, read_manifest
-from pipeline.runtime.metrics import read_metrics
+from pipeline.artifacts.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "test.yaml"

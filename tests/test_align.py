@@ -14,7 +14,7 @@ from transformers import (
 
 import stages.align.stage as align
 from pipeline.artifacts.store import read_manifest
-from pipeline.runtime.metrics import read_metrics
+from pipeline.artifacts.metrics import read_metrics
 from tests.stage_fixtures import fake_artifact, sft_and_reward
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.artifacts.store import read_manifest
-from pipeline.runtime.metrics import read_metrics
+from pipeline.artifacts.metrics import read_metrics
 from stages.ppo.stage import main
 from tests.stage_fixtures import sft_and_reward
 

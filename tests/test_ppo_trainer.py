@@ -151,7 +151,7 @@ def test_resume_after_a_kill_gives_the_same_run(tiny_lm_dir, tmp_path):
     for p, q in zip(resumed.model.parameters(), make_trainer(tiny_lm_dir, cfg, checkpoint_dir=tmp_path / "a_ckpt")
                     .model.parameters()):
         assert torch.equal(p, q)
-    from pipeline.runtime.metrics import read_metrics
+    from pipeline.artifacts.metrics import read_metrics
 
     steps = [r["step"] for r in read_metrics(tmp_path / "b") if "score" in r]
     assert steps == [1, 2, 3, 4]  # metrics.jsonl reads as one run
@@ -159,7 +159,7 @@ def test_resume_after_a_kill_gives_the_same_run(tiny_lm_dir, tmp_path):
 
 
 def test_a_run_killed_before_its_first_checkpoint_leaves_no_rows_behind(tiny_lm_dir, tmp_path):
-    from pipeline.runtime.metrics import read_metrics
+    from pipeline.artifacts.metrics import read_metrics
 
     cfg = make_cfg(total_episodes=16 * 2, save_every=2)
     killed = make_trainer(tiny_lm_dir, cfg, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ckpt",

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.lm.forward import NextTokenLoss
-from pipeline.runtime.metrics import read_metrics
+from pipeline.artifacts.metrics import read_metrics
 from pipeline.lm.model import build_model
 from pipeline.config.schema import ModelSection
 from stages.pretrain.stage import main

@@ -13,10 +13,10 @@ import torch
 
 import pipeline.artifacts.atomic as atomic
 from pipeline.artifacts.store import ArtifactWriter, read_manifest, require_artifact, start_artifact
-from pipeline.runtime.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.errors import UserError
 from pipeline.artifacts.finite import NonFiniteError, check_finite
-from pipeline.runtime.metrics import MetricsLogger, read_metrics
+from pipeline.artifacts.metrics import MetricsLogger, read_metrics
 from pipeline.artifacts.resume import RunLock
 from tests.conftest import ROOT
 

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from pipeline.runtime.metrics import read_metrics
+from pipeline.artifacts.metrics import read_metrics
 from tests.conftest import tiny_text
 
 POLITE, RUDE = "Thank you for asking.", "Go away, fool."

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.config.loader import load_config
 from pipeline.errors import UserError
-from pipeline.runtime.metrics import read_metrics
+from pipeline.artifacts.metrics import read_metrics
 from pipeline.lm.tokenizer import load_tokenizer
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white"]

@@ -12,7 +12,7 @@ import os
 from pipeline.config.fields import about, allowed, keys_of, sections_of, show_value
 from pipeline.config.loader import load_config
 from pipeline.config.schema import RunConfig
-from pipeline.lm.loading import quiet_weight_bars
+from pipeline.runtime.noise import quiet_weight_bars
 
 # The sections each stage reads, for its --help (every stage also reads run).
 _SECTIONS = {

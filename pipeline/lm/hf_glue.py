@@ -30,7 +30,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from pipeline.artifacts.atomic import fsync_tree, write_text
 from pipeline.errors import UserError
 from pipeline.artifacts.finite import check_finite, check_finite_params
-from pipeline.runtime.metrics import MetricsLogger, progress
+from pipeline.artifacts.metrics import MetricsLogger, progress
 from pipeline.runtime.device import mixed_precision, pick_device
 from pipeline.config.schema import LoraSection, RunSection
 from pipeline.lm.tokenizer import ensure_chat_ready

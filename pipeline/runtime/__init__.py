@@ -1,1 +1,1 @@
-"""The process a stage runs in: device and threads, seeds and checkpoint RNG state, the metrics log."""
+"""The process a stage runs in: device and threads, seeds, which process writes, library noise."""

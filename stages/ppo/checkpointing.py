@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from pipeline.artifacts.atomic import recover_dir, save_torch, swap_dir, translating_disk_errors
-from pipeline.runtime.checkpoint import load_state_file, rng_state, set_rng_state
+from pipeline.artifacts.checkpoint import load_state_file, rng_state, set_rng_state
 
 NAME = "ckpt"
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.runtime.checkpoint import LATEST, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.artifacts.checkpoint import LATEST, load_checkpoint, restore_rng, save_checkpoint
 from pipeline.artifacts.finite import check_finite, check_finite_params
 from pipeline.lm.forward import NextTokenLoss
-from pipeline.runtime.metrics import MetricsLogger, progress
+from pipeline.artifacts.metrics import MetricsLogger, progress
 from pipeline.config.schema import TrainSection
 
 

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.lm.generation import context_length, eos_ids_of, generate
-from pipeline.runtime.metrics import progress
+from pipeline.artifacts.metrics import progress
 
 SKIPPED = "fewer than 2 distinct answers"
 

@@ -99,7 +99,7 @@ def evaluate_own_answers(model, tokenizer, sources: dict[str, Path], *, max_leng
 def main(argv: list[str] | None = None) -> int:
     """Any reward model on any rank artifact's held-out own answers: to compare reward models on the
     same answers (the reward stage measures each on its own run's)."""
-    from pipeline.lm.loading import quiet_weight_bars
+    from pipeline.runtime.noise import quiet_weight_bars
     from pipeline.judge.scoring import load_reward_model
 
     parser = argparse.ArgumentParser(prog="python -m stages.reward.own_answers", description=main.__doc__)

@@ -38,7 +38,7 @@ from pipeline.lm.hf_glue import (
     trainer_kwargs,
     use_our_progress,
 )
-from pipeline.runtime.metrics import read_metrics
+from pipeline.artifacts.metrics import read_metrics
 from pipeline.judge.scoring import TRAINING_FILE
 from pipeline.graph.rounds import round_dir
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
