@@ -1,7 +1,7 @@
 """The stages the fault-injection suite drives, in chain order: one line per stage.
 
-A stage runs as `python -m stages.<name>`; the ones before it in this list (and the demo data)
-are its inputs. To add a stage, add its line here.
+A stage runs as its declaration says (stages/graph.py: `python -m stages.<name>`); the ones before it in
+this list (and the demo data) are its inputs. To add a stage, add its line here.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ class Stage:
     tolerance: float = 0.0  # 0: a resumed run's metrics must equal an uninterrupted run's bit for bit
     summary_row: str | None = None  # a metrics row holding this key is a per-process summary: not compared
     disk_limit: int = 64 << 10  # the file-size limit (bytes) of the disk-full check: below what the stage writes
+    kill: bool = True  # a target of the kill trials (False: a step of seconds that keeps no checkpoint)
 
 
 STAGES = [
@@ -29,5 +30,7 @@ STAGES = [
     Stage("rank", "rank.resume", "rank.noise=0.2", None, "candidates-*.jsonl", disk_limit=2 << 10),
     Stage("reward", "reward.resume", "reward.lr=0.0002", "reward.lr=1e30", "checkpoint-*/complete.json",
           summary_row="train_loss"),
+    # the reward statistics: seconds of sampling, nothing to resume; run in the chain, never killed
+    Stage("reward-stats", "reward.resume", "ppo.temperature=0.9", None, "", kill=False),
     Stage("ppo", "ppo.resume", "ppo.kl_coef=0.05", "ppo.lr=1e6", "ckpt/trainer.pt"),
 ]

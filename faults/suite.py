@@ -53,7 +53,9 @@ class Run:
 
 
 def command(stage: str, out_dir: Path, *overrides: str) -> list[str]:
-    module = "data.demo" if stage == "data" else f"stages.{stage}"
+    from stages.graph import STAGES as DECLARED
+
+    module = DECLARED[stage].entry
     return [sys.executable, "-m", module, "--config", str(CONFIG), f"run.name={NAME}", f"run.out_dir={out_dir}",
             *overrides]
 
