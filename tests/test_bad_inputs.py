@@ -1,4 +1,5 @@
-"""The bad-inputs corpus: every stage, the demo data builder and the chat, fed broken inputs.
+"""The bad-inputs corpus: every command a user runs (each stage, the demo data builder, the chat, the
+server, the reward-model measure), fed broken inputs.
 
 Each case runs the entry point's `main(argv)` in-process, behind the same `main_guard` the command
 line uses, and must: exit non-zero; print exactly one line with "error:" and no traceback; name
@@ -13,20 +14,36 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_text
+from tests.conftest import ROOT, tiny_text
 
-ENTRY = {  # case stage -> (module, artifact folder under runs/<name>/ it must not commit)
-    "pretrain": ("stages.pretrain.stage", "pretrain"),
-    "sft": ("stages.sft.stage", "sft"),
-    "reward": ("stages.reward.stage", "reward"),
-    "ppo": ("stages.ppo.stage", "ppo"),
-    "eval": ("stages.eval.stage", "eval"),
-    "data": ("data.demo", "data"),
-    "chat": ("apps.chat", None),
+# case stage -> (the command a user types after `python -m`, the module whose main(argv) runs it
+# in-process, the artifact folder under runs/<name>/ it must not commit)
+ENTRY = {
+    "pretrain": ("stages.pretrain", "stages.pretrain.stage", "pretrain"),
+    "sft": ("stages.sft", "stages.sft.stage", "sft"),
+    "rank": ("stages.rank", "stages.rank.stage", "rank"),
+    "reward": ("stages.reward", "stages.reward.stage", "reward"),
+    "reward-stats": ("stages.reward.stats", "stages.reward.statistics", "reward-stats"),
+    "ppo": ("stages.ppo", "stages.ppo.stage", "ppo"),
+    "align": ("stages.align", "stages.align.stage", "dpo"),
+    "eval": ("stages.eval", "stages.eval.stage", "eval"),
+    "compare": ("stages.compare", "stages.compare.stage", "compare"),
+    "data": ("data.demo", "data.demo", "data"),
+    "chat": ("apps.chat", "apps.chat", None),
+    "serve": ("apps.serve", "apps.serve.__main__", None),
+    "own-answers": ("stages.reward.own_answers", "stages.reward.own_answers", None),
+}
+# Commands that take no config overrides of a stage: their arguments are their own.
+OWN_ARGUMENTS = {"chat", "serve", "own-answers"}
+# Runnable modules that are not a user's command, and why they are not in the corpus.
+NOT_USER_COMMANDS = {
+    "stages.plan": "make's helper: with a bad config it still prints the plan (exit 0) and the stage make "
+                   "runs next reports the error, a case of that stage's",
 }
 
 # Valid settings per stage: each case changes one thing. Paths: {lm} a tiny chat LM folder, {rm} a
@@ -45,6 +62,16 @@ VALID = {
              "eval.num_prompts=2", "eval.max_new_tokens=2"],
     "data": ["data.dir={d}/demo_out"],
     "chat": ["--model", "{lm}", "--prompt", "Hi", "--max-new-tokens", "2"],
+    "rank": ["rank.policy={lm}", "rank.prompts={d}/prompts.jsonl", "rank.heldout_prompts=none", "rank.num_prompts=2",
+             "rank.k=2", "rank.max_new_tokens=2"],
+    "reward-stats": ["ppo.policy={lm}", "ppo.reward_model={rm}", "ppo.data={d}/prompts.jsonl", "ppo.max_new_tokens=2",
+                     "reward.stats_prompts=2"],
+    "align": ["align.method=dpo", "dpo.policy={lm}", "dpo.data={d}/pairs.jsonl", "dpo.val_data={d}/pairs.jsonl",
+              "dpo.max_steps=1", "dpo.report_prompts=1", "dpo.max_new_tokens=2"],
+    "compare": ["eval.prompts={d}/prompts.jsonl", "eval.num_prompts=2", "eval.max_new_tokens=2"],
+    # serve binds before it loads: port 0 is any free port, so a case that failed to fail would serve
+    "serve": ["--model", "{lm}", "--port", "0", "--max-tokens", "2"],
+    "own-answers": ["--batch-size", "2"],
 }
 
 # (case id, stage, arguments after the valid ones, words the error line must contain)
@@ -154,6 +181,30 @@ CASES = [
     ("eval-prompts-wrong-types", "eval", ["eval.prompts={d}/prompt_number.jsonl"],
      ["prompt_number.jsonl", "line 1", "prompt"]),
     ("eval-lm-data-binary", "eval", ["eval.lm_data={d}/binary.txt"], ["binary.txt", "binary"]),
+    # ---- the rank stage, the reward statistics, DPO/GRPO/RLOO and compare
+    ("rank-k-one", "rank", ["rank.k=1"], ["rank.k"]),
+    ("rank-labeler-unknown", "rank", ["rank.labeler=crowd"], ["rank.labeler", "crowd"]),
+    ("rank-prompts-missing", "rank", ["rank.prompts={d}/missing.jsonl"], ["missing.jsonl", "does not exist"]),
+    ("rank-policy-truncated-weights", "rank", ["rank.policy={bad}/truncated"], ["model.safetensors", "truncated"]),
+    ("reward-stats-prompts-zero", "reward-stats", ["reward.stats_prompts=-1"], ["reward.stats_prompts"]),
+    ("reward-stats-reward-model-is-causal-lm", "reward-stats", ["ppo.reward_model={lm}"],
+     ["score head", "reward model"]),
+    ("align-method-unknown", "align", ["align.method=sft"], ["align.method", "sft"]),
+    ("dpo-beta-zero", "align", ["dpo.beta=0"], ["dpo.beta", "> 0"]),
+    ("grpo-batch-not-whole-groups", "align", ["align.method=grpo", "grpo.batch_size=6", "grpo.num_generations=4"],
+     ["grpo.batch_size", "multiple"]),
+    ("dpo-pairs-missing", "align", ["dpo.data={d}/missing.jsonl"], ["missing.jsonl"]),
+    ("dpo-policy-truncated-weights", "align", ["dpo.policy={bad}/truncated"], ["model.safetensors", "truncated"]),
+    ("compare-top-p-zero", "compare", ["eval.top_p=0"], ["eval.top_p", "(0, 1]"]),
+    ("compare-without-an-sft-model", "compare", [], ["sft does not exist", "make sft"]),
+    # ---- the server and the reward-model measure
+    ("serve-port-out-of-range", "serve", ["--port", "70000"], ["--port", "65535"]),
+    ("serve-port-taken", "serve", ["--port", "{busy_port}"], ["--port", "{busy_port}"]),
+    ("serve-max-batch-zero", "serve", ["--max-batch", "0"], ["--max-batch"]),
+    ("serve-truncated-weights", "serve", ["--model", "{bad}/truncated"], ["model.safetensors", "truncated"]),
+    ("serve-compare-missing-folder", "serve", ["--compare", "{bad}/nothing_here"], ["nothing_here", "does not exist"]),
+    ("own-answers-not-a-rank-artifact", "own-answers", ["{rm}", "{d}"], ["heldout_candidates.jsonl", "make rank"]),
+    ("own-answers-reward-model-truncated", "own-answers", ["{bad}/rm_truncated", "{d}/rank"], ["model.safetensors"]),
 ]
 
 
@@ -205,6 +256,11 @@ def _write_data(d: Path) -> None:
     jsonl("same_pairs.jsonl", [{"prompt": q, "chosen": "Same.", "rejected": "Same."} for q in questions])
     jsonl("wrong_types.jsonl", [{"prompt": 5, "completion": ["not", "messages"]}])
     jsonl("prompt_number.jsonl", [{"prompt": 42}])
+    (d / "rank").mkdir()  # the held-out files of a rank artifact (what `make rank` writes for the reward report)
+    heldout = {"prompt_id": "h1", "prompt": questions[0], "gold": "It works.", "responses": ["It works.", "No."],
+               "temperatures": [0.7, 1.3]}
+    jsonl("rank/heldout_candidates.jsonl", [heldout])
+    jsonl("rank/heldout_rankings.jsonl", [{**heldout, "ranking": [0, 1]}])
     (d / "truncated.jsonl").write_text("\n".join((d / "sft.jsonl").read_text().splitlines()[:2]) + '\n{"messages": [{"ro')
     (d / "wrong.csv").write_text("question,reply\nWhat is 1+1?,2\n")
     (d / "empty.jsonl").write_text("")
@@ -237,18 +293,22 @@ def world(tiny_lm_dir, tmp_path_factory):
     (root / "bad").mkdir()
     _write_data(root / "data")
     rm = _save_model_copies(Path(tiny_lm_dir), root / "bad")
-    return {"lm": str(tiny_lm_dir), "rm": str(rm), "d": str(root / "data"), "bad": str(root / "bad"),
-            "runs": root / "runs"}
+    busy = socket.socket()  # a port some other program holds, for the duration of the corpus
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    yield {"lm": str(tiny_lm_dir), "rm": str(rm), "d": str(root / "data"), "bad": str(root / "bad"),
+           "runs": root / "runs", "busy_port": busy.getsockname()[1]}
+    busy.close()
 
 
 def run_entry(stage: str, case: str, args: list[str], world: dict, capsys):
     """(exit code or the escaping exception, stderr) of one entry point run in-process."""
     import importlib
 
-    module = importlib.import_module(ENTRY[stage][0])
+    module = importlib.import_module(ENTRY[stage][1])
     fill = lambda a: a.format(**world)  # noqa: E731
-    if stage == "chat":
-        argv = [fill(a) for a in VALID["chat"] + args]
+    if stage in OWN_ARGUMENTS:
+        argv = [fill(a) for a in VALID[stage] + args]
     else:
         argv = ["--config", "configs/test.yaml", f"run.out_dir={world['runs']}", f"run.name={case}"]
         argv += [fill(a) for a in VALID[stage] + args]
@@ -271,16 +331,33 @@ def test_bad_input_gets_one_clear_line_a_failing_exit_and_no_artifact(case, stag
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1, f"expected one error line, got: {errors or err[-500:]}"
-    for word in words:
+    for word in (w.format(**world) for w in words):
         assert word.lower() in errors[0].lower(), f"{word!r} not named in: {errors[0]}"
     if stage == "data":  # data.dir may name a user's file or folder: refused, never replaced
         assert (Path(world["d"]) / "thesis" / "chapter1.md").is_file() and (Path(world["d"]) / "notes.txt").is_file()
-    artifact = ENTRY[stage][1]
+    artifact = ENTRY[stage][2]
     if artifact:
         assert not (world["runs"] / case / artifact / "manifest.json").exists(), "an artifact was committed"
 
 
-def test_the_corpus_covers_every_entry_point_with_sixty_cases_or_more():
-    stages = {stage for _, stage, _, _ in CASES}
-    assert stages == set(ENTRY) and len(CASES) >= 60
+def runnable_modules() -> set[str]:
+    """What `python -m` can run in stages/, data/ and apps/: each package with a __main__.py, and each
+    module with a main block (a stage's stage.py is its package's command, so it counts as the package)."""
+    found = set()
+    for top in ("stages", "data", "apps"):
+        for f in (ROOT / top).rglob("*.py"):
+            module = ".".join(f.relative_to(ROOT).with_suffix("").parts)
+            if f.name == "__main__.py":
+                found.add(module.removesuffix(".__main__"))
+            elif 'if __name__ == "__main__":' in f.read_text():
+                found.add(module.removesuffix(".stage"))
+    return found
+
+
+def test_the_corpus_covers_every_command_with_cases_of_its_own():
+    commands = {command for command, _, _ in ENTRY.values()}
+    runnable = runnable_modules()
+    assert "stages.ppo" in runnable and "apps.serve" in runnable  # the search finds commands at all
+    assert commands == runnable - set(NOT_USER_COMMANDS), "a command without bad-input cases (add it to ENTRY)"
+    assert {stage for _, stage, _, _ in CASES} == set(ENTRY) and len(CASES) >= 60
     assert len({case for case, *_ in CASES}) == len(CASES)  # a run directory per case
