@@ -67,16 +67,34 @@ def test_the_reward_model_learns_from_the_ranked_own_answers_and_is_measured_on_
 @pytest.mark.slow
 def test_best_of_n_is_reported_from_the_held_out_own_answers_and_reproduced_by_its_command(chain):
     from data.gold import gold_score
-    from stages.reward.best_of_n import best_of_n
 
     run, _ = chain
     m = manifest(run, "reward")["metrics"]
-    # blind and gold picks need no reward model: recomputed from the rank stage's file they must match
-    cands = [json.loads(line) for line in (run / "rank" / "heldout_candidates.jsonl").read_text().splitlines()]
-    golds = [[gold_score(a, c["gold"]) for a in c["responses"]] for c in cands]
-    bon = best_of_n([[0.0] * len(g) for g in golds], golds, [c["temperatures"] for c in cands])
-    assert m["own_rank_best_of_n_blind"] == pytest.approx(bon["blind"]["win_rate"])
-    assert m["own_rank_best_of_n_gold"] == pytest.approx(bon["gold"]["win_rate"])
+    # Blind and gold picks need no reward model: recomputed here from the rank stage's file, by the rule
+    # written out. Each answer at a prompt's lowest temperature stands in turn against another of its
+    # answers (a win 1, a tie 0.5): the gold pick is the best other answer, the blind pick the mean over
+    # all others; a prompt's turns are averaged, and the win rate is the mean over prompts.
+    def versus(other, standing):
+        return 0.5 if abs(other - standing) <= 1e-6 else float(other > standing)
+
+    per_prompt = {"blind": [], "gold": []}
+    for line in (run / "rank" / "heldout_candidates.jsonl").read_text().splitlines():
+        c = json.loads(line)
+        golds = [gold_score(a, c["gold"]) for a in c["responses"]]
+        if len(golds) < 2:
+            continue
+        turns = {"blind": [], "gold": []}
+        for b, t in enumerate(c["temperatures"]):
+            if t != min(c["temperatures"]):
+                continue
+            others = [g for i, g in enumerate(golds) if i != b]
+            turns["gold"].append(versus(max(others), golds[b]))
+            turns["blind"].append(sum(versus(g, golds[b]) for g in others) / len(others))
+        for pick, values in turns.items():
+            per_prompt[pick].append(sum(values) / len(values))
+    assert len(per_prompt["gold"]) > 1
+    assert m["own_rank_best_of_n_blind"] == pytest.approx(sum(per_prompt["blind"]) / len(per_prompt["blind"]))
+    assert m["own_rank_best_of_n_gold"] == pytest.approx(sum(per_prompt["gold"]) / len(per_prompt["gold"]))
     assert m["own_rank_best_of_n_reward_model"] <= m["own_rank_best_of_n_gold"]  # gold's pick is the ceiling
     # the command that measures any reward model on any rank artifact gives the stage's own figures
     out = subprocess.run([sys.executable, "-m", "stages.reward.own_answers", str(run / "reward"), str(run / "rank")],
