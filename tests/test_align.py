@@ -53,11 +53,17 @@ def test_stage_writes_a_loadable_chat_model_with_manifest_metrics_and_samples(ru
     assert AutoTokenizer.from_pretrained(out).chat_template
     m = manifest["metrics"]
     assert m["train_wall_time_s"] > 0 and m["heldout_prompts"] == 4
+    # the judge's comparison with SFT on PPO's development prompts (ppo.eval_data), as PPO's report makes it
+    heldout = json.loads((out / "report.json").read_text())["heldout"]
+    assert (heldout["split"], heldout["prompts_source"], heldout["candidate"]) == ("development", str(run_dir / "held.jsonl"), method)
+    assert m[f"heldout_gold_{method}"] == heldout["gold_candidate"] and "kl" in heldout
     if method == "dpo":
         assert m["pairs"] == 12 * 6 and m["pairs_seen"] == 6 * 4  # all K-way pairs; 6 steps of 4
+        assert "win_rate_rm" not in heldout  # DPO holds no reward model
     else:
         assert m["answers_sampled"] == 32 and m["steps"] == 4  # the budget: 32 answers in steps of 8
         assert manifest["inputs"]["reward_model"]["fingerprint"] == read_manifest(run_dir / "runs/t/reward")["fingerprint"]
+        assert m["heldout_win_rate_rm"] == heldout["win_rate_rm"]["win_rate"] and m["verdict"] == heldout["quality_bar"]["verdict"]
     assert [r["step"] for r in read_metrics(out) if "loss" in r][-1] == m["steps"]
     assert (out / "tb").is_dir() and "*Gold:*" in (out / "samples.md").read_text()
     assert not (out / "training_args.bin").exists()  # a pickle has no place in an artifact
@@ -111,7 +117,7 @@ def test_a_killed_run_resumes_and_ends_with_the_same_metrics(run_dir, method, ki
     shutil.rmtree(run_dir / "runs" / "t" / method)
     assert align.main(killed) == 0  # the same run, never interrupted
     straight = read_manifest(run_dir / "runs" / "t" / method)["metrics"]
-    for key in ("loss", "heldout_kl_to_sft", "heldout_length_tuned", "steps"):
+    for key in ("loss", "heldout_kl_to_sft", f"heldout_gold_{method}", "steps"):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-4, abs=1e-6), key
     assert resumed["train_wall_time_s"] > 0
 

@@ -163,9 +163,9 @@ def test_hub_names_keep_their_split_and_slice():
 # --- the stages' readers -------------------------------------------------------------------------
 
 def test_every_stage_reads_hh_files_where_its_key_names_them(files, tmp_path):
-    from stages.eval.stage import eval_prompts
     from stages.ppo.stage import load_prompt_sets
     from stages.rank.candidates import load_prompt_records
+    from stages.report_prompts import report_prompts
     from stages.sft.dataset import load_sft_splits
 
     cfg = load_config(ROOT_CONFIG, [f"run.out_dir={tmp_path}", f"sft.data={files['hh']}", f"sft.val_data={files['uf']}",
@@ -175,8 +175,7 @@ def test_every_stage_reads_hh_files_where_its_key_names_them(files, tmp_path):
     assert len(train) == 2 and val[0]["messages"] == UF[0]["messages"]
     ppo_train, dev, golds, _ = load_prompt_sets(cfg)
     assert ppo_train[1] == [user("What does zip do?")] and golds == ["Cat is aloof."]
-    records, _ = eval_prompts(cfg)
-    assert records[0]["gold"] == "Its keys."
+    assert report_prompts(cfg, "eval").golds[0] == "Its keys."
     ranked = load_prompt_records(files["hh"], "p", None)
     assert [r["gold"] for r in ranked] == ["Its keys.", "Pairs items of iterables.", None]
     assert ranked[0]["messages"][-1] == user("Of a dict?")

@@ -149,20 +149,3 @@ def test_this_runs_models_can_be_named_by_stage(full):
     assert [(name, path) for name, path, _ in model_refs(cfg)] == [
         ("sft", str(runs / "fx" / "sft")), ("ppo", str(runs / "fx" / "ppo"))]
 
-
-def test_comparison_of_hand_made_answers():
-    from stages.eval.compare import Evaluated, compare
-
-    cand = Evaluated("ppo", "p", {}, answers=["a b c", "a b c d e f g h", "x"], rm_scores=[2.0, 3.0, 0.0],
-                     gold_scores=[0.1, 0.1, 0.5], own_logprobs=[[-1.0], [-1.0, -1.0], [-2.0]])
-    base = Evaluated("sft", "s", {}, answers=["a b c", "a b", "y"], rm_scores=[1.0, 1.0, 0.0],
-                     gold_scores=[0.2, 0.2, 0.5], logprobs_of_candidate=[[-2.0], [-1.5, -1.5], [-2.0]])
-    prompts = [{"prompt": [{"role": "user", "content": q}]} for q in ("a?", "b?", "c?")]
-    c = compare(cand, base, prompts, tolerance=0.2, kl_budget=10.0)
-    assert c["win_rate_rm"]["win_rate"] == pytest.approx(2.5 / 3)  # 2 wins, 1 tie
-    assert c["win_rate_gold"]["win_rate"] == pytest.approx(0.5 / 3)  # the RM was fooled: 2 losses, 1 tie
-    assert c["matched_length_pairs"] == 2  # the 8-word vs 2-word pair is left out
-    assert c["win_rate_rm_matched_length"]["win_rate"] == pytest.approx(1.5 / 2)
-    assert c["kl"]["k1_mean"] == pytest.approx((1.0 + 1.0 + 0.0) / 3)
-    cand.own_logprobs = None  # greedy answers
-    assert "greedy" in compare(cand, base, prompts, tolerance=0.2, kl_budget=10.0)["kl_skipped"]

@@ -1,6 +1,6 @@
-"""One evaluator for "is the tuned model better than the one it started from?", used by the PPO stage
-(on its development prompts) and by evaluation (on the test prompts): the same numbers, the same
-intervals and the same quality-bar verdict, whoever asks.
+"""Compare: one evaluator for "is the tuned model better than the one it started from?", the last step
+of the judge (pipeline/judge/evaluate.py) that PPO's report, the DPO/GRPO/RLOO report, eval and compare
+all call: the same numbers, the same intervals and the same quality-bar verdict, whoever asks.
 
 Inputs are plain lists, one entry per answer, paired by position (answer i of both models replies to
 the same prompt); `prompts` names the prompt of each pair, so every interval counts prompts even when
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.judge.quality_bar import MIN_WIN_RATE, quality_verdict
 from pipeline.judge.stats import kl_estimates, length_matched, mean_std, paired_difference, spearman, win_rate
@@ -19,12 +19,18 @@ from pipeline.judge.stats import kl_estimates, length_matched, mean_std, paired_
 
 @dataclass
 class ModelAnswers:
-    """One model's answers to the shared prompts and their scores (None: not measured)."""
+    """One model's answers to the shared prompts and their scores (None: not measured). Answers sampled
+    by `pipeline.judge.answering.answer` also carry their token ids and log-probabilities (for the KL)."""
 
     name: str
     answers: list[str]
     rm_scores: list[float] | None = None
     gold_scores: list[float] | None = None
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    answer_ids: list[list[int]] = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)  # the answer ended with an end-of-turn token
+    vocab_key: int = 0  # hash of the tokenizer's vocabulary: log-probabilities compare only on the same tokens
+    logprobs: list[list[float]] | None = None  # each answer's tokens under the model that sampled it
 
 
 def prompt_key(prompt) -> str:
@@ -78,6 +84,54 @@ def compare_models(candidate: ModelAnswers, baseline: ModelAnswers, prompts: Seq
                               rm_baseline=out["rm_baseline"], kl=out["kl"]["k1_mean"] if "kl" in out else None,
                               kl_budget=kl_budget, gold_difference=out.get("gold_difference"),
                               baseline=baseline.name)}
+    return out
+
+
+def compare_answers(candidate: ModelAnswers, baseline: ModelAnswers, prompts: Sequence, *, kl_budget: float,
+                    under_baseline: list[list[float]] | None, length_tolerance: float = 0.2) -> dict:
+    """`compare_models` for sampled answers: KL(candidate || baseline) from the candidate's own log-probabilities
+    and `under_baseline` (the candidate's answers under the baseline), or the reason it cannot be estimated."""
+    kl, why = None, None
+    if candidate.logprobs is None:
+        why = "greedy answers (temperature 0) are not samples, so they cannot estimate a KL"
+    elif under_baseline is not None:
+        kl = (candidate.logprobs, under_baseline)
+    else:
+        why = "the two models use different tokenizers, so their log-probabilities do not compare"
+    return compare_models(candidate, baseline, prompts, kl_budget=kl_budget, kl_logprobs=kl, kl_skipped=why,
+                          length_tolerance=length_tolerance)
+
+
+def summarise(m: ModelAnswers) -> dict:
+    """One model's answers in a few numbers: mean length in words and tokens, how many ended with an
+    end-of-turn token (the rest hit the length limit), and the mean and spread of each score."""
+    words = [len(a.split()) for a in m.answers]
+    out = {"answer_words_mean": mean_std(words)[0], "answer_tokens_mean": mean_std([len(a) for a in m.answer_ids])[0],
+           "ended_with_eos": sum(m.ended) / max(1, len(m.ended))}
+    for key, scores in (("rm", m.rm_scores), ("gold", m.gold_scores)):
+        if scores is not None:
+            out[f"{key}_mean"], out[f"{key}_std"] = mean_std(scores)
+    return out
+
+
+def headline(c: dict, prefix: str) -> dict:
+    """A comparison's numbers for a manifest, named after the two models and prefixed with where they were
+    measured (dev_rm_ppo, dev_kl_to_sft, ...), so nobody mistakes them for another split's."""
+    cand, base = c["candidate"], c["baseline"]
+    out = {f"{prefix}prompts": c["prompts"], f"{prefix}answers": c["answers"]}
+    if "win_rate_rm" in c:
+        out.update({f"{prefix}win_rate_rm": c["win_rate_rm"]["win_rate"], f"{prefix}rm_{cand}": c["rm_candidate"],
+                    f"{prefix}rm_{base}": c["rm_baseline"]})
+    if "kl" in c:
+        out[f"{prefix}kl_to_{base}"] = c["kl"]["k1_mean"]
+    if "gold_difference" in c:
+        out.update({f"{prefix}gold_{cand}": c["gold_candidate"], f"{prefix}gold_{base}": c["gold_baseline"],
+                    f"{prefix}gold_difference": c["gold_difference"]["mean"],
+                    f"{prefix}gold_win_rate": c["win_rate_gold"]["win_rate"]})
+    if c.get("rm_gold_spearman") is not None:
+        out[f"{prefix}rm_gold_spearman"] = c["rm_gold_spearman"]
+    if "quality_bar" in c:
+        out.update({f"{prefix}gold_state": c["quality_bar"]["gold_state"], "verdict": c["quality_bar"]["verdict"]})
     return out
 
 

@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     sft = load_causal_lm(policy_src).to(policy.device)
     chosen = report_prompts(cfg, method)
     reward_fn = extra.get("reward_fn")  # DPO has none: its report has no RM scores
-    reward = reward_fn and RewardJudge(reward_fn.model, reward_fn.tokenizer, extra["reward_max_length"],
-                                       stats=(reward_fn.mean, reward_fn.std))
+    reward = None if reward_fn is None else RewardJudge(reward_fn.model, reward_fn.tokenizer, extra["reward_max_length"],
+                                                        stats=(reward_fn.mean, reward_fn.std))
     report, rows = heldout.heldout_report(policy, sft, tokenizer, chosen, heldout.sampling(cfg, method), method=method,
                                           reward=reward, kl_budget=cfg.ppo.kl_budget)
     heldout.write_samples(writer.out_dir / "samples.md", method, report, rows, chosen.source)

@@ -1,55 +1,79 @@
-"""The thin layer between `make compare` and the evaluator: the only module here that reaches into
-the eval stage. The comparison itself is the one evaluator the PPO stage and evaluation use
-(pipeline/judge/comparison.py, through stages.eval.compare).
-
-Every model answers the eval stage's held-out prompts with the eval section's sampling settings
-(the numbers match `make eval`'s); each method is then compared with SFT on the same prompts."""
+"""How `make compare` measures, with the judge every report uses (pipeline/judge): every model answers the
+test prompts (the rule of stages/report_prompts.py) with the eval section's sampling, so the numbers match
+`make eval`'s; each method is then compared with SFT on the same prompts."""
 
 from __future__ import annotations
 
-from pipeline.lm.generation import answer_logprobs
-from pipeline.lm.model import load_causal_lm
-from stages.eval.compare import Evaluated, compare, summarise_model
-from stages.eval.stage import eval_prompts, reward_model_path, run_model, score_with_gold, score_with_rm
+from dataclasses import dataclass
+
+from data.gold import gold_score
+from pipeline.judge.answering import Sampling, answer, load_chat_model, logprobs_under, release
+from pipeline.judge.comparison import ModelAnswers, compare_answers, summarise
+from pipeline.judge.evaluate import RewardJudge, reward_model_path, score_gold, score_rm
+from pipeline.lm.model import model_dtype
+from stages.report_prompts import report_prompts
 
 __all__ = ["Evaluated", "answer_all", "reward_model_path", "summarise_model", "versus_baseline"]
 
 
-def answer_all(cfg, evaluated: list[Evaluated], device, dtype) -> tuple[list[dict], str, list[str]]:
-    """Answers, RM scores and gold scores of every model on the held-out prompts.
-    Returns (prompts, prompt source, what was skipped and why)."""
-    prompts, source = eval_prompts(cfg)
+@dataclass
+class Evaluated:
+    """One model of the comparison: where it came from and its answers."""
+
+    name: str
+    path: str
+    record: dict
+    answers: ModelAnswers | None = None
+
+
+def sampling(cfg) -> Sampling:
+    e = cfg.eval
+    return Sampling(temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=e.seed,
+                    batch_size=e.batch_size, top_k=e.top_k, top_p=e.top_p, section="eval")
+
+
+def answer_all(cfg, evaluated: list[Evaluated], device, dtype) -> tuple[list, str, list[str]]:
+    """Answers, RM scores and gold scores of every model on the test prompts, each answer's log-probabilities
+    under its own model included (for the KL). Returns (prompts, their source, what was skipped and why)."""
+    chosen = report_prompts(cfg, "compare")
     skipped = []
     for ev in evaluated:
-        print(f"compare: {ev.name} ({ev.path}) answers {len(prompts)} prompts")
-        run_model(ev, prompts, None, cfg, device, dtype, None)  # None: its own log-probs, for the KL
+        print(f"compare: {ev.name} ({ev.path}) answers {len(chosen.prompts)} prompts")
+        model, tok = load_chat_model(ev.path, device, dtype)
+        ev.answers = answer(model, tok, chosen.prompts, sampling(cfg), name=ev.name, show_progress=True)
+        del model
+        release(device)
+    answered = [ev.answers for ev in evaluated]
     rm_path, why = reward_model_path(cfg)
     if rm_path:
-        score_with_rm(rm_path, evaluated, prompts, cfg.eval.batch_size, device)
+        score_rm(RewardJudge.load(rm_path, device, batch_size=cfg.eval.batch_size), answered, chosen.prompts)
+        release(device)
     else:
         skipped.append(f"RM win rates and the quality bar: {why}")
-    why = score_with_gold(evaluated, prompts)
+    why = score_gold(answered, chosen.golds, gold_score)
     if why:
         skipped.append(why)
-    return prompts, source, skipped
+    return chosen.prompts, chosen.source, skipped
 
 
-def versus_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], prompts: list[dict],
-                    device) -> list[dict]:
+def versus_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], prompts: list, device) -> list[dict]:
     """For each method: win rates over the baseline (RM, gold, 95% intervals), KL(method || baseline)
     on the method's own answers, the paired gold difference and the quality-bar verdict."""
     e = cfg.eval
-    base_model = load_causal_lm(baseline.path).to(device).eval() if e.temperature > 0 else None
+    base_model, base_tok = (load_chat_model(baseline.path, device, model_dtype(cfg.run.dtype, device))
+                            if e.temperature > 0 else (None, None))
     rows = []
     for ev in methods:
-        baseline.logprobs_of_candidate = None
-        if base_model is not None and ev.vocab_key == baseline.vocab_key:
-            baseline.logprobs_of_candidate = answer_logprobs(
-                base_model, ev.prompt_ids, ev.answer_ids, pad_id=base_model.config.pad_token_id,
-                temperature=e.temperature, batch_size=e.batch_size)
-        c = compare(ev, baseline, prompts, tolerance=e.length_tolerance, kl_budget=cfg.ppo.kl_budget)
+        under = None
+        if base_model is not None and ev.answers.vocab_key == baseline.answers.vocab_key:
+            under = logprobs_under(base_model, base_tok, ev.answers, sampling(cfg))
+        c = compare_answers(ev.answers, baseline.answers, prompts, kl_budget=cfg.ppo.kl_budget,
+                            under_baseline=under, length_tolerance=e.length_tolerance)
         c.pop("kl_per_answer", None)
         c["summary"] = summarise_model(ev)
         rows.append(c)
-    baseline.logprobs_of_candidate = None
     return rows
+
+
+def summarise_model(ev: Evaluated) -> dict:
+    return {"path": ev.path, "fingerprint": ev.record.get("fingerprint"), **summarise(ev.answers)}

@@ -1,73 +1,39 @@
-"""The evaluation's per-model results and how the candidate is compared with each baseline."""
+"""The evaluation's per-model results; the comparison of the candidate with each baseline is the judge's
+(pipeline/judge/comparison.py `compare_answers`, the one PPO's report, the align report and compare use)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pipeline.judge.comparison import ModelAnswers, compare_models
-from pipeline.judge.stats import mean_std
+from pipeline.judge.comparison import ModelAnswers, summarise
 
 
 @dataclass
 class Evaluated:
-    """One model's results: where it came from, its answers and their token ids."""
+    """One model of the evaluation: where it came from, its answers (the judge's) and its LM numbers."""
 
     name: str
     path: str
     record: dict
-    vocab_key: int = 0  # hash of the tokenizer's vocabulary: KL needs the same tokens
-    prompt_ids: list[list[int]] = field(default_factory=list)
-    answer_ids: list[list[int]] = field(default_factory=list)
-    answers: list[str] = field(default_factory=list)
-    ended: list[bool] = field(default_factory=list)
+    answers: ModelAnswers | None = None  # set by run_model
     lm: dict | None = None
-    rm_scores: list[float] | None = None
-    gold_scores: list[float] | None = None
-    own_logprobs: list[list[float]] | None = None  # the candidate's answers under itself
-    logprobs_of_candidate: list[list[float]] | None = None  # the candidate's answers under this model
     sweep: list[dict] | None = None  # the held-out prompt continued at several temperatures
-
-
-def compare(candidate: Evaluated, baseline: Evaluated, prompts: list[dict], *, tolerance: float,
-            kl_budget: float) -> dict:
-    """The candidate against one baseline, by the evaluator the PPO stage uses too."""
-    kl, why = None, None
-    if candidate.own_logprobs is None:
-        why = "greedy answers (eval.temperature=0) are not samples, so they cannot estimate a KL"
-    elif baseline.logprobs_of_candidate is not None:
-        kl = (candidate.own_logprobs, baseline.logprobs_of_candidate)
-    else:
-        why = "the two models use different tokenizers, so their log-probabilities do not compare"
-    return compare_models(_scored(candidate), _scored(baseline), [p["prompt"] for p in prompts],
-                          kl_budget=kl_budget, kl_logprobs=kl, kl_skipped=why, length_tolerance=tolerance)
-
-
-def _scored(ev: Evaluated) -> ModelAnswers:
-    return ModelAnswers(ev.name, ev.answers, ev.rm_scores, ev.gold_scores)
+    logprobs_of_candidate: list[list[float]] | None = None  # the candidate's answers under this model
 
 
 def summarise_model(ev: Evaluated) -> dict:
-    words = [len(a.split()) for a in ev.answers]
-    tokens = [len(a) for a in ev.answer_ids]
-    out = {"path": ev.path, "fingerprint": ev.record.get("fingerprint"), "lm": ev.lm,
-           "answer_words_mean": mean_std(words)[0], "answer_tokens_mean": mean_std(tokens)[0],
-           "ended_with_eos": sum(ev.ended) / max(1, len(ev.ended))}
-    for key, scores in (("rm", ev.rm_scores), ("gold", ev.gold_scores)):
-        if scores is not None:
-            m, s = mean_std(scores)
-            out[f"{key}_mean"], out[f"{key}_std"] = m, s
-    return out
+    return {"path": ev.path, "fingerprint": ev.record.get("fingerprint"), "lm": ev.lm, **summarise(ev.answers)}
 
 
-def samples(evaluated: list[Evaluated], prompts: list[dict], n: int) -> list[dict]:
+def samples(evaluated: list[Evaluated], prompts: list, golds: list, n: int) -> list[dict]:
     rows = []
-    for i, p in enumerate(prompts[:n]):
-        question = " ".join(m["content"] for m in p["prompt"] if m.get("role") == "user")
-        row = {"prompt": question, "gold": p.get("gold"), "answers": {}}
+    for i, (prompt, gold) in enumerate(zip(prompts[:n], golds)):
+        question = " ".join(m["content"] for m in prompt if m.get("role") == "user")
+        row = {"prompt": question, "gold": gold, "answers": {}}
         for ev in evaluated:
-            row["answers"][ev.name] = {"text": ev.answers[i],
-                                       "rm": ev.rm_scores[i] if ev.rm_scores else None,
-                                       "gold": ev.gold_scores[i] if ev.gold_scores else None}
+            a = ev.answers
+            row["answers"][ev.name] = {"text": a.answers[i], "rm": a.rm_scores[i] if a.rm_scores else None,
+                                       "gold": a.gold_scores[i] if a.gold_scores else None}
         rows.append(row)
     return rows
 

@@ -12,31 +12,31 @@ curves) is skipped and the report says so.
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer
-
+from data.gold import gold_score
+from pipeline.artifacts.finite import json_safe
 from pipeline.artifacts.store import ArtifactWriter, is_complete, read_manifest, resolve_model_source
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.artifacts.finite import json_safe
-from pipeline.lm.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
-from pipeline.lm.loading import loading, require_score_head
-from pipeline.runtime.metrics import progress
-from pipeline.lm.model import load_causal_lm, model_dtype
-from pipeline.graph.rounds import last_finished_round, make_command, newest_artifact
-from pipeline.runtime.device import pick_device, seed_everything
+from pipeline.graph.rounds import newest_artifact
+from pipeline.judge.answering import Sampling, answer, load_chat_model, logprobs_under, release
+from pipeline.judge.comparison import compare_answers
+from pipeline.judge.evaluate import RewardJudge, reward_model_path, score_gold, score_rm
 from pipeline.judge.stats import spearman
+from pipeline.lm.generation import context_length
+from pipeline.lm.loading import require_score_head
+from pipeline.lm.model import model_dtype
 from pipeline.lm.temperature_sweep import temperature_sweep
+from pipeline.runtime.device import pick_device, seed_everything
 from stages.eval.baseline import bigram_baseline, prompt_ids, sweep_prompt
-from stages.eval.compare import Evaluated, compare, headline, samples, summarise_model
+from stages.eval.compare import Evaluated, headline, samples, summarise_model
 from stages.eval.lm import heldout_texts, lm_metrics
 from stages.eval.plots import plot_all
 from stages.eval.report import render_report
+from stages.report_prompts import report_prompts
 
 RUN_MODELS = ("pretrain", "sft", "ppo")
 
@@ -72,127 +72,28 @@ def _short_name(value: str) -> str:
     return parts[-1] if parts else value
 
 
-def eval_prompts(cfg) -> tuple[list[dict], str]:
-    """The held-out prompts ({"prompt": messages, "gold": str|None}) and where they came from."""
-    from data.loaders import load_prompts
-
-    if cfg.eval.prompts and cfg.eval.prompts.lower() == "none":
-        return [], "eval.prompts=none"
-    if cfg.eval.prompts:
-        source = cfg.eval.prompts
-    else:
-        from data.demo import demo_file
-
-        source = str(demo_file(cfg, "eval_prompts"))
-    records = load_prompts(source)
-    if not records:
-        raise UserError(f"{source} has no prompts to evaluate on.")
-    return records[: cfg.eval.num_prompts], source
-
-
-def _load(path: str, device, dtype):
-    model = load_causal_lm(path, dtype=dtype if device.type == "cuda" else None).to(device).eval()
-    with loading(path, "tokenizer", model=False, tokenizer=True):
-        tok = AutoTokenizer.from_pretrained(path)
-    if not tok.chat_template:
-        from pipeline.lm.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS
-
-        if not all(t in tok.get_vocab() for t in ROLE_TOKENS):
-            raise UserError(f"{path}: the tokenizer has no chat template and not our role tokens, so it "
-                            "cannot be asked questions; fine-tune it with `make sft sft.init_from=...` first.")
-        tok.chat_template = CHAT_TEMPLATE
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
-
-
-def _vocab_key(tok) -> int:
-    return hash(tuple(sorted(tok.get_vocab().items())))
-
-
-def run_model(ev: Evaluated, prompts: list[dict], texts: list[str] | None, cfg, device, dtype,
-              candidate: Evaluated | None) -> None:
-    """Everything that needs this model loaded: LM metrics, answers, log-probs for the KL."""
+def sampling(cfg) -> Sampling:
     e = cfg.eval
-    model, tok = _load(ev.path, device, dtype)
-    ev.vocab_key = _vocab_key(tok)
+    return Sampling(temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=e.seed,
+                    batch_size=e.batch_size, top_k=e.top_k, top_p=e.top_p, section="eval")
+
+
+def run_model(ev: Evaluated, prompts: list, texts: list[str] | None, cfg, device, dtype,
+              candidate: Evaluated | None) -> None:
+    """Everything that needs this model loaded: LM metrics, its answers (the judge's), and the candidate's
+    answers under it for the KL (the candidate itself, `candidate` None: its own log-probabilities)."""
+    e = cfg.eval
+    model, tok = load_chat_model(ev.path, device, dtype)
     if texts:
         ev.lm = lm_metrics(model, tok, texts, max_tokens=e.lm_max_tokens, batch_size=max(1, e.batch_size // 4))
         ev.sweep = temperature_sweep(model, tok, prompt_ids(tok, sweep_prompt(texts)), seed=e.seed,
                                      max_new_tokens=min(e.max_new_tokens, context_length(model) - 16))
-    ctx = context_length(model)
-    keep = max(1, ctx - e.max_new_tokens)
-    full = [list(tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
-            for p in prompts]
-    cut = sum(len(ids) > keep for ids in full)
-    if cut:  # the question's start is lost: said and counted, never silent
-        print(f"eval {ev.name}: {cut} of {len(full)} prompts are over the context ({ctx} positions less "
-              f"eval.max_new_tokens={e.max_new_tokens}); kept their last {keep} tokens")
-    ev.prompt_ids = [ids[-keep:] for ids in full]
-    generator = torch.Generator(device=device).manual_seed(e.seed)
-    eos = eos_ids_of(model, tok)
-    bar = progress(total=len(prompts), desc=f"eval {ev.name}: answering")
-    ev.answer_ids = generate_batched(
-        model, ev.prompt_ids, batch_size=e.batch_size, bar=bar, max_new_tokens=min(e.max_new_tokens, ctx - 1),
-        eos_ids=eos, pad_id=tok.pad_token_id, temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
-        generator=generator)
-    bar.close()
-    ev.ended = [bool(a) and a[-1] in eos for a in ev.answer_ids]
-    ev.answers = [tok.decode(a, skip_special_tokens=True).strip() for a in ev.answer_ids]
-    kl_temperature = e.temperature
-    if e.temperature <= 0:
-        pass  # greedy answers: no KL estimate
-    elif candidate is None:  # this is the candidate: its answers under itself
-        ev.own_logprobs = answer_logprobs(model, ev.prompt_ids, ev.answer_ids, pad_id=tok.pad_token_id,
-                                          temperature=kl_temperature, batch_size=e.batch_size)
-    elif ev.vocab_key == candidate.vocab_key:
-        ev.logprobs_of_candidate = answer_logprobs(model, candidate.prompt_ids, candidate.answer_ids,
-                                                   pad_id=tok.pad_token_id, temperature=kl_temperature,
-                                                   batch_size=e.batch_size)
+    ev.answers = answer(model, tok, prompts, sampling(cfg), name=ev.name, show_progress=True,
+                        logprobs=candidate is None)
+    if candidate is not None and ev.answers.vocab_key == candidate.answers.vocab_key:
+        ev.logprobs_of_candidate = logprobs_under(model, tok, candidate.answers, sampling(cfg))
     del model
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def reward_model_path(cfg) -> tuple[str | None, str]:
-    """The reward model to score answers with, or None and why not."""
-    value = cfg.eval.reward_model
-    if value and value.lower() == "none":
-        return None, "eval.reward_model=none"
-    if value:
-        source, _ = resolve_model_source(value, Path(value), "make reward")
-        return source, ""
-    default = newest_artifact(cfg, "reward")  # the one the evaluated PPO model was trained against
-    if is_complete(default):
-        return str(default), ""
-    command = make_command("reward", last_finished_round(cfg))
-    return None, f"no reward model: {default} does not exist (run `{command}`, or set eval.reward_model=DIR)"
-
-
-def score_with_rm(path: str, evaluated: list[Evaluated], prompts: list[dict], batch_size: int, device) -> None:
-    from pipeline.judge.scoring import load_reward_model, score_conversations
-
-    model, tok, stats = load_reward_model(path, device=device)
-    msgs = [p["prompt"] for p in prompts]
-    for ev in evaluated:
-        ev.rm_scores = score_conversations(model, tok, msgs, ev.answers, batch_size=batch_size,
-                                           max_length=stats.get("max_length")).tolist()
-    del model
-    gc.collect()
-
-
-def score_with_gold(evaluated: list[Evaluated], prompts: list[dict]) -> str:
-    """Gold-metric scores of every answer; '' on success, else why it was skipped."""
-    golds = [p.get("gold") for p in prompts]
-    if not all(golds):
-        missing = sum(1 for g in golds if not g)
-        return f"gold metric: {missing} of {len(golds)} prompts have no gold answer"
-    from data.gold import gold_score
-
-    for ev in evaluated:
-        ev.gold_scores = [float(gold_score(a, g)) for a, g in zip(ev.answers, golds)]
-    return ""
+    release(device)
 
 
 def reward_section(cfg, rm_path: str | None) -> dict | None:
@@ -215,7 +116,7 @@ def reward_section(cfg, rm_path: str | None) -> dict | None:
 
 
 def training_curves(cfg) -> dict[str, list[dict]]:
-    from pipeline.runtime.metrics import read_metrics
+    from pipeline.artifacts.metrics import read_metrics
 
     curves = {}
     for stage in ("pretrain", "sft", "reward", "ppo"):
@@ -232,7 +133,8 @@ def evaluate(cfg) -> Path:
     dtype = model_dtype(cfg.run.dtype, device)
     refs = model_refs(cfg)
     skipped: list[str] = []
-    prompts, prompt_source = eval_prompts(cfg)
+    chosen = report_prompts(cfg, "eval")
+    prompts, golds = chosen.prompts, chosen.golds
     rm_path, why = reward_model_path(cfg) if prompts else (None, "eval.prompts=none")
     if rm_path:
         require_score_head(rm_path)  # before minutes of answering, not after
@@ -252,14 +154,19 @@ def evaluate(cfg) -> Path:
     sweeps = {**({"bigram": bigram_sweep} if bigram_sweep else {}), **{ev.name: ev.sweep for ev in evaluated
                                                                         if ev.sweep}}
 
+    answered = [ev.answers for ev in evaluated]
     if rm_path:
-        score_with_rm(rm_path, evaluated, prompts, e.batch_size, device)
+        reward = RewardJudge.load(rm_path, device, batch_size=e.batch_size)  # raw scores: any model's answers
+        score_rm(reward, answered, prompts)
+        del reward
+        release(device)
     else:
         skipped.append(f"reward-model scores and RM win rates: {why}")
-    why = score_with_gold(evaluated, prompts) if prompts else "gold metric: eval.prompts=none"
+    why = score_gold(answered, golds, gold_score) if prompts else "gold metric: eval.prompts=none"
     if why:
         skipped.append(f"{why}; gold win rates skipped")
-    comparisons = [compare(candidate, base, prompts, tolerance=e.length_tolerance, kl_budget=cfg.ppo.kl_budget)
+    comparisons = [compare_answers(candidate.answers, base.answers, prompts, kl_budget=cfg.ppo.kl_budget,
+                                   under_baseline=base.logprobs_of_candidate, length_tolerance=e.length_tolerance)
                    for base in evaluated[:-1]] if prompts else []
     if not comparisons:
         skipped.append("win rates and KL: " + ("only one model (name two or more with eval.models=[a,b])"
@@ -268,9 +175,9 @@ def evaluate(cfg) -> Path:
     bar = comparisons[-1].get("quality_bar") if comparisons else None
 
     rm_gold = None
-    if rm_path and evaluated[0].gold_scores is not None:
-        rm_all = [s for ev in evaluated for s in ev.rm_scores]
-        gold_all = [s for ev in evaluated for s in ev.gold_scores]
+    if rm_path and answered[0].gold_scores is not None:
+        rm_all = [s for a in answered for s in a.rm_scores]
+        gold_all = [s for a in answered for s in a.gold_scores]
         rm_gold = spearman(rm_all, gold_all)
     curves = training_curves(cfg)
     if not curves:
@@ -287,7 +194,7 @@ def evaluate(cfg) -> Path:
         "baselines": [ev.name for ev in evaluated[:-1]],
         "sampling": {"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,
                      "max_new_tokens": e.max_new_tokens},
-        "prompts": {"source": prompt_source, "count": len(prompts)},
+        "prompts": {"source": chosen.source, "count": len(prompts)},
         "lm_data": {"source": text_source, "documents": len(texts or [])},
         "lm_baseline": baseline,
         "temperature": {"prompt": sweep_prompt(texts), "sweeps": sweeps} if sweeps else None,
@@ -296,23 +203,22 @@ def evaluate(cfg) -> Path:
         "quality_bar": bar,
         "rm_gold_spearman": rm_gold,
         "reward_model": rm_info,
-        "samples": samples(evaluated, prompts, e.num_side_by_side),
+        "samples": samples(evaluated, prompts, golds, e.num_side_by_side),
         "skipped": skipped,
     }
-    per_answer = {ev.name: {"rm": ev.rm_scores, "gold": ev.gold_scores,
-                            "words": [len(a.split()) for a in ev.answers]} for ev in evaluated}
+    per_answer = {a.name: {"rm": a.rm_scores, "gold": a.gold_scores, "words": [len(t.split()) for t in a.answers]}
+                  for a in answered}
     report["plots"] = plot_all(report, curves, per_answer, out)
     report["curves"] = {stage: sorted({k for r in rows for k in r if k not in ("step", "time")})
                         for stage, rows in curves.items()}
     (out / "report.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     (out / "report.md").write_text(render_report(report))
     with open(out / "answers.jsonl", "w") as f:
-        for i, p in enumerate(prompts):
-            row = {"prompt": p["prompt"], "gold": p.get("gold")}
-            for ev in evaluated:
-                row[ev.name] = {"answer": ev.answers[i], "ended": ev.ended[i],
-                                "rm": ev.rm_scores[i] if ev.rm_scores else None,
-                                "gold": ev.gold_scores[i] if ev.gold_scores else None}
+        for i, (prompt, gold) in enumerate(zip(prompts, golds)):
+            row = {"prompt": prompt, "gold": gold}
+            for a in answered:
+                row[a.name] = {"answer": a.answers[i], "ended": a.ended[i], "rm": a.rm_scores[i] if a.rm_scores else None,
+                               "gold": a.gold_scores[i] if a.gold_scores else None}
             f.write(json.dumps(row) + "\n")
     final = writer.commit(config=to_dict(cfg), inputs={ev.name: ev.record for ev in evaluated},
                           metrics=headline(report))

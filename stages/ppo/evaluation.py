@@ -1,6 +1,13 @@
-"""Evaluation of a PPO policy on development prompts (never trained on): answers to fixed prompts
-(samples.md) with their reward-model and gold scores during training, and the final PPO-vs-SFT
-comparison and quality-bar verdict (pipeline/judge/comparison.py, the evaluator evaluation uses)."""
+"""Evaluation of a PPO policy on development prompts (never trained on).
+
+Two things, for two moments:
+  - while training, `SampleWriter`: every few updates the same development prompts are answered with the
+    trainer's own rollout machinery (its sampler, its reward function, PPO's normalisation) into
+    samples.md and metrics.jsonl (eval/score, eval/gold): a cheap monitor of the numbers PPO optimises,
+    under a forked RNG so training is unchanged;
+  - at the end, `development_report`: PPO against SFT by the judge every report uses (pipeline/judge),
+    on the prompts the one rule chooses (stages/report_prompts.py), with the quality-bar verdict.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +16,20 @@ from pathlib import Path
 
 import torch
 
+from data.gold import gold_score
 from pipeline.artifacts.atomic import write_text
-from pipeline.judge.comparison import ModelAnswers, compare_models
+from pipeline.judge.answering import Sampling
+from pipeline.judge.evaluate import RewardJudge, judge_pair
 from pipeline.judge.stats import mean_std
 from stages.ppo.rollout import (
     RolloutBatch,
-    answer_token_logprobs,
     encode_prompts,
     generate,
     left_pad,
     micro_batched,
     sequence_scores,
 )
+from stages.report_prompts import ReportPrompts
 
 
 @torch.no_grad()
@@ -42,20 +51,11 @@ def rm_scores(reward_model, b: RolloutBatch, batch_size: int) -> torch.Tensor:
     return micro_batched(lambda s: sequence_scores(reward_model, ids[s], attn[s]), len(b), batch_size)
 
 
-@torch.no_grad()
-def sequence_logprobs(model, b: RolloutBatch, temperature: float, batch_size: int) -> torch.Tensor:
-    ids, attn = b.input_ids, b.attention_mask
-    return micro_batched(lambda s: answer_token_logprobs(model, ids[s], attn[s], b.response_ids[s], b.prompt_len,
-                                                         temperature), len(b), batch_size)
-
-
 def texts(tokenizer, b: RolloutBatch) -> list[str]:
     return [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(b.response_ids, b.response_mask)]
 
 
 def gold_scores(answers: list[str], golds: list[str | None]) -> list[float | None]:
-    from data.gold import gold_score
-
     return [gold_score(a, g) if g else None for a, g in zip(answers, golds)]
 
 
@@ -114,24 +114,15 @@ def _drop_sections_after(path: Path, step: int | None) -> None:
     write_text(path, "".join(kept))  # atomic: a kill here keeps the samples before the checkpoint
 
 
-@torch.no_grad()
-def compare_to_reference(policy, ref, reward_model, tokenizer, prompts: list, golds: list | None, *,
-                         gen_config, temperature: float, batch_size: int, score_stats, kl_budget: float,
-                         device, seed: int = 4321) -> dict:
-    """PPO against SFT on development prompts (a prompt may be listed several times: its answers are
-    sampled independently and the intervals count it once), by the evaluator evaluation uses."""
-    prompt_ids, _ = encode_prompts(tokenizer, prompts, 10**9)
-    mean, std = score_stats
-    ppo_b = answer(policy, tokenizer, prompt_ids, gen_config, batch_size, seed, device)
-    sft_b = answer(ref, tokenizer, prompt_ids, gen_config, batch_size, seed, device)
-    golds = golds or [None] * len(prompt_ids)
-    scored = []
-    for name, b in (("ppo", ppo_b), ("sft", sft_b)):
-        answers = texts(tokenizer, b)
-        gold = gold_scores(answers, golds) if all(golds) else None
-        rm = ((rm_scores(reward_model, b, batch_size) - mean) / std).tolist()
-        scored.append(ModelAnswers(name, answers, rm, gold))
-    keep = ppo_b.response_mask.bool()
-    own, under_ref = (sequence_logprobs(m, ppo_b, temperature, batch_size) for m in (policy, ref))
-    kl_logprobs = ([row[k].tolist() for row, k in zip(own, keep)], [row[k].tolist() for row, k in zip(under_ref, keep)])
-    return compare_models(*scored, prompts, kl_budget=kl_budget, kl_logprobs=kl_logprobs)
+def development_report(policy, ref, reward_model, tokenizer, chosen: ReportPrompts, *, ppo_cfg, seed: int,
+                       score_stats: tuple[float, float], reward_max_length: int | None) -> dict:
+    """PPO against SFT on the development prompts, by the judge: each model samples as PPO's rollouts do
+    (ppo.temperature, top_k, top_p, max_new_tokens) under `seed`; RM scores in PPO's units (normalised by
+    the reward statistics); a prompt listed several times is answered independently and counted once."""
+    p = ppo_cfg
+    sampling = Sampling(temperature=p.temperature, max_new_tokens=p.max_new_tokens, seed=seed,
+                        batch_size=p.forward_batch_size, top_k=p.top_k, top_p=p.top_p, section="ppo")
+    reward = RewardJudge(reward_model, tokenizer, reward_max_length, stats=score_stats, batch_size=p.forward_batch_size)
+    comparison, _, _ = judge_pair(policy, ref, tokenizer, chosen.prompts, chosen.golds, sampling, names=("ppo", "sft"),
+                                  reward=reward, gold=gold_score, kl_budget=p.kl_budget)
+    return {"split": chosen.split, "prompts_source": chosen.source, "answers_per_prompt": chosen.samples, **comparison}

@@ -5,24 +5,13 @@ never trained on, and evaluation's prompts (the test set) stay unseen until the 
 
 from __future__ import annotations
 
+from pipeline.judge.comparison import headline
+
 
 def dev_headline(r: dict) -> dict:
     """The manifest's summary of the development report (prefixed `dev_`, so nobody mistakes it for
     the evaluation's test-set numbers)."""
-    out = {"dev_prompts": r["prompts"], "dev_answers": r["answers"]}
-    if "win_rate_rm" in r:
-        out.update(dev_win_rate_rm=r["win_rate_rm"]["win_rate"], dev_rm_ppo=r["rm_candidate"],
-                   dev_rm_sft=r["rm_baseline"])
-    if "kl" in r:
-        out["dev_kl_to_sft"] = r["kl"]["k1_mean"]
-    if "gold_difference" in r:
-        out.update(dev_gold_ppo=r["gold_candidate"], dev_gold_sft=r["gold_baseline"],
-                   dev_gold_difference=r["gold_difference"]["mean"], dev_gold_win_rate=r["win_rate_gold"]["win_rate"])
-    if r.get("rm_gold_spearman") is not None:
-        out["dev_rm_gold_spearman"] = r["rm_gold_spearman"]
-    if "quality_bar" in r:
-        out.update(dev_gold_state=r["quality_bar"]["gold_state"], verdict=r["quality_bar"]["verdict"])
-    return out
+    return headline(r, "dev_")
 
 
 def _interval(d: dict, fmt: str = ".2f") -> str:

@@ -25,15 +25,17 @@ from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.judge.comparison import summary_line
+from pipeline.judge.evaluate import reward_max_length
 from pipeline.lm.model import model_dtype
 from pipeline.graph.declare import artifact_dir
 from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
-from stages.ppo.evaluation import compare_to_reference
+from stages.ppo.evaluation import development_report
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
 from stages.ppo.report import dev_headline, render_report
 from stages.graph import STAGES, is_up_to_date, key
 from stages.ppo.trainer import PPOTrainer
+from stages.report_prompts import report_prompts
 
 
 def prompt_sources(cfg) -> tuple[str, str | None]:
@@ -104,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     score_stats = read_score_stats(cfg, p)
     prompts, dev_prompts, dev_golds, dev_source = load_prompt_sets(cfg)
     eval_prompts, eval_golds = dev_prompts[: p.num_eval_prompts], dev_golds[: p.num_eval_prompts]
-    n_report = len(dev_prompts) if p.report_prompts is None else min(p.report_prompts, len(dev_prompts))
-    report_prompts = dev_prompts[:n_report] * p.report_samples
-    report_golds = dev_golds[:n_report] * p.report_samples
+    chosen = report_prompts(cfg, "ppo", development=([{"prompt": q, "gold": g} for q, g in zip(dev_prompts, dev_golds)],
+                                                     dev_source))
     if acc.is_main_process:
         print(f"ppo: {len(prompts)} training prompts, {len(dev_prompts)} development prompts (not trained on) "
               f"from {dev_source}; {p.total_episodes} episodes "
@@ -137,12 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         ref = load_causal_lm(policy_src, dtype=frozen_dtype).to(acc.device).eval()  # the SFT model
         if acc.device.type == "cuda":
             torch.cuda.empty_cache()
-    comparison = compare_to_reference(
-        policy, ref, models.reward, models.tokenizer, report_prompts, report_golds, gen_config=trainer.gen_config,
-        temperature=p.temperature, batch_size=p.forward_batch_size, score_stats=score_stats,
-        kl_budget=p.kl_budget, device=acc.device, seed=cfg.run.seed)
-    report = {"split": "development", "prompts_source": dev_source, "answers_per_prompt": p.report_samples,
-              **comparison}
+    report = development_report(policy, ref, models.reward, models.tokenizer, chosen, ppo_cfg=p, seed=cfg.run.seed,
+                                score_stats=score_stats, reward_max_length=reward_max_length(reward_src))
     if not p.lora.enabled:
         policy.save_pretrained(writer.out_dir)
     models.tokenizer.save_pretrained(writer.out_dir)
