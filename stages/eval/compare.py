@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from pipeline.judge.comparison import ModelAnswers, summarise
@@ -36,6 +37,17 @@ def samples(evaluated: list[Evaluated], prompts: list, golds: list, n: int) -> l
                                        "gold": a.gold_scores[i] if a.gold_scores else None}
         rows.append(row)
     return rows
+
+
+def write_answers(path, prompts: list, golds: list, answered: list[ModelAnswers]) -> None:
+    """answers.jsonl: each prompt with its gold answer and every model's answer and scores."""
+    with open(path, "w") as f:
+        for i, (prompt, gold) in enumerate(zip(prompts, golds)):
+            row = {"prompt": prompt, "gold": gold}
+            for a in answered:
+                row[a.name] = {"answer": a.answers[i], "ended": a.ended[i], "rm": a.rm_scores[i] if a.rm_scores else None,
+                               "gold": a.gold_scores[i] if a.gold_scores else None}
+            f.write(json.dumps(row) + "\n")
 
 
 def headline(report: dict) -> dict:

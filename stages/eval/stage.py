@@ -32,7 +32,7 @@ from pipeline.lm.model import model_dtype
 from pipeline.lm.temperature_sweep import temperature_sweep
 from pipeline.runtime.device import pick_device, seed_everything
 from stages.eval.baseline import bigram_baseline, prompt_ids, sweep_prompt
-from stages.eval.compare import Evaluated, headline, samples, summarise_model
+from stages.eval.compare import Evaluated, headline, samples, summarise_model, write_answers
 from stages.eval.lm import heldout_texts, lm_metrics
 from stages.eval.plots import plot_all
 from stages.eval.report import render_report
@@ -96,6 +96,33 @@ def run_model(ev: Evaluated, prompts: list, texts: list[str] | None, cfg, device
     release(device)
 
 
+def judge(cfg, evaluated: list[Evaluated], prompts: list, golds: list, reward_model: tuple[str | None, str], device,
+          skipped: list[str]) -> list[dict]:
+    """RM and gold scores of every answer, then the candidate (the last model) against each other model;
+    what cannot be judged goes into `skipped`."""
+    e = cfg.eval
+    answered = [ev.answers for ev in evaluated]
+    rm_path, why = reward_model
+    if rm_path:
+        reward = RewardJudge.load(rm_path, device, batch_size=e.batch_size)  # raw scores: any model's answers
+        score_rm(reward, answered, prompts)
+        del reward
+        release(device)
+    else:
+        skipped.append(f"reward-model scores and RM win rates: {why}")
+    why = score_gold(answered, golds, gold_score) if prompts else "gold metric: eval.prompts=none"
+    if why:
+        skipped.append(f"{why}; gold win rates skipped")
+    candidate = evaluated[-1]
+    comparisons = [compare_answers(candidate.answers, base.answers, prompts, kl_budget=cfg.ppo.kl_budget,
+                                   under_baseline=base.logprobs_of_candidate, length_tolerance=e.length_tolerance)
+                   for base in evaluated[:-1]] if prompts else []
+    if not comparisons:
+        skipped.append("win rates and KL: " + ("only one model (name two or more with eval.models=[a,b])"
+                                               if prompts else "no prompts (eval.prompts=none)"))
+    return comparisons
+
+
 def reward_section(cfg, rm_path: str | None) -> dict | None:
     """The reward stage's own held-out numbers (accuracy, rank correlation), from its artifact."""
     if rm_path is None:
@@ -155,22 +182,7 @@ def evaluate(cfg) -> Path:
                                                                         if ev.sweep}}
 
     answered = [ev.answers for ev in evaluated]
-    if rm_path:
-        reward = RewardJudge.load(rm_path, device, batch_size=e.batch_size)  # raw scores: any model's answers
-        score_rm(reward, answered, prompts)
-        del reward
-        release(device)
-    else:
-        skipped.append(f"reward-model scores and RM win rates: {why}")
-    why = score_gold(answered, golds, gold_score) if prompts else "gold metric: eval.prompts=none"
-    if why:
-        skipped.append(f"{why}; gold win rates skipped")
-    comparisons = [compare_answers(candidate.answers, base.answers, prompts, kl_budget=cfg.ppo.kl_budget,
-                                   under_baseline=base.logprobs_of_candidate, length_tolerance=e.length_tolerance)
-                   for base in evaluated[:-1]] if prompts else []
-    if not comparisons:
-        skipped.append("win rates and KL: " + ("only one model (name two or more with eval.models=[a,b])"
-                                               if prompts else "no prompts (eval.prompts=none)"))
+    comparisons = judge(cfg, evaluated, prompts, golds, (rm_path, why), device, skipped)
     # The bar compares the candidate with the model just before it (by default PPO with SFT).
     bar = comparisons[-1].get("quality_bar") if comparisons else None
 
@@ -213,13 +225,7 @@ def evaluate(cfg) -> Path:
                         for stage, rows in curves.items()}
     (out / "report.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     (out / "report.md").write_text(render_report(report))
-    with open(out / "answers.jsonl", "w") as f:
-        for i, (prompt, gold) in enumerate(zip(prompts, golds)):
-            row = {"prompt": prompt, "gold": gold}
-            for a in answered:
-                row[a.name] = {"answer": a.answers[i], "ended": a.ended[i], "rm": a.rm_scores[i] if a.rm_scores else None,
-                               "gold": a.gold_scores[i] if a.gold_scores else None}
-            f.write(json.dumps(row) + "\n")
+    write_answers(out / "answers.jsonl", prompts, golds, answered)
     final = writer.commit(config=to_dict(cfg), inputs={ev.name: ev.record for ev in evaluated},
                           metrics=headline(report))
     return final
