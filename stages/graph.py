@@ -15,6 +15,7 @@ torch, no model; `python -m stages.plan` prints what make needs from it.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pipeline.config.loader import to_dict
 from pipeline.graph.declare import Artifact, Source, Stage, artifact_dir, needs, stage_key, up_to_date
@@ -207,16 +208,26 @@ def _with_demo(config, inputs):
 
 def eval_inputs(cfg) -> dict:
     e = cfg.eval
-    out = {"prompts": demo(cfg, e.prompts, "eval_prompts.jsonl", "eval.prompts")}
-    if e.models:
-        out.update({f"model{n}": Artifact("sft", "eval.models", value=str(m)) for n, m in enumerate(e.models)})
+    out = {"prompts": None if e.prompts == "none" else demo(cfg, e.prompts, "eval_prompts.jsonl", "eval.prompts")}
+    if e.models:  # a name of this run's models (sft, ppo, ...) means its artifact, anything else a directory
+        out.update({f"model{n}": run_model(m) if m in EVAL_RUN_MODELS and not Path(m).exists()
+                    else Artifact("sft", "eval.models", value=str(m)) for n, m in enumerate(e.models)})
     else:
-        out.update(pretrain=Artifact("pretrain", optional=True), sft=Artifact("sft"),
-                   ppo=Artifact("ppo", round_no="newest", optional=True))
+        out.update({m: run_model(m) for m in EVAL_RUN_MODELS})
     out["reward_model"] = Artifact("reward", "eval.reward_model", round_no="newest", optional=True)
-    if e.lm_data not in (None, "pretrain", "none"):
+    if e.lm_data == "pretrain":  # the documents pretraining held out of train.data
+        out.update({f"lm_{k}": v for k, v in pretrain_inputs(cfg).items() if k != "tokenizer"})
+    elif e.lm_data not in (None, "", "none"):
         out["lm_data"] = demo(cfg, e.lm_data, "pretrain_val.jsonl", "eval.lm_data")
     return out
+
+
+EVAL_RUN_MODELS = ("pretrain", "sft", "ppo")  # what eval compares by default, those that exist
+
+
+def run_model(name: str) -> Artifact:
+    """This run's model `name` as eval reads it: whatever exists, PPO's of the newest finished round."""
+    return Artifact(name, round_no="newest" if STAGES[name].loop else None, optional=True)
 
 
 def compare_inputs(cfg) -> dict:

@@ -199,23 +199,23 @@ def test_hh_conversations_over_the_length_limit_are_counted_as_truncated_or_drop
 
 
 def test_the_reward_statistics_sample_answers_to_the_prompts_ppo_will_use(files, tmp_path, tiny_lm_dir):
-    from stages.reward.stage import dependencies, load_reward_init, reward_statistics, stats_policy
+    from transformers import AutoTokenizer
+
+    from pipeline.graph.declare import Artifact
+    from stages.graph import STAGES
+    from stages.reward.statistics import encoded_prompts
 
     long = {"chosen": "\n\nHuman: " + "Why? " * 80 + "\n\nAssistant: Because.", "rejected": "\n\nHuman: x\n\nAssistant: y"}
     prompts = write_jsonl(tmp_path / "ppo_prompts.jsonl", [long] + HH)
     cfg = load_config(ROOT_CONFIG, [f"run.out_dir={tmp_path}", f"ppo.data={prompts}", "ppo.max_new_tokens=4",
                                     "ppo.max_prompt_length=64", "reward.stats_prompts=2"])
-    model, tok = load_reward_init(str(tiny_lm_dir), cfg)
-    stats = reward_statistics(cfg, stats_policy(cfg, str(tiny_lm_dir)), model, tok, max_length=128)
-    # the first two prompts PPO would keep (it drops the one over ppo.max_prompt_length), by the given policy
-    assert (stats["prompts_source"], stats["n"], stats["prompts_too_long"]) == (prompts, 2, 1)
-    assert stats["policy"] == str(tiny_lm_dir)
+    texts, ids, too_long, source = encoded_prompts(cfg, AutoTokenizer.from_pretrained(tiny_lm_dir))
+    # the first two prompts PPO would keep (it drops the one over ppo.max_prompt_length)
+    assert (source, len(texts), len(ids), too_long) == (prompts, 2, 2, 1)
     assert not (tmp_path / "test" / "data").exists()  # the demo's prompts were not read
-    # ppo.policy, when given, is whose answers are scored, and changing it makes the reward stage stale;
-    # unset (the tiny preset), the dependencies are what they were, so finished runs stay current
-    given = load_config(ROOT_CONFIG, ["ppo.policy=elsewhere/policy"])
-    assert stats_policy(given, "runs/test/sft") == "elsewhere/policy"
-    assert dependencies(given)["ppo"]["policy"] == "elsewhere/policy" and "policy" not in dependencies(cfg)["ppo"]
+    # whose answers are scored: ppo.policy when given, else this run's SFT model
+    policy = STAGES["reward-stats"].inputs(cfg)["policy"]
+    assert policy == Artifact("sft", "ppo.policy")
 
 
 def test_the_gold_labeler_ranks_the_hh_prompts_that_have_a_reference_and_counts_the_rest(files, capsys):

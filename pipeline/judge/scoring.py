@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.lm.chat_format import close_at_turn_end, turn_end_ids
 from pipeline.errors import UserError
+from pipeline.lm.chat_format import close_at_turn_end, turn_end_ids
 
 STATS_FILE = "reward_stats.json"  # in a reward-stats artifact: PPO's normalisation
 TRAINING_FILE = "reward_model.json"  # in a reward artifact: what it was trained on (max_length)

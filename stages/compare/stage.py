@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.artifacts.store import already_done, is_complete, read_manifest, resolve_model_source, start_artifact
+from pipeline.artifacts.store import is_complete, read_manifest, resolve_model_source, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -21,6 +21,8 @@ from pipeline.lm.model import model_dtype
 from pipeline.graph.rounds import newest_artifact
 from pipeline.runtime.device import pick_device, seed_everything
 from stages.compare import evaluator
+from stages.graph import is_up_to_date
+from stages.graph import key as stage_key
 from stages.compare.report import plot_frontier, render
 
 METHODS = ("ppo", "dpo", "grpo", "rloo")
@@ -52,10 +54,6 @@ def cost(path: str, method: str) -> dict:
     return {"wall_time_s": m.get("train_wall_time_s"), "used": used}
 
 
-def dependencies(cfg) -> dict:
-    return {"eval": to_dict(cfg.eval), "ppo": {"kl_budget": cfg.ppo.kl_budget}, "run": {"dtype": cfg.run.dtype}}
-
-
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("compare", argv, description=__doc__.splitlines()[0])
@@ -67,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     rm_path, _ = evaluator.reward_model_path(cfg)
     inputs = {name: record for name, _, record in refs}
     inputs["reward_model"] = (read_manifest(rm_path) or {}).get("fingerprint") if rm_path else None
-    if already_done(final, dependencies(cfg), inputs):
+    if is_up_to_date(cfg, "compare"):
         return 0
     seed_everything(cfg.eval.seed)
     device = pick_device(cfg.run.device)
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for row, ev in zip(rows, methods):
         row.setdefault("gold_difference", None)  # the evaluator's, clustered by prompt; None without gold
         row["cost"] = cost(ev.path, ev.name)
-    writer = start_artifact(final, "compare", resume=False)
+    writer = start_artifact(final, "compare", resume=False, key=stage_key(cfg, "compare"))
     e = cfg.eval
     report = {"run": cfg.run.name, "seed": e.seed, "prompts": {"source": source, "count": len(prompts)},
               "sampling": {"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,

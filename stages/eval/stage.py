@@ -17,7 +17,7 @@ from pathlib import Path
 
 from data.gold import gold_score
 from pipeline.artifacts.finite import json_safe
-from pipeline.artifacts.store import ArtifactWriter, is_complete, read_manifest, resolve_model_source
+from pipeline.artifacts.store import is_complete, read_manifest, resolve_model_source, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -36,9 +36,11 @@ from stages.eval.compare import Evaluated, headline, samples, summarise_model, w
 from stages.eval.lm import heldout_texts, lm_metrics
 from stages.eval.plots import plot_all
 from stages.eval.report import render_report
+from stages.graph import EVAL_RUN_MODELS, is_up_to_date
+from stages.graph import key as stage_key
 from stages.report_prompts import report_prompts
 
-RUN_MODELS = ("pretrain", "sft", "ppo")
+RUN_MODELS = EVAL_RUN_MODELS  # this run's models eval compares by default (stages/graph.py)
 
 
 def model_refs(cfg) -> list[tuple[str, str, dict]]:
@@ -198,8 +200,8 @@ def evaluate(cfg) -> Path:
     if rm_info is None:
         skipped.append("reward model section: no reward model")
 
-    ArtifactWriter(cfg.stage_dir("eval"), "eval").discard()  # nothing to resume: start from a clean directory
-    writer = ArtifactWriter(cfg.stage_dir("eval"), "eval")
+    # the lock and the key as every stage; nothing to resume: a fresh work directory
+    writer = start_artifact(cfg.stage_dir("eval"), "eval", resume=False, key=stage_key(cfg, "eval"))
     out = writer.out_dir
     report = {
         "run": cfg.run.name, "seed": e.seed, "candidate": candidate.name,
@@ -234,6 +236,8 @@ def evaluate(cfg) -> Path:
 @main_guard
 def main(argv=None) -> None:
     cfg = stage_config("eval", argv, description=__doc__.split("\n")[0])
+    if is_up_to_date(cfg, "eval"):
+        return
     final = evaluate(cfg)
     report = json.loads((final / "report.json").read_text())
     print(f"\neval: wrote {final / 'report.md'}")

@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {"policy": policy_rec, "reward_model": reward_rec}
     if is_up_to_date(cfg, "ppo"):
         return 0
-    prompt_sources(cfg)  # builds the demo data first when it is missing: the key fingerprints its files
+    # bad input before a work directory exists: the prompts, then the statistics (built by make reward-stats)
+    prompts, dev_prompts, dev_golds, dev_source = load_prompt_sets(cfg)  # builds a missing demo first
+    score_stats = read_score_stats(cfg, p)
 
     device = pick_device(cfg.run.device)
     share_cpu_threads(device.type)
@@ -99,12 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     check_memory(cfg, policy_src, reward_src, device, frozen_dtype, world=int(os.environ.get("WORLD_SIZE", 1)))
     acc = Accelerator(mixed_precision=mixed_precision(cfg.run.dtype, device.type), cpu=device.type == "cpu")
     seed_everything(cfg.run.seed + acc.process_index)  # a different sample stream on each rank
-    writer = start_artifact(final, "ppo", resume=p.resume, is_main=acc.is_main_process, key=key(cfg, "ppo"))
+    writer = start_artifact(final, "ppo", resume=p.resume, key=key(cfg, "ppo"))
     acc.wait_for_everyone()
 
     models = load_models(p, policy_src, reward_src, frozen_dtype)
-    score_stats = read_score_stats(cfg, p)
-    prompts, dev_prompts, dev_golds, dev_source = load_prompt_sets(cfg)
     eval_prompts, eval_golds = dev_prompts[: p.num_eval_prompts], dev_golds[: p.num_eval_prompts]
     chosen = report_prompts(cfg, "ppo", development=([{"prompt": q, "gold": g} for q, g in zip(dev_prompts, dev_golds)],
                                                      dev_source))
