@@ -68,6 +68,7 @@ def chain(tmp_path_factory, files):
     from stages.eval.stage import main as eval_main
     from stages.ppo.stage import main as ppo_main
     from stages.reward.stage import main as reward_main
+    from stages.reward.statistics import main as stats_main
     from stages.sft.stage import main as sft_main
 
     tmp = tmp_path_factory.mktemp("foreign_chain")
@@ -79,7 +80,8 @@ def chain(tmp_path_factory, files):
                      "sft.max_steps=30", "sft.lr=0.01", "sft.eval_every=30", "sft.save_every=30", "sft.log_every=10",
                      "sft.gold_prompts=2", "sft.num_samples=1"]) == 0
     assert reward_main([*common, f"reward.data={files['pairs']}", "reward.max_steps=4", "reward.eval_every=4",
-                        "reward.save_every=4", "reward.log_every=2", "reward.stats_prompts=4"]) == 0
+                        "reward.save_every=4", "reward.log_every=2"]) == 0
+    assert stats_main([*common, "reward.stats_prompts=4", "ppo.max_new_tokens=10", "ppo.forward_batch_size=8"]) == 0
     rollouts = []
     real_generate = ppo_trainer.generate
 
