@@ -78,7 +78,7 @@ test:  ## run the test suite (offline)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests
 
 lint:  ## ruff
-	$(VENV)/bin/ruff check pipeline stages data tests benchmarks
+	$(VENV)/bin/ruff check pipeline stages data apps faults tests benchmarks
 
 bench:  ## benchmarks: pretrain loop vs nanoGPT, reward step vs TRL's, PPO vs TRL 1.12 (side by side, same run), serving
 	$(PY) -m benchmarks.pretrain

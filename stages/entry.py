@@ -14,7 +14,6 @@ from pipeline.config.cli import stage_config
 from pipeline.errors import main_guard
 from stages.graph import STAGES, is_up_to_date
 
-
 ABOUT_ALIGN = "DPO, GRPO or RLOO (align.method) on TRL's trainers"
 
 

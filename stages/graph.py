@@ -29,6 +29,9 @@ RANK_NO_EFFECT = ("ui", "host", "port")
 STATS_SAMPLING = ("data", "temperature", "top_k", "top_p", "max_new_tokens", "max_prompt_length",
                   "forward_batch_size")
 RANK_PART = re.compile(r"rank(-r[0-9]+)?")
+# The eval settings compare answers and scores with (it computes no language-model metrics).
+COMPARE_READS = ("prompts", "num_prompts", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "batch_size",
+                 "length_tolerance", "reward_model")
 
 
 def section(cfg, name: str, drop: tuple[str, ...] = ()) -> dict:
@@ -191,10 +194,10 @@ def online_inputs(method: str):
 def align_config(method: str):
     def config(cfg) -> dict:
         s = getattr(cfg, method)
-        out = {method: section(cfg, method), "run": seed_dtype(cfg)}
+        out = {method: section(cfg, method), "run": seed_dtype(cfg), "ppo": {"kl_budget": cfg.ppo.kl_budget}}
         if method != "dpo":  # rewarded as PPO is, with PPO's answer budget unless it sets its own
-            out["ppo"] = {k: getattr(cfg.ppo, k) for k in ("missing_eos_penalty", "missing_eos_mode", "reward_clip",
-                                                           "forward_batch_size")}
+            out["ppo"].update({k: getattr(cfg.ppo, k) for k in ("missing_eos_penalty", "missing_eos_mode",
+                                                                "reward_clip", "forward_batch_size")})
             if s.total_episodes is None:
                 out["ppo"]["total_episodes"] = cfg.ppo.total_episodes
         inputs = (dpo_inputs if method == "dpo" else online_inputs(method))(cfg)
@@ -215,6 +218,7 @@ def eval_inputs(cfg) -> dict:
     else:
         out.update({m: run_model(m) for m in EVAL_RUN_MODELS})
     out["reward_model"] = Artifact("reward", "eval.reward_model", round_no="newest", optional=True)
+    out.update({f"curves_{s}": run_model(s) for s in ("pretrain", "sft", "reward", "ppo")})  # the report's curves
     if e.lm_data == "pretrain":  # the documents pretraining held out of train.data
         out.update({f"lm_{k}": v for k, v in pretrain_inputs(cfg).items() if k != "tokenizer"})
     elif e.lm_data not in (None, "", "none"):
@@ -300,7 +304,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                                   "run": {"dtype": cfg.run.dtype}}, eval_inputs),
           eval_inputs, after=True),
     Stage("compare", "SFT vs PPO, DPO, GRPO, RLOO (those that exist)", "stages.compare",
-          _with_demo(lambda cfg: {"eval": section(cfg, "eval"), "ppo": {"kl_budget": cfg.ppo.kl_budget},
+          _with_demo(lambda cfg: {"eval": {k: getattr(cfg.eval, k) for k in COMPARE_READS},
+                                  "ppo": {"kl_budget": cfg.ppo.kl_budget},
                                   "run": {"dtype": cfg.run.dtype}}, compare_inputs),
           compare_inputs, after=True),
 )}
@@ -328,6 +333,39 @@ def is_up_to_date(cfg, name: str, *, say: bool = True) -> bool:
     if say:
         print(f"{artifact_dir(cfg, STAGES[name])} is up to date (same config and inputs); nothing to do.")
     return True
+
+
+def reward_stats(cfg, reward_record: dict | None = None) -> tuple[float, float, dict]:
+    """(mean, std, the whole record) of the reward statistics, refused when they are not current.
+
+    PPO (`reward_record` None) needs them measured with today's settings: its own sampling, policy and
+    reward model. GRPO and RLOO are rewarded as PPO is, so they need them measured for the reward model
+    they train against (`reward_record`, its fingerprint)."""
+    import json
+
+    from pipeline.artifacts.resume import changed_keys
+    from pipeline.artifacts.store import read_manifest, require_artifact
+    from pipeline.errors import UserError
+    from pipeline.graph.rounds import make_command
+
+    stats_dir = artifact_dir(cfg, STAGES["reward-stats"])
+    command = make_command("reward-stats", current_round(cfg))
+    require_artifact(stats_dir, command)
+    have = (read_manifest(stats_dir) or {}).get("key") or {}
+    if reward_record is None:
+        changes = changed_keys(have, key(cfg, "reward-stats"))
+        if changes:
+            raise UserError(f"the reward statistics in {stats_dir} were measured with other settings "
+                            f"({'; '.join(changes[:3])}): run `{command}` first (make ppo does).")
+    else:
+        measured = ((have.get("inputs") or {}).get("reward_model") or {})
+        same = ("fingerprint", "hub")  # where a model lies does not matter, what it is does
+        if {k: measured.get(k) for k in same} != {k: reward_record.get(k) for k in same}:
+            raise UserError(f"the reward statistics in {stats_dir} were measured for another reward model than "
+                            f"{reward_record.get('path') or reward_record.get('hub')}: run `{command} "
+                            f"ppo.reward_model=...` with that model first.")
+    stats = json.loads((stats_dir / "reward_stats.json").read_text())
+    return float(stats["mean"]), float(stats["std"]) or 1.0, stats
 
 
 def make_needs(cfg) -> dict[str, list[str]]:

@@ -54,7 +54,7 @@ def why(cfg, target: str) -> str:
 
 
 def help_lines() -> str:
-    return "\n".join(f"  make {n:<12} {s.about}" for n, s in STAGES.items())
+    return "\n".join(f"  make {n:<13} {s.about}" for n, s in STAGES.items())
 
 
 def main(argv: list[str] | None = None) -> int:

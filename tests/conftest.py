@@ -33,8 +33,8 @@ def tiny_lm_dir(tmp_path_factory):
     randomly initialised 2-layer Llama. Built once per test session, in about a second."""
     import torch
 
-    from pipeline.lm.model import build_model
     from pipeline.config.schema import ModelSection
+    from pipeline.lm.model import build_model
     from pipeline.lm.tokenizer import train_tokenizer
 
     torch.manual_seed(0)

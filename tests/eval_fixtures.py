@@ -48,7 +48,7 @@ def tiny_reward_model(src: Path, dst: Path, seed: int = 0) -> Path:
         rm.score.weight.normal_(0, 1.0)
     rm.save_pretrained(dst)
     tok.save_pretrained(dst)
-    (dst / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0, "max_length": 96}))
+    (dst / "reward_model.json").write_text(json.dumps({"max_length": 96}))
     return dst
 
 

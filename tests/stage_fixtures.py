@@ -20,8 +20,7 @@ def fake_artifact(root, stage, build, inputs=None):
 
 
 def sft_and_reward(tiny_lm_dir, root) -> None:
-    """runs/t/sft: the tiny LM; runs/t/reward: a scalar head on it (seed 0); runs/t/reward-stats: fixed
-    statistics (the step that measures them is tested in test_reward_train.py)."""
+    """runs/t/sft: the tiny LM; runs/t/reward: a scalar head on it (seed 0)."""
     def sft(out):
         shutil.copytree(tiny_lm_dir, out, dirs_exist_ok=True)
 
@@ -31,9 +30,24 @@ def sft_and_reward(tiny_lm_dir, root) -> None:
         AutoTokenizer.from_pretrained(tiny_lm_dir).save_pretrained(out)
         (out / "reward_model.json").write_text(json.dumps({"max_length": 96}))
 
-    def stats(out):
-        (out / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
-
     fake_artifact(root, "sft", sft)
     fake_artifact(root, "reward", reward)
-    fake_artifact(root, "reward-stats", stats)
+
+
+def fixed_reward_stats(argv: list[str]) -> None:
+    """A reward-stats artifact with fixed statistics (mean 0.5, std 2), current for the stage command `argv`
+    (the step that measures them is tested in test_reward_train.py)."""
+    from pipeline.artifacts.store import start_artifact
+    from pipeline.config.loader import load_config
+    from pipeline.errors import UserError
+    from pipeline.graph.declare import artifact_dir
+    from stages.graph import STAGES, key
+
+    try:
+        cfg = load_config(argv[argv.index("--config") + 1], [a for a in argv if "=" in a and not a.startswith("--")])
+    except UserError:  # a config the test makes unreadable: the stage says so before it reads any statistics
+        return
+    writer = start_artifact(artifact_dir(cfg, STAGES["reward-stats"]), "reward-stats", resume=False,
+                            key=key(cfg, "reward-stats"))
+    (writer.out_dir / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
+    writer.commit(config={})

@@ -13,9 +13,9 @@ from transformers import (
 )
 
 import stages.align.stage as align
-from pipeline.artifacts.store import read_manifest
 from pipeline.artifacts.metrics import read_metrics
-from tests.stage_fixtures import fake_artifact, sft_and_reward
+from pipeline.artifacts.store import read_manifest
+from tests.stage_fixtures import fake_artifact, fixed_reward_stats, sft_and_reward
 
 
 @pytest.fixture
@@ -36,10 +36,14 @@ def run_dir(tiny_lm_dir, tmp_path):
 
 
 def argv(root, method, *extra):
-    return ["--config", "configs/test.yaml", f"run.out_dir={root / 'runs'}", "run.name=t", f"align.method={method}",
+    """The stage's command line, with reward statistics current for it (as make leaves them)."""
+    args = ["--config", "configs/test.yaml", f"run.out_dir={root / 'runs'}", "run.name=t", f"align.method={method}",
             f"dpo.data={root / 'rankings.jsonl'}", f"dpo.val_data={root / 'held_rankings.jsonl'}",
             f"ppo.data={root / 'prompts.jsonl'}", f"ppo.eval_data={root / 'held.jsonl'}",
             f"grpo.data={root / 'prompts.jsonl'}", f"rloo.data={root / 'prompts.jsonl'}", *extra]
+    if (root / "runs" / "t" / "reward").is_dir():
+        fixed_reward_stats(args)
+    return args
 
 
 @pytest.mark.parametrize("method", ["dpo", "rloo", "grpo"])

@@ -6,9 +6,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.config.loader import load_config
-from pipeline.lm.hf_glue import MetricsCallback
-from pipeline.judge.scoring import RewardFunction, score_ids
 from pipeline.config.schema import PPOSection
+from pipeline.judge.scoring import RewardFunction, score_ids
+from pipeline.lm.hf_glue import MetricsCallback
 from stages.align import online
 from stages.ppo.rollout import RolloutBatch, encode_prompts, left_pad, truncate_after_eos
 from stages.ppo.trainer import PPOTrainer

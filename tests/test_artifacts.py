@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from pipeline.artifacts.store import ArtifactWriter, fingerprint, is_complete, require_artifact, start_artifact
+from pipeline.artifacts.store import (
+    ArtifactWriter,
+    fingerprint,
+    is_complete,
+    require_artifact,
+    start_artifact,
+)
 from pipeline.errors import UserError
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, tiny_text
+from tests.stage_fixtures import fixed_reward_stats
 
 # case stage -> (the command a user types after `python -m`, the module whose main(argv) runs it
 # in-process, the artifact folder under runs/<name>/ it must not commit)
@@ -54,7 +55,7 @@ VALID = {
     "sft": ["sft.init_from={lm}", "sft.data={d}/sft.jsonl", "sft.val_data={d}/sft.jsonl", "sft.max_steps=1",
             "sft.num_samples=1", "sft.gold_prompts=1", "sft.max_new_tokens=2"],
     "reward": ["reward.init_from={lm}", "reward.data={d}/pairs.jsonl", "reward.val_data={d}/pairs.jsonl",
-               "reward.max_steps=1", "reward.stats_prompts=0"],
+               "reward.max_steps=1"],
     "ppo": ["ppo.policy={lm}", "ppo.reward_model={rm}", "ppo.data={d}/prompts.jsonl",
             "ppo.eval_data={d}/prompts.jsonl", "ppo.total_episodes=4", "ppo.batch_size=4", "ppo.num_minibatches=1",
             "ppo.max_new_tokens=2", "ppo.report_prompts=2", "ppo.report_samples=1", "ppo.num_eval_prompts=2"],
@@ -186,7 +187,7 @@ CASES = [
     ("rank-labeler-unknown", "rank", ["rank.labeler=crowd"], ["rank.labeler", "crowd"]),
     ("rank-prompts-missing", "rank", ["rank.prompts={d}/missing.jsonl"], ["missing.jsonl", "does not exist"]),
     ("rank-policy-truncated-weights", "rank", ["rank.policy={bad}/truncated"], ["model.safetensors", "truncated"]),
-    ("reward-stats-prompts-zero", "reward-stats", ["reward.stats_prompts=-1"], ["reward.stats_prompts"]),
+    ("reward-stats-prompts-zero", "reward-stats", ["reward.stats_prompts=0"], ["reward.stats_prompts", "> 0"]),
     ("reward-stats-reward-model-is-causal-lm", "reward-stats", ["ppo.reward_model={lm}"],
      ["score head", "reward model"]),
     ("align-method-unknown", "align", ["align.method=sft"], ["align.method", "sft"]),
@@ -301,15 +302,6 @@ def world(tiny_lm_dir, tmp_path_factory):
     busy.close()
 
 
-def _fixed_reward_stats(final: Path) -> None:
-    from pipeline.artifacts.store import ArtifactWriter
-
-    if not final.is_dir():
-        writer = ArtifactWriter(final, "reward-stats")
-        (writer.out_dir / "reward_stats.json").write_text('{"mean": 0.0, "std": 1.0, "max_length": 96}')
-        writer.commit(config={})
-
-
 def run_entry(stage: str, case: str, args: list[str], world: dict, capsys):
     """(exit code or the escaping exception, stderr) of one entry point run in-process."""
     import importlib
@@ -322,7 +314,7 @@ def run_entry(stage: str, case: str, args: list[str], world: dict, capsys):
         argv = ["--config", "configs/test.yaml", f"run.out_dir={world['runs']}", f"run.name={case}"]
         argv += [fill(a) for a in VALID[stage] + args]
     if stage == "ppo":  # PPO reads the statistics of `make reward-stats` (fixed ones: that step has cases of its own)
-        _fixed_reward_stats(world["runs"] / case / "reward-stats")
+        fixed_reward_stats(argv)
     capsys.readouterr()
     try:
         module.main(argv)

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
+from pipeline.config.schema import ModelSection
 from pipeline.lm.forward import lean_llama_body, llama_hidden_states, positions_from_mask
 from pipeline.lm.model import build_model
-from pipeline.config.schema import ModelSection
 from stages.ppo.token_logprobs import token_logprobs
 
 

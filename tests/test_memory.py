@@ -113,8 +113,8 @@ def test_refusal_names_exactly_the_options_that_would_fit(tiny_lm_dir):
 def test_trl_stages_pass_gradient_checkpointing_to_their_trainer_off_by_default(tmp_path):
     from trl import RewardConfig, SFTConfig
 
-    from pipeline.lm.hf_glue import trainer_kwargs
     from pipeline.config.schema import RewardSection, RunSection, SFTSection
+    from pipeline.lm.hf_glue import trainer_kwargs
 
     run = RunSection(device="cpu")
     for section, config in ((SFTSection(), SFTConfig), (RewardSection(), RewardConfig)):

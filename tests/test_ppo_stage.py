@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.artifacts.store import read_manifest
 from pipeline.artifacts.metrics import read_metrics
+from pipeline.artifacts.store import read_manifest
 from stages.ppo.stage import main
-from tests.stage_fixtures import sft_and_reward
+from tests.stage_fixtures import fixed_reward_stats, sft_and_reward
 
 
 @pytest.fixture
@@ -25,10 +25,13 @@ def run_dir(tiny_lm_dir, tmp_path):
 
 
 def argv(tmp_path, *extra):
-    return ["--config", "configs/test.yaml", f"run.out_dir={tmp_path / 'runs'}", "run.name=t",
+    """The stage's command line, with reward statistics current for it (as `make ppo` leaves them)."""
+    args = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path / 'runs'}", "run.name=t",
             f"ppo.data={tmp_path / 'prompts.jsonl'}", f"ppo.eval_data={tmp_path / 'held.jsonl'}",
             "ppo.total_episodes=32", "ppo.batch_size=16", "ppo.max_new_tokens=8", "ppo.forward_batch_size=16",
             "ppo.sample_every=1", *extra]
+    fixed_reward_stats(args)
+    return args
 
 
 def test_stage_writes_a_chat_model_value_model_manifest_metrics_and_samples(run_dir, capsys):

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.errors import UserError
 from pipeline.config.schema import PPOSection
+from pipeline.errors import UserError
 from stages.ppo.rollout import RolloutBatch, left_pad, policy_logits, response_logprobs, truncate_after_eos
 from stages.ppo.trainer import PPOTrainer
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.lm.forward import NextTokenLoss
 from pipeline.artifacts.metrics import read_metrics
-from pipeline.lm.model import build_model
 from pipeline.config.schema import ModelSection
+from pipeline.lm.forward import NextTokenLoss
+from pipeline.lm.model import build_model
 from stages.pretrain.stage import main
 from tests.conftest import ROOT, tiny_text
 

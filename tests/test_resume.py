@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import pipeline.artifacts.atomic as atomic
-from pipeline.artifacts.store import ArtifactWriter, read_manifest, require_artifact, start_artifact
 from pipeline.artifacts.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.errors import UserError
 from pipeline.artifacts.finite import NonFiniteError, check_finite
 from pipeline.artifacts.metrics import MetricsLogger, read_metrics
 from pipeline.artifacts.resume import RunLock
+from pipeline.artifacts.store import ArtifactWriter, read_manifest, require_artifact, start_artifact
+from pipeline.errors import UserError
 from tests.conftest import ROOT
 
 

@@ -122,7 +122,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_reports_its_whole_hi
     args = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path}", "run.name=r", f"reward.init_from={tiny_lm_dir}",
             f"reward.data={d / 'rank_train.jsonl'}", f"reward.val_data={held}", f"ppo.data={d / 'prompts.jsonl'}",
             "reward.max_length=96", "reward.max_steps=24", "reward.batch_size=6", "reward.eval_every=8",
-            "reward.save_every=8", "reward.stats_prompts=0"]
+            "reward.save_every=8"]
     original = reward_eval.HeldoutEvalCallback.on_step_end
 
     def interrupt_at_step_13(self, args, state, control, **kwargs):
@@ -175,11 +175,11 @@ def test_new_sampling_settings_measure_the_statistics_again_and_leave_the_reward
 def test_the_statistics_score_the_sampled_ids_as_ppo_does(reward_run, tiny_lm_dir):
     """PPO scores prompt ids + sampled ids (cut after the end of turn); decoding and templating the answer
     again would score another sequence (an end of turn added to a cut answer, text re-tokenised)."""
+    from pipeline.config.loader import load_config
     from pipeline.judge.scoring import load_reward_model, score_ids
     from pipeline.lm.model import load_causal_lm
     from stages.ppo.rollout import sequence_scores
     from stages.reward.statistics import measure
-    from pipeline.config.loader import load_config
 
     out, _ = reward_run
     cfg = load_config("configs/test.yaml", ["ppo.max_new_tokens=8", "ppo.forward_batch_size=2"])

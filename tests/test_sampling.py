@@ -8,8 +8,8 @@ import torch
 from eval_fixtures import lively_copy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.lm.generation import Decoding, draw, left_pad, sample
 from pipeline.lm.forward import positions_from_mask
+from pipeline.lm.generation import Decoding, draw, left_pad, sample
 
 
 def test_inverse_cdf_sampling_matches_the_tempered_softmax():

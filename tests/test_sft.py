@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
+from pipeline.artifacts.metrics import read_metrics
 from pipeline.config.loader import load_config
 from pipeline.errors import UserError
-from pipeline.artifacts.metrics import read_metrics
 from pipeline.lm.tokenizer import load_tokenizer
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
@@ -206,8 +206,8 @@ def test_packing_keeps_attention_inside_each_conversation(tmp_path, tiny_lm_dir,
 
 
 def test_qlora_needs_a_cuda_gpu_and_bitsandbytes():
-    from pipeline.lm.hf_glue import quantization_config
     from pipeline.config.schema import LoraSection
+    from pipeline.lm.hf_glue import quantization_config
 
     assert quantization_config(LoraSection(enabled=True, qlora=False)) is None
     try:

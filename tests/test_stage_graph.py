@@ -28,14 +28,16 @@ STALE = [  # (override, the artifacts it makes stale); every other artifact stay
     ("ppo.forward_batch_size=8", REWARD_ON),
     ("ppo.kl_coef=0.05", {"ppo", "eval", "compare"}),
     ("ppo.total_episodes=1024", {"ppo", "grpo", "rloo", "eval", "compare"}),  # GRPO/RLOO take PPO's answer budget
-    ("ppo.kl_budget=5", {"ppo", "eval", "compare"}),  # the verdicts judge KL against it
+    ("ppo.kl_budget=5", {"ppo", "dpo", "grpo", "rloo", "eval", "compare"}),  # every verdict judges KL against it
+    ("eval.lm_max_tokens=1024", {"eval"}),  # language-model metrics: eval's alone
+    ("eval.num_side_by_side=2", {"eval"}),
     ("ppo.log_every=5", set()),
     ("ppo.save_every=3", set()),
     ("ppo.resume=false", set()),
     ("ppo.gradient_checkpointing=true", set()),
     ("ppo.check_memory=false", set()),
     ("reward.lr=0.00003", {"reward"} | REWARD_ON),
-    ("reward.stats_prompts=32", REWARD_ON - set()),  # the statistics alone, never the reward model
+    ("reward.stats_prompts=32", REWARD_ON),  # the statistics (and what reads them), never the reward model
     ("reward.save_every=7", set()),
     ("sft.lr=0.0001", TRAINED_FROM_SFT),
     ("sft.log_every=3", set()),
@@ -143,3 +145,9 @@ def test_no_effect_keys_leave_a_finished_ppo_up_to_date(tmp_path):
     assert is_up_to_date(again, "ppo", say=False)
     hotter = load_config(ROOT / "configs/tiny.yaml", [*args[2:], "ppo.temperature=0.9"])
     assert not is_up_to_date(hotter, "ppo", say=False)
+
+
+def test_rounds_know_the_loop_stages_the_graph_declares():
+    from pipeline.graph.rounds import LOOP_STAGES  # pipeline/ cannot read stages/graph.py: it keeps the names
+
+    assert set(LOOP_STAGES) == {name for name, s in STAGES.items() if s.loop}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import DiskFullError, disk_full_error, is_disk_full
 
+
 @contextmanager
 def translating_disk_errors(path):
     """Turn a disk-full failure of the writes inside into one DiskFullError line naming `path`."""

@@ -24,9 +24,9 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.artifacts.atomic import fsync_dir, swap_dir, translating_disk_errors, write_text
-from pipeline.errors import UserError
 from pipeline.artifacts.finite import NonFiniteError, non_finite
 from pipeline.artifacts.resume import RunLock, check_resume_key
+from pipeline.errors import UserError
 
 MANIFEST = "manifest.json"
 _CLOCK = "wall_time.json"  # in the work dir: the time earlier processes spent on it, for the manifest's wall_time_s

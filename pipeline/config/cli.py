@@ -27,6 +27,7 @@ _SECTIONS = {
     "eval": ("run", "eval"),
     "compare": ("run", "eval"),  # compare answers and scores with eval's settings
 }
+PROGRAMS = {"data": "python -m data.demo", "reward-stats": "python -m stages.reward.stats"}  # not stages.<name>
 _WIDEST = 30  # a longer default or range (a list, many choices) pushes its own line's help along, not every line's
 
 
@@ -58,7 +59,7 @@ def stage_config(stage: str, argv=None, description: str = "", sections: tuple[s
         quiet_weight_bars()
         return argv
     parser = argparse.ArgumentParser(
-        prog=f"python -m stages.{stage}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROGRAMS.get(stage, f"python -m stages.{stage}"), description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Overrides: any config key as section.key=value, e.g. train.max_steps=200 model.n_layer=2\n\n"
                + keys_help(sections or help_sections(stage)),
     )

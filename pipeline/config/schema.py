@@ -250,8 +250,8 @@ class RewardSection:
     log_every: int = setting(10, "steps between logged metrics", range="> 0")
     save_every: int = setting(200, "steps between checkpoints (what a killed run resumes from)", range="> 0")
     resume: bool = setting(True, _RESUME)
-    stats_prompts: int = setting(64, "PPO prompts whose SFT answers set the reward normalisation (mean, std); 0: "
-                                 "none", range=">= 0")
+    stats_prompts: int = setting(64, "PPO prompts whose answers by the policy set the reward normalisation (mean, "
+                                 "std; the reward-stats step)", range="> 0")
     lora: LoraSection = field(default_factory=LoraSection)
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward: less memory, more time")
 

@@ -102,7 +102,7 @@ def score_conversations(model, tokenizer, prompts_msgs: list[Messages], response
     """Scalar reward of each (prompt messages, response) pair: a float32 CPU tensor of shape [N].
 
     `responses[i]` is the assistant's answer as a string (or a list of messages). `max_length`
-    should be the reward model's training length (`reward_stats.json["max_length"]`); None
+    should be the reward model's training length (`reward_model.json["max_length"]`); None
     uses the model's position limit."""
     if len(prompts_msgs) != len(responses):
         raise ValueError(f"{len(prompts_msgs)} prompts but {len(responses)} responses")

@@ -1,7 +1,7 @@
 """Sampling from a causal LM: our own token loop with a KV cache, batched over left-padded prompts.
 
 The one sampling loop of the project: PPO's rollouts, evaluation, the stages' samples and the chat
-all call `sample` (or `generate`, its token-list form); the server (`pipeline/serve`) steps the same
+all call `sample` (or `generate`, its token-list form); the server (`apps/serve`) steps the same
 loop's state, `Decoding`, itself, so that requests can join and leave a batch between steps.
 Written out instead of calling `model.generate` so that every step is visible (temperature, top-k,
 top-p are three lines each), a seeded `torch.Generator` makes results reproducible, callers can

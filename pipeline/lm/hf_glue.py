@@ -28,12 +28,12 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from pipeline.artifacts.atomic import fsync_tree, write_text
-from pipeline.errors import UserError
 from pipeline.artifacts.finite import check_finite, check_finite_params
 from pipeline.artifacts.metrics import MetricsLogger, progress
-from pipeline.runtime.device import mixed_precision, pick_device
 from pipeline.config.schema import LoraSection, RunSection
+from pipeline.errors import UserError
 from pipeline.lm.tokenizer import ensure_chat_ready
+from pipeline.runtime.device import mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from pipeline.config.schema import ModelSection
 from pipeline.lm.chat_format import turn_end_ids
 from pipeline.lm.loading import loading
-from pipeline.config.schema import ModelSection
 
 
 def swiglu_width(n_embd: int) -> int:

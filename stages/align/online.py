@@ -12,8 +12,8 @@ import logging
 from types import SimpleNamespace
 
 from pipeline.errors import UserError
-from pipeline.lm.hf_glue import lora_config, trainer_kwargs, use_our_progress
 from pipeline.judge.scoring import RewardFunction, as_prompt
+from pipeline.lm.hf_glue import lora_config, trainer_kwargs, use_our_progress
 
 log = logging.getLogger(__name__)
 

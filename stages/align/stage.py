@@ -22,7 +22,6 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from pipeline.artifacts.store import resolve_model_source, start_artifact
-from pipeline.graph.declare import artifact_dir
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -31,9 +30,9 @@ from pipeline.judge.evaluate import RewardJudge, reward_max_length
 from pipeline.lm.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
 from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
-from stages.graph import STAGES, is_up_to_date, key
 from stages.align import dpo, online, preferences
 from stages.align import report as heldout
+from stages.graph import is_up_to_date, key, reward_stats
 from stages.report_prompts import report_prompts
 
 log = logging.getLogger("stages.align")
@@ -73,17 +72,6 @@ def load_policy(source: str):
     return model, tokenizer
 
 
-def read_score_stats(cfg) -> tuple[float, float]:
-    """The mean/std PPO normalises rewards by (the reward-stats step): GRPO and RLOO are rewarded as PPO is."""
-    from pipeline.artifacts.store import require_artifact
-    from pipeline.judge.scoring import read_reward_stats
-
-    stats_dir = artifact_dir(cfg, STAGES["reward-stats"])
-    require_artifact(stats_dir, "make reward-stats")
-    stats = read_reward_stats(stats_dir)
-    return float(stats["mean"]), float(stats["std"]) or 1.0
-
-
 def prepare(cfg, method: str, policy_src: str):
     """Everything read before training, so that bad input fails before a work directory exists:
     (inputs record, model, tokenizer, train data, held-out data, extras)."""
@@ -114,7 +102,7 @@ def prepare(cfg, method: str, policy_src: str):
     if rm_tok.get_vocab() != tokenizer.get_vocab():
         raise UserError(f"{reward_src} and {policy_src} use different tokenizers; the reward model must read the "
                         "policy's tokens (train it from this SFT model with `make reward`).")
-    reward_fn = online.reward_function(cfg, rm, rm_tok, read_score_stats(cfg))
+    reward_fn = online.reward_function(cfg, rm, rm_tok, reward_stats(cfg, reward_rec)[:2])
     inputs.update(reward_model=reward_rec, prompts={prompt_src: source_fingerprint(prompt_src)})
     return inputs, model, tokenizer, prompts, None, {"reward_fn": reward_fn, "prompts_dropped": dropped,
                                                      "reward_max_length": reward_max_length(reward_src)}

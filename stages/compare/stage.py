@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import json
 
+from pipeline.artifacts.finite import json_safe
 from pipeline.artifacts.store import is_complete, read_manifest, resolve_model_source, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
-from pipeline.artifacts.finite import json_safe
-from pipeline.lm.model import model_dtype
 from pipeline.graph.rounds import newest_artifact
+from pipeline.lm.model import model_dtype
 from pipeline.runtime.device import pick_device, seed_everything
 from stages.compare import evaluator
+from stages.compare.report import plot_frontier, render
 from stages.graph import is_up_to_date
 from stages.graph import key as stage_key
-from stages.compare.report import plot_frontier, render
 
 METHODS = ("ppo", "dpo", "grpo", "rloo")
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs["reward_model"] = (read_manifest(rm_path) or {}).get("fingerprint") if rm_path else None
     if is_up_to_date(cfg, "compare"):
         return 0
+    writer = start_artifact(final, "compare", resume=False, key=stage_key(cfg, "compare"))  # the lock, first
     seed_everything(cfg.eval.seed)
     device = pick_device(cfg.run.device)
     evaluated = [evaluator.Evaluated(name, path, record) for name, path, record in refs]
@@ -76,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     for row, ev in zip(rows, methods):
         row.setdefault("gold_difference", None)  # the evaluator's, clustered by prompt; None without gold
         row["cost"] = cost(ev.path, ev.name)
-    writer = start_artifact(final, "compare", resume=False, key=stage_key(cfg, "compare"))
     e = cfg.eval
     report = {"run": cfg.run.name, "seed": e.seed, "prompts": {"source": source, "count": len(prompts)},
               "sampling": {"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,

@@ -157,6 +157,8 @@ def training_curves(cfg) -> dict[str, list[dict]]:
 
 def evaluate(cfg) -> Path:
     e = cfg.eval
+    # the lock and the key as every stage, before minutes of answering; nothing to resume: a fresh work directory
+    writer = start_artifact(cfg.stage_dir("eval"), "eval", resume=False, key=stage_key(cfg, "eval"))
     seed_everything(e.seed)
     device = pick_device(cfg.run.device)
     dtype = model_dtype(cfg.run.dtype, device)
@@ -200,8 +202,6 @@ def evaluate(cfg) -> Path:
     if rm_info is None:
         skipped.append("reward model section: no reward model")
 
-    # the lock and the key as every stage; nothing to resume: a fresh work directory
-    writer = start_artifact(cfg.stage_dir("eval"), "eval", resume=False, key=stage_key(cfg, "eval"))
     out = writer.out_dir
     report = {
         "run": cfg.run.name, "seed": e.seed, "candidate": candidate.name,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-
 from pipeline.artifacts.atomic import recover_dir, save_torch, swap_dir, translating_disk_errors
 from pipeline.artifacts.checkpoint import load_state_file, rng_state, set_rng_state
 

@@ -15,7 +15,6 @@ first PPO ratio is 1.
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from pipeline.errors import UserError
 from pipeline.lm.loading import load_sequence_scorer
 from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.lm.tokenizer import load_tokenizer
+from pipeline.runtime.device import is_main_process
 from stages.ppo.value import ValueHead
 
 
@@ -109,7 +109,7 @@ def check_memory(cfg, policy_source: str, reward_source: str, device: torch.devi
     parts = memory.ppo_memory(policy, reward, value, plan)
     budget = memory.available_bytes(device)
     where = f"{device.type}:{device.index}" if device.type == "cuda" and device.index is not None else device.type
-    if int(os.environ.get("RANK", 0)) == 0:  # every rank checks its own device; one prints
+    if is_main_process():  # every rank checks its own device; one prints
         print(memory.describe("ppo", parts, budget, where))
     if p.check_memory:
         alternatives = memory.ppo_alternatives(policy, reward, value, plan, cuda=device.type == "cuda")

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
+from pipeline.errors import UserError
 from pipeline.lm import generation
 from pipeline.lm.chat_format import turn_end_ids
-from pipeline.errors import UserError
 from pipeline.lm.forward import lean_llama_body, llama_hidden_states
 from pipeline.lm.forward import positions_from_mask as position_ids
 from stages.ppo.token_logprobs import token_logprobs

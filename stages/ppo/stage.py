@@ -24,16 +24,15 @@ from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
+from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.judge.comparison import summary_line
 from pipeline.judge.evaluate import reward_max_length
 from pipeline.lm.model import model_dtype
-from pipeline.graph.declare import artifact_dir
-from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
+from stages.graph import is_up_to_date, key, reward_stats
 from stages.ppo.evaluation import development_report
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
 from stages.ppo.report import dev_headline, render_report
-from stages.graph import STAGES, is_up_to_date, key
 from stages.ppo.trainer import PPOTrainer
 from stages.report_prompts import report_prompts
 
@@ -64,18 +63,13 @@ def load_prompt_sets(cfg):
 
 
 def read_score_stats(cfg, ppo_cfg) -> tuple[float, float]:
-    """The mean/std of the reward model's scores of the policy's answers (the reward-stats step)."""
-    from pipeline.artifacts.store import require_artifact
-    from pipeline.judge.scoring import read_reward_stats
-
-    stats_dir = artifact_dir(cfg, STAGES["reward-stats"])
-    require_artifact(stats_dir, make_command("reward-stats", current_round(cfg)))
-    stats = read_reward_stats(stats_dir)
+    """The mean/std of the reward model's scores of the policy's answers (the reward-stats step, current)."""
+    mean, std, stats = reward_stats(cfg)
     length = ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens
     if stats.get("max_length") and length > stats["max_length"]:
         print(f"ppo: warning: prompts + answers reach {length} tokens but the reward model was trained on "
               f"{stats['max_length']}; its scores of longer sequences are extrapolation.")
-    return float(stats["mean"]), float(stats["std"]) or 1.0
+    return mean, std
 
 
 @main_guard

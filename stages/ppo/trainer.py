@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import UserError
 from pipeline.artifacts.finite import check_finite, check_finite_params
-from pipeline.lm.forward import checkpoint_layers
 from pipeline.artifacts.metrics import MetricsLogger, progress
+from pipeline.errors import UserError
 from pipeline.judge.scoring import process_scores
+from pipeline.lm.forward import checkpoint_layers
 from pipeline.runtime.device import reuse_freed_cpu_memory
 from stages.ppo import checkpointing
 from stages.ppo.advantages import (

@@ -9,8 +9,8 @@ import math
 import numpy as np
 
 from pipeline.lm.bigram import BigramLM
-from stages.pretrain.loop import eval_window_starts
 from pipeline.lm.word_tokenizer import count_unknown
+from stages.pretrain.loop import eval_window_starts
 
 
 def fit_bigram(train_tokens, val_tokens, vocab_size: int, *, block: int, n_windows: int,

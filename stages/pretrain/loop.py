@@ -19,9 +19,9 @@ import torch
 
 from pipeline.artifacts.checkpoint import LATEST, load_checkpoint, restore_rng, save_checkpoint
 from pipeline.artifacts.finite import check_finite, check_finite_params
-from pipeline.lm.forward import NextTokenLoss
 from pipeline.artifacts.metrics import MetricsLogger, progress
 from pipeline.config.schema import TrainSection
+from pipeline.lm.forward import NextTokenLoss
 
 
 def lr_at(step: int, cfg: TrainSection) -> float:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from pipeline.artifacts.metrics import progress
 from pipeline.errors import UserError
 from pipeline.lm.generation import context_length, eos_ids_of, generate
-from pipeline.artifacts.metrics import progress
 
 SKIPPED = "fewer than 2 distinct answers"
 

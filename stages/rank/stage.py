@@ -17,16 +17,21 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.artifacts.store import source_fingerprint
-from pipeline.artifacts.store import fingerprint, read_manifest, resolve_model_source, start_artifact
+from pipeline.artifacts.store import (
+    fingerprint,
+    read_manifest,
+    resolve_model_source,
+    source_fingerprint,
+    start_artifact,
+)
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
-from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.graph import is_up_to_date, labels_dir
 from stages.graph import key as stage_key
+from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings
 from stages.rank.report import gold_by_position, gold_by_temperature, write_report
 from stages.rank.simulated import agreement, gold_scores, label_with_gold, positions, tiers_by_score

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import Sampler
 
 from pipeline.errors import UserError
-from pipeline.judge.scoring import encode_conversation
 from pipeline.graph.rounds import make_command, reward_parts
+from pipeline.judge.scoring import encode_conversation
 from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
 
 log = logging.getLogger(__name__)

@@ -99,8 +99,8 @@ def evaluate_own_answers(model, tokenizer, sources: dict[str, Path], *, max_leng
 def main(argv: list[str] | None = None) -> int:
     """Any reward model on any rank artifact's held-out own answers: to compare reward models on the
     same answers (the reward stage measures each on its own run's)."""
-    from pipeline.runtime.noise import quiet_weight_bars
     from pipeline.judge.scoring import load_reward_model
+    from pipeline.runtime.noise import quiet_weight_bars
 
     parser = argparse.ArgumentParser(prog="python -m stages.reward.own_answers", description=main.__doc__)
     parser.add_argument("reward_model", help="a reward artifact (runs/tiny/reward) or a reward model's directory")

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts.store import source_fingerprint
-from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.artifacts.atomic import translating_disk_errors
+from pipeline.artifacts.finite import check_finite
+from pipeline.artifacts.metrics import read_metrics
+from pipeline.artifacts.store import resolve_model_source, source_fingerprint, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import main_guard
-from pipeline.artifacts.finite import check_finite
+from pipeline.graph.rounds import round_dir
+from pipeline.judge.scoring import TRAINING_FILE
 from pipeline.lm.hf_glue import (
     MetricsCallback,
     RunGuard,
@@ -38,10 +40,8 @@ from pipeline.lm.hf_glue import (
     trainer_kwargs,
     use_our_progress,
 )
-from pipeline.artifacts.metrics import read_metrics
-from pipeline.judge.scoring import TRAINING_FILE
-from pipeline.graph.rounds import round_dir
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
+from stages.graph import is_up_to_date, key
 from stages.reward.dataset import (
     heldout_source,
     load_heldout,
@@ -55,7 +55,6 @@ from stages.reward.heldout import HeldoutEvalCallback, evaluate_heldout, heldout
 from stages.reward.own_answers import evaluate_own_answers, own_answer_inputs, own_answer_sources
 from stages.reward.report import write_report
 from stages.reward.trainer import make_trainer_class
-from stages.graph import is_up_to_date, key
 
 log = logging.getLogger("stages.reward")
 

@@ -81,15 +81,16 @@ def main(argv=None) -> int:
     cfg = stage_config("reward-stats", argv, description=__doc__.splitlines()[0])
     if is_up_to_date(cfg, "reward-stats"):
         return 0
-    from pipeline.lm.model import load_causal_lm
+    from pipeline.lm.model import load_causal_lm, model_dtype
 
     reward_src, policy_src = model_source(cfg, "reward_model"), model_source(cfg, "policy")
     device = pick_device(cfg.run.device)
     share_cpu_threads(device.type)
     seed_everything(cfg.run.seed)
-    reward_model, tokenizer, info = load_reward_model(reward_src, device=device)
+    dtype = model_dtype(cfg.run.dtype, device)  # as PPO holds its frozen models
+    reward_model, tokenizer, info = load_reward_model(reward_src, dtype=dtype, device=device)
     prompts, prompt_ids, too_long, source = encoded_prompts(cfg, tokenizer)
-    policy = load_causal_lm(policy_src).to(device).eval()
+    policy = load_causal_lm(policy_src, dtype=dtype).to(device).eval()
     if policy.get_input_embeddings().num_embeddings < len(tokenizer):
         raise UserError(f"{policy_src} and {reward_src} use different tokenizers; the reward model must read the "
                         "policy's tokens (train it from this SFT model with `make reward`).")

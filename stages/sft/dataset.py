@@ -12,6 +12,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
+from pipeline.errors import UserError
 from pipeline.lm.chat_format import (
     MaskError,
     assistant_mask,
@@ -19,7 +20,6 @@ from pipeline.lm.chat_format import (
     has_generation_markers,
     refusal,
 )
-from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 

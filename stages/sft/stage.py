@@ -18,12 +18,12 @@ import sys
 
 from accelerate import PartialState
 
-from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.artifacts.atomic import translating_disk_errors
-from pipeline.lm.chat_format import has_generation_markers
+from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import main_guard
+from pipeline.lm.chat_format import has_generation_markers
 from pipeline.lm.hf_glue import (
     MetricsCallback,
     RunGuard,
@@ -37,8 +37,8 @@ from pipeline.lm.hf_glue import (
     use_our_progress,
 )
 from pipeline.lm.model import count_parameters, load_causal_lm, set_generation_defaults
-from pipeline.runtime.device import seed_everything
 from pipeline.lm.tokenizer import load_tokenizer
+from pipeline.runtime.device import seed_everything
 from stages.graph import is_up_to_date, key
 from stages.sft.dataset import Screened, heldout_prompts, load_sft_splits, screen_splits
 from stages.sft.report import answer, gold_eval, write_samples
