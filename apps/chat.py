@@ -30,9 +30,9 @@ from pipeline.errors import UserError, main_guard
 from pipeline.lm.generation import chat_stop_ids, context_length, eos_ids_of, generate, shape_logits
 from pipeline.lm.loading import loading
 from pipeline.lm.model import count_parameters, load_causal_lm
-from pipeline.runtime.device import pick_device
 from pipeline.lm.tokenizer import CHAT_TEMPLATE, ROLE_TOKENS, ensure_chat_ready
 from pipeline.lm.word_tokenizer import count_unknown
+from pipeline.runtime.device import pick_device
 
 HELP = """commands:
   /temp X       temperature (0 = greedy: always the most likely token)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.lm.model import build_model, llama_config
 from pipeline.config.schema import ModelSection
+from pipeline.lm.model import build_model, llama_config
 from pipeline.lm.tokenizer import train_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"

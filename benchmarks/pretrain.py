@@ -91,10 +91,10 @@ def ours_runner(device: torch.device, model_cfg: dict, batch_size: int, tokens_p
     from accelerate import Accelerator
     from transformers import LlamaForCausalLM
 
-    from pipeline.lm.forward import NextTokenLoss
-    from stages.pretrain.loop import Batches, gradient_accumulation, make_optimizer, train_step
-    from pipeline.lm.model import flops_per_token, llama_config
     from pipeline.config.schema import ModelSection, TrainSection
+    from pipeline.lm.forward import NextTokenLoss
+    from pipeline.lm.model import flops_per_token, llama_config
+    from stages.pretrain.loop import Batches, gradient_accumulation, make_optimizer, train_step
 
     vocab = model_cfg.pop("vocab_size")
     section = ModelSection(**model_cfg)

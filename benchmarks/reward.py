@@ -45,8 +45,8 @@ def trainers(dims: dict, tmp: str):
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from pipeline.lm.model import build_model
     from pipeline.config.schema import ModelSection
+    from pipeline.lm.model import build_model
     from pipeline.lm.tokenizer import train_tokenizer
     from stages.reward.trainer import make_trainer_class
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from faults.stages import STAGES, Stage
-from pipeline.artifacts.store import fingerprint, read_manifest
 from pipeline.artifacts.metrics import read_metrics
+from pipeline.artifacts.store import fingerprint, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "test.yaml"

@@ -15,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
+from apps.serve.protocol import Limits
 from pipeline.errors import UserError, main_guard
 from pipeline.listen import bind
-from apps.serve.protocol import Limits
 
 API_KEY_VARIABLE = "SERVE_API_KEY"
 
@@ -62,9 +62,9 @@ def main(argv=None) -> None:
     from transformers.utils import logging as hf_logging
 
     from apps.chat import load_chat_model
-    from pipeline.runtime.device import pick_device
     from apps.serve.app import Served, create_app
     from apps.serve.scheduler import Scheduler
+    from pipeline.runtime.device import pick_device
 
     hf_logging.disable_progress_bar()
     # Before loading: a taken port fails in a second, not after the load.

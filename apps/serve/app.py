@@ -21,9 +21,9 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from pipeline.lm.generation import context_length
 from apps.serve.protocol import ApiError, ChatRequest, Limits, parse_chat_request
 from apps.serve.scheduler import Job, Scheduler
+from pipeline.lm.generation import context_length
 
 STATIC = Path(__file__).parent / "static"
 

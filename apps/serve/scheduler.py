@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.lm.generation import chat_stop_ids
-from pipeline.lm.generation import Decoding, left_pad, pick_tokens, shape_logits
 from apps.serve.protocol import ApiError, ChatRequest
+from pipeline.lm.generation import Decoding, chat_stop_ids, left_pad, pick_tokens, shape_logits
 
 
 @dataclass
