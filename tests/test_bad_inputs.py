@@ -38,6 +38,7 @@ ENTRY = {
     "chat": ("apps.chat", "apps.chat", None),
     "serve": ("apps.serve", "apps.serve.__main__", None),
     "own-answers": ("stages.reward.own_answers", "stages.reward.own_answers", None),
+    "summary": ("stages.eval.summary", "stages.eval.summary", None),
 }
 # Commands that take no config overrides of a stage: their arguments are their own.
 OWN_ARGUMENTS = {"chat", "serve", "own-answers"}
@@ -73,6 +74,7 @@ VALID = {
     # serve binds before it loads: port 0 is any free port, so a case that failed to fail would serve
     "serve": ["--model", "{lm}", "--port", "0", "--max-tokens", "2"],
     "own-answers": ["--batch-size", "2"],
+    "summary": [],
 }
 
 # (case id, stage, arguments after the valid ones, words the error line must contain)
@@ -187,6 +189,8 @@ CASES = [
     ("rank-labeler-unknown", "rank", ["rank.labeler=crowd"], ["rank.labeler", "crowd"]),
     ("rank-prompts-missing", "rank", ["rank.prompts={d}/missing.jsonl"], ["missing.jsonl", "does not exist"]),
     ("rank-policy-truncated-weights", "rank", ["rank.policy={bad}/truncated"], ["model.safetensors", "truncated"]),
+    ("summary-before-eval", "summary", [], ["eval/report.json", "make eval"]),
+    ("summary-unknown-key", "summary", ["eval.no_such_key=1"], ["eval.no_such_key"]),
     ("reward-stats-prompts-zero", "reward-stats", ["reward.stats_prompts=0"], ["reward.stats_prompts", "> 0"]),
     ("reward-stats-reward-model-is-causal-lm", "reward-stats", ["ppo.reward_model={lm}"],
      ["score head", "reward model"]),
