@@ -158,11 +158,10 @@ def ppo_inputs(cfg) -> dict:
             "dev_prompts": dev}
 
 
-def dev_prompts(cfg) -> Source:
-    """The development prompts every training report is judged on: PPO's (ppo.eval_data, the demo's
-    ppo_dev, or else the last prompts of ppo.data, which PPO then holds out)."""
-    inputs = ppo_inputs(cfg)
-    return inputs["dev_prompts"] or inputs["prompts"]
+def dev_prompts(cfg) -> Source | None:
+    """The development prompts the DPO/GRPO/RLOO reports are judged on: PPO's (ppo.eval_data, or the demo's
+    ppo_dev); None when there are none (PPO then holds out the last prompts of ppo.data for its own report)."""
+    return ppo_inputs(cfg)["dev_prompts"]
 
 
 def dpo_inputs(cfg) -> dict:
@@ -320,6 +319,30 @@ def demo_readers(cfg) -> list[str]:
             continue
         keys += [i.key for i in stage.inputs(cfg).values() if isinstance(i, Source) and i.demo]
     return sorted(set(keys))
+
+
+def input_path(cfg, inp, file: str = "rankings.jsonl") -> str:
+    """The path a stage reads for one of its declared inputs: a data source (the demo built first when it is
+    missing), or a file of this run's artifact (which must be finished; the error names its command)."""
+    if isinstance(inp, Artifact):
+        from pipeline.artifacts.store import require_artifact
+        from pipeline.graph.declare import default_dir
+        from pipeline.graph.rounds import make_command
+
+        d = default_dir(cfg, inp, STAGES)
+        require_artifact(d, make_command(inp.stage, inp.round_no if isinstance(inp.round_no, int)
+                                         else current_round(cfg)))
+        return str(d / file)
+    if inp.demo:
+        from data.demo import demo_file
+
+        return str(demo_file(cfg, Path(inp.path).name))
+    return inp.path
+
+
+def inputs_of(cfg, name: str) -> dict:
+    """A stage's declared inputs (the stages read what these name: one resolution for key and reading)."""
+    return STAGES[name].inputs(cfg)
 
 
 def key(cfg, name: str) -> dict:

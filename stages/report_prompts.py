@@ -5,7 +5,8 @@ report answers exactly the prompts its artifact's key fingerprints."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+
+from stages.graph import STAGES, input_path
 
 DEVELOPMENT, TEST = "development", "test"
 TRAINING_REPORTS = ("ppo", "dpo", "grpo", "rloo")
@@ -58,33 +59,20 @@ def report_prompts(cfg, report: str, development: tuple[list[dict], str] | None 
 
 
 def _development_split(cfg) -> tuple[list[dict], str]:
-    from stages.graph import STAGES
-
     source = STAGES["ppo"].inputs(cfg)["dev_prompts"]
     if source is None:
         return [], (f"no development prompts: ppo.data={cfg.ppo.data} is not the demo and ppo.eval_data is not set")
-    return _read(cfg, source), _path(cfg, source)
+    return _read(cfg, source), input_path(cfg, source)
 
 
 def _test_split(cfg, report: str) -> tuple[list[dict], str]:
-    from stages.graph import STAGES
-
     if cfg.eval.prompts and cfg.eval.prompts.lower() == "none":
         return [], "eval.prompts=none"
     source = STAGES[report].inputs(cfg)["prompts"]
-    return _read(cfg, source), _path(cfg, source)  # a file without prompts is the loader's error, naming it
-
-
-def _path(cfg, source) -> str:
-    """The file a declared source names; a demo file is built first when it is missing."""
-    if source.demo:
-        from data.demo import demo_file
-
-        return str(demo_file(cfg, Path(source.path).name))
-    return source.path
+    return _read(cfg, source), input_path(cfg, source)  # a file without prompts is the loader's error, naming it
 
 
 def _read(cfg, source) -> list[dict]:
     from data.loaders import load_prompts
 
-    return load_prompts(_path(cfg, source))
+    return load_prompts(input_path(cfg, source))

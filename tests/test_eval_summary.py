@@ -33,8 +33,8 @@ def test_the_summary_quotes_the_eval_report_and_the_stage_times(tmp_path):
     text = summary(run)
     assert "evaluated 2026-12-06: stages took 5.0 min summed (pretrain 120 s, sft 60 s, ppo 90 s, eval 30 s)" in text
     assert "ppo against sft on 286 test prompts" in text and text.count("against") == 1  # sft baselines only
-    assert "RM win rate **0.83** [0.78, 0.86] at KL 2.07 nats" in text
-    assert "paired difference **+0.027** [+0.011, +0.044], gold win rate **0.56** [0.50, 0.62]" in text
+    assert "RM win rate **0.825** [0.780, 0.860] at KL 2.07 nats" in text
+    assert "paired difference **+0.027** [+0.011, +0.044], gold win rate **0.561** [0.500, 0.620]" in text
     assert '"quality bar met: gold up"' in text
     assert "1.90 bits/byte on held-out text (bigram baseline 2.10)" in text
     assert "pretrain 0.044, sft 0.102" in text

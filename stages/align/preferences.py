@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.judge.scoring import encode_conversation
@@ -27,34 +26,15 @@ class Pairs:
         return {"used": len(self.records), "total": self.total, "dropped_too_long": self.too_long}
 
 
-def declared_path(cfg, inp) -> str:
-    """The file a declared input names: a data source (the demo's built first), or a rank artifact's
-    rankings (it must be finished)."""
-    from pipeline.artifacts.store import require_artifact
-    from pipeline.graph.declare import Artifact, default_dir
-    from pipeline.graph.rounds import make_command
-    from stages.graph import STAGES
-
-    if isinstance(inp, Artifact):
-        d = default_dir(cfg, inp, STAGES)
-        require_artifact(d, make_command("rank", inp.round_no or 1))
-        return str(d / "rankings.jsonl")
-    if inp.demo:
-        from data.demo import demo_file
-
-        return str(demo_file(cfg, Path(inp.path).name))
-    return inp.path
-
-
 def pair_sources(cfg) -> tuple[list[str], str | None]:
     """(training sources, held-out source or None) for cfg.dpo, as the stage graph declares them
     (stages/graph.py): dpo.data=reward means the pairs the reward model learns from, every part of
     reward.data (demo+rank: the demo's rankings and this run's rankings of the model's own answers)."""
-    from stages.graph import STAGES
+    from stages.graph import input_path, inputs_of
 
-    inputs = STAGES["dpo"].inputs(cfg)
-    train = [declared_path(cfg, inp) for name, inp in inputs.items() if name.startswith("pairs")]
-    held = declared_path(cfg, inputs["heldout"]) if inputs.get("heldout") else None
+    inputs = inputs_of(cfg, "dpo")
+    train = [input_path(cfg, inp) for name, inp in inputs.items() if name.startswith("pairs")]
+    held = input_path(cfg, inputs["heldout"]) if inputs.get("heldout") else None
     return train, held
 
 

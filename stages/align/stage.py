@@ -32,7 +32,7 @@ from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.align import dpo, online, preferences
 from stages.align import report as heldout
-from stages.graph import is_up_to_date, key, reward_stats
+from stages.graph import input_path, inputs_of, is_up_to_date, key, reward_stats
 from stages.report_prompts import report_prompts
 
 log = logging.getLogger("stages.align")
@@ -90,12 +90,7 @@ def prepare(cfg, method: str, policy_src: str):
     from pipeline.judge.scoring import load_reward_model
 
     reward_src, reward_rec = resolve_model_source(s.reward_model, cfg.stage_dir("reward"), "make reward")
-    if s.data == "demo":
-        from data.demo import demo_file
-
-        prompt_src = str(demo_file(cfg, "ppo_prompts.jsonl"))
-    else:
-        prompt_src = s.data
+    prompt_src = input_path(cfg, inputs_of(cfg, method)["prompts"])
     prompts, dropped = online.prompt_dataset([r["prompt"] for r in load_prompts(prompt_src)], tokenizer,
                                              s.max_prompt_length, method)
     rm, rm_tok, _ = load_reward_model(reward_src)

@@ -23,7 +23,7 @@ CHAIN = ("data", "pretrain", "sft", "rank", "reward", "reward-stats", "ppo", "ev
 def _ci(d: dict | None, key: str = "win_rate", signed: bool = False) -> str:
     if not d or d.get(key) is None:
         return "n/a"
-    f = "+.3f" if signed else ".2f"
+    f = "+.3f" if signed else ".3f"  # three places: 0.596 must not read as a 0.60 bar met
     interval = f" [{d['ci_low']:{f}}, {d['ci_high']:{f}}]" if d.get("ci_low") is not None else ""
     return f"**{d[key]:{f}}**{interval}"
 

@@ -29,7 +29,7 @@ from pipeline.judge.comparison import summary_line
 from pipeline.judge.evaluate import reward_max_length
 from pipeline.lm.model import model_dtype
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
-from stages.graph import is_up_to_date, key, reward_stats
+from stages.graph import input_path, inputs_of, is_up_to_date, key, reward_stats
 from stages.ppo.evaluation import development_report
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
 from stages.ppo.report import dev_headline, render_report
@@ -38,12 +38,10 @@ from stages.report_prompts import report_prompts
 
 
 def prompt_sources(cfg) -> tuple[str, str | None]:
-    """(training prompts, development prompts with gold answers or None)."""
-    if cfg.ppo.data == "demo":
-        from data.demo import demo_file
-
-        return str(demo_file(cfg, "ppo_prompts.jsonl")), cfg.ppo.eval_data or str(demo_file(cfg, "ppo_dev.jsonl"))
-    return cfg.ppo.data, cfg.ppo.eval_data
+    """(training prompts, development prompts with gold answers or None), as stages/graph.py declares them."""
+    inputs = inputs_of(cfg, "ppo")
+    dev = inputs["dev_prompts"]
+    return input_path(cfg, inputs["prompts"]), input_path(cfg, dev) if dev else None
 
 
 def load_prompt_sets(cfg):

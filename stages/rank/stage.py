@@ -29,7 +29,7 @@ from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
-from stages.graph import is_up_to_date, labels_dir
+from stages.graph import input_path, inputs_of, is_up_to_date, labels_dir
 from stages.graph import key as stage_key
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings
@@ -50,11 +50,10 @@ def default_policy(cfg, round_no: int) -> tuple[Path, str]:
 
 
 def prompt_sources(cfg) -> tuple[str, str | None]:
-    from data.demo import demo_source
-
-    r = cfg.rank
-    held = None if r.heldout_prompts == "none" else demo_source(cfg, r.heldout_prompts, "rank_heldout_prompts.jsonl")
-    return demo_source(cfg, r.prompts, "rank_prompts.jsonl"), held
+    """(the prompts to rank, the held-out prompts or None), as stages/graph.py declares them."""
+    inputs = inputs_of(cfg, "rank")
+    held = inputs["heldout"]
+    return input_path(cfg, inputs["prompts"]), input_path(cfg, held) if held else None
 
 
 @main_guard

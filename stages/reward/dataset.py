@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Sampler
 
 from pipeline.errors import UserError
-from pipeline.graph.rounds import make_command, reward_parts
+from pipeline.graph.rounds import reward_parts
 from pipeline.judge.scoring import encode_conversation
 from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
 
@@ -42,40 +42,24 @@ def data_parts(cfg) -> list[str]:
     return parts
 
 
-def rank_rankings(cfg, name: str, file: str = "rankings.jsonl") -> str:
-    """A file of this run's rank artifact `name` (rank, rank-r2): it must be finished."""
-    from pipeline.artifacts.store import require_artifact
-
-    require_artifact(cfg.stage_dir(name), make_command("rank", 1 if name == "rank" else int(name.rsplit("-r", 1)[-1])))
-    return str(cfg.stage_dir(name) / file)
-
-
 def training_sources(cfg) -> list[str]:
-    out = []
-    for part in data_parts(cfg):
-        if part == "demo":
-            from data.demo import demo_file
+    """The files of reward.data's parts (demo, rank, rank-r2, files), as stages/graph.py declares them."""
+    from stages.graph import input_path, reward_data_inputs
 
-            out.append(str(demo_file(cfg, "rankings_train.jsonl")))
-        elif RANK_SOURCE.fullmatch(part):
-            out.append(rank_rankings(cfg, part))
-        else:
-            out.append(part)
-    return out
+    data_parts(cfg)  # an empty part is one clear line
+    return [input_path(cfg, inp) for name, inp in reward_data_inputs(cfg).items() if name != "heldout"]
 
 
 def heldout_source(cfg) -> str | None:
     """reward.val_data; else the demo's held-out rankings when the demo is trained on; else the first rank
     artifact's held-out own-answer rankings; else None (a share of the training prompts is held out)."""
-    if cfg.reward.val_data:
-        return cfg.reward.val_data
-    parts = data_parts(cfg)
-    if "demo" in parts:
-        from data.demo import demo_file
+    from stages.graph import input_path, reward_data_inputs
 
-        return str(demo_file(cfg, "rankings_heldout.jsonl"))
-    ranks = [p for p in parts if RANK_SOURCE.fullmatch(p)]
-    return rank_rankings(cfg, ranks[0], "heldout_rankings.jsonl") if ranks else None
+    inputs = reward_data_inputs(cfg)
+    if "heldout" in inputs:
+        return input_path(cfg, inputs["heldout"])
+    ranks = [inp for name, inp in inputs.items() if RANK_SOURCE.fullmatch(name)]
+    return input_path(cfg, ranks[0], "heldout_rankings.jsonl") if ranks else None
 
 
 def load_training_pairs(sources: list[str]) -> list[dict]:

@@ -22,7 +22,7 @@ from pipeline.graph.declare import artifact_dir, default_dir, override_of
 from pipeline.graph.rounds import current_round, make_command
 from pipeline.judge.scoring import STATS_FILE, load_reward_model, score_ids
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
-from stages.graph import STAGES, is_up_to_date, key
+from stages.graph import STAGES, input_path, inputs_of, is_up_to_date, key
 
 
 def model_source(cfg, name: str) -> str:
@@ -36,10 +36,9 @@ def model_source(cfg, name: str) -> str:
 
 def encoded_prompts(cfg, tokenizer) -> tuple[list, list[list[int]], int, str]:
     """The first reward.stats_prompts prompts of ppo.data that PPO would keep (within max_prompt_length)."""
-    from data.demo import demo_source
     from data.loaders import load_prompts
 
-    source = demo_source(cfg, cfg.ppo.data, "ppo_prompts.jsonl")
+    source = input_path(cfg, inputs_of(cfg, "reward-stats")["prompts"])
     prompts, ids, too_long = [], [], 0
     for record in load_prompts(source):
         if len(prompts) == cfg.reward.stats_prompts:

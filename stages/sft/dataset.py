@@ -59,12 +59,6 @@ def _load(source: str) -> list[dict]:
     return load_sft(source)
 
 
-def _demo_file(cfg, stem: str) -> str:
-    from data.demo import demo_file
-
-    return str(demo_file(cfg, stem))
-
-
 def _source_record(source: str) -> dict:
     from pipeline.artifacts.store import source_fingerprint
 
@@ -74,12 +68,12 @@ def _source_record(source: str) -> dict:
 def load_sft_splits(cfg) -> tuple[list[dict], list[dict], dict]:
     """(train, validation, inputs-record) for cfg.sft: the demo set by default, else any file or
     hub name data.loaders.load_sft reads; without val_data, a seeded val_fraction of the data."""
+    from stages.graph import input_path, inputs_of
+
     s = cfg.sft
-    if s.data == "demo":
-        train_src = _demo_file(cfg, "sft_train")
-        val_src = s.val_data or _demo_file(cfg, "sft_val")
-    else:
-        train_src, val_src = s.data, s.val_data
+    inputs = inputs_of(cfg, "sft")  # as stages/graph.py declares them: the demo's sets, or the files named
+    train_src = input_path(cfg, inputs["train"])
+    val_src = input_path(cfg, inputs["val"]) if "val" in inputs else None
     train = _load(train_src)
     inputs = {"train": _source_record(train_src)}
     if val_src:
