@@ -58,7 +58,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 help:  ## list the targets
 	@$(PY) -m stages.plan --targets 2>/dev/null || echo "  (stage targets: run make setup first)"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "  presets: $(notdir $(wildcard configs/*.yaml))   current: CONFIG=$(CONFIG) -> $(RUN)/"
 
 setup:  ## create .venv with every dependency at constraints.txt's versions (LATEST=1: newest allowed; TORCH_INDEX=URL: the torch build)

@@ -74,14 +74,14 @@ def chain(tmp_path_factory, files):
     tmp = tmp_path_factory.mktemp("foreign_chain")
     base = build_tiny_chatml_model(tmp / "qwen2-chatml")
     common = ["--config", "configs/test.yaml", f"run.out_dir={tmp / 'runs'}", "run.name=f",
-              f"ppo.data={files['prompts']}", f"ppo.eval_data={files['golds']}"]
+              f"ppo.data={files['prompts']}", f"ppo.eval_data={files['golds']}", "reward.stats_prompts=4"]
     torch.manual_seed(0)
     assert sft_main([*common, f"sft.init_from={base}", f"sft.data={files['sft']}", f"sft.val_data={files['sft_val']}",
                      "sft.max_steps=30", "sft.lr=0.01", "sft.eval_every=30", "sft.save_every=30", "sft.log_every=10",
                      "sft.gold_prompts=2", "sft.num_samples=1"]) == 0
     assert reward_main([*common, f"reward.data={files['pairs']}", "reward.max_steps=4", "reward.eval_every=4",
                         "reward.save_every=4", "reward.log_every=2"]) == 0
-    assert stats_main([*common, "reward.stats_prompts=4", "ppo.max_new_tokens=10", "ppo.forward_batch_size=8"]) == 0
+    assert stats_main([*common, "ppo.max_new_tokens=10", "ppo.forward_batch_size=8"]) == 0  # as PPO samples below
     rollouts = []
     real_generate = ppo_trainer.generate
 
