@@ -29,7 +29,7 @@ space := $(empty) $(empty)
 
 # Command-line variables with a dot in their name are config overrides (make passes them as variables).
 OVERRIDES := $(strip $(foreach v,$(MAKEOVERRIDES),$(if $(findstring .,$(firstword $(subst =, ,$(v)))),$(v))) $(ARGS))
-STAGE_ARGS = --config $(CONFIG) run.name=$(NAME) run.out_dir=$(OUT) $(OVERRIDES)
+STAGE_ARGS = --config '$(CONFIG)' 'run.name=$(NAME)' 'run.out_dir=$(OUT)' $(OVERRIDES)  # quoted: OUT may hold spaces
 # The stage graph (stages/graph.py) decides each stage target's prerequisites, its command and whether
 # it has a job in this config; `python -m stages.plan` prints it as words (no torch, a fraction of a
 # second). A stage whose input the config names (sft.init_from, ppo.policy, ...) builds nothing before it.
@@ -105,5 +105,5 @@ chat:  ## talk to the final model (MODEL=dir TEMPERATURE=0.7)
 serve:  ## OpenAI-compatible API + chat page at http://127.0.0.1:8000/ (MODEL=dir COMPARE=dir PORT HOST)
 	$(PY) -m apps.serve --model $(MODEL) $(if $(COMPARE),--compare $(COMPARE)) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
-clean:  ## remove this preset's run directory
-	rm -rf $(RUN)
+clean:  ## delete this preset's artifacts (the labels people wrote and files the pipeline did not make stay)
+	$(PY) -m stages.clean $(STAGE_ARGS)

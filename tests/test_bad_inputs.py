@@ -39,6 +39,7 @@ ENTRY = {
     "serve": ("apps.serve", "apps.serve.__main__", None),
     "own-answers": ("stages.reward.own_answers", "stages.reward.own_answers", None),
     "summary": ("stages.eval.summary", "stages.eval.summary", None),
+    "clean": ("stages.clean", "stages.clean", None),
 }
 # Commands that take no config overrides of a stage: their arguments are their own.
 OWN_ARGUMENTS = {"chat", "serve", "own-answers"}
@@ -75,6 +76,7 @@ VALID = {
     "serve": ["--model", "{lm}", "--port", "0", "--max-tokens", "2"],
     "own-answers": ["--batch-size", "2"],
     "summary": [],
+    "clean": [],
 }
 
 # (case id, stage, arguments after the valid ones, words the error line must contain)
@@ -189,6 +191,9 @@ CASES = [
     ("rank-labeler-unknown", "rank", ["rank.labeler=crowd"], ["rank.labeler", "crowd"]),
     ("rank-prompts-missing", "rank", ["rank.prompts={d}/missing.jsonl"], ["missing.jsonl", "does not exist"]),
     ("rank-policy-truncated-weights", "rank", ["rank.policy={bad}/truncated"], ["model.safetensors", "truncated"]),
+    ("clean-run-name-escapes", "clean", ["run.name=../outside"], ["run.name", "one folder name"]),
+    ("clean-run-name-absolute", "clean", ["run.name=/tmp"], ["run.name"]),
+    ("clean-out-dir-empty", "clean", ["run.out_dir="], ["run.out_dir is empty"]),
     ("summary-before-eval", "summary", [], ["eval/report.json", "make eval"]),
     ("summary-unknown-key", "summary", ["eval.no_such_key=1"], ["eval.no_such_key"]),
     ("reward-stats-prompts-zero", "reward-stats", ["reward.stats_prompts=0"], ["reward.stats_prompts", "> 0"]),

@@ -40,11 +40,24 @@ class RunSection:
                                 "or 2 with rank.policy", range=">= 1")
 
     def validate(self) -> None:
+        check_run_name(self.name)
+        if not str(self.out_dir).strip():
+            raise UserError("run.out_dir is empty: name the folder that holds the runs (default: runs).")
         if Path(self.out_dir).is_file():
             raise UserError(f"run.out_dir={self.out_dir}: an existing file; the runs go in a folder there.")
         if (Path(self.out_dir) / self.name).is_file():
             raise UserError(f"run.name={self.name}: {Path(self.out_dir) / self.name} (run.out_dir/run.name) is an "
                             "existing file; the run goes in a folder there.")
+
+
+def check_run_name(name: str) -> None:
+    """run.name is one folder inside run.out_dir: never empty, `.`, `..`, absolute or a path, so that every
+    path a run writes (pipeline.config.schema.RunConfig.run_dir and what lies under it) stays inside out_dir."""
+    text = str(name)
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or Path(text).is_absolute() \
+            or text != text.strip() or any(ord(c) < 32 for c in text):
+        raise UserError(f"run.name={text!r}: a run's name is one folder name inside run.out_dir (letters, digits, "
+                        "dots, dashes; no '/', not empty, '.' or '..'), e.g. run.name=tiny.")
 
 
 @dataclass
