@@ -44,6 +44,22 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
+_RESUMED: list[str] = []  # what this process resumed, said again if it fails (the failure may repeat)
+
+
+def note_resumed(work_dir, resume_flag: str) -> None:
+    """Called when a stage continues unfinished work: if it fails, the way out of a failure that every
+    resume would repeat is named with the error."""
+    _RESUMED[:] = [f"note: this run resumed the unfinished work in {work_dir}; if it fails the same way again, "
+                   f"start fresh with {resume_flag}=false."]
+
+
+def _say_resumed() -> None:
+    for line in _RESUMED:
+        print(line, file=sys.stderr)
+    _RESUMED.clear()
+
+
 def main_guard(fn):
     """Wrap a stage's `main` so a UserError exits with code 2 and a short message.
 
@@ -58,9 +74,11 @@ def main_guard(fn):
             if os.environ.get("RLHF_DEBUG"):
                 raise
             print(f"\nerror: {e}", file=sys.stderr)
+            _say_resumed()
             sys.exit(2)
         except Exception as e:  # a full disk, raised from a write we did not wrap (torch, safetensors, HF)
             if not is_disk_full(e) or os.environ.get("RLHF_DEBUG"):
+                _say_resumed()
                 raise
             print(f"\nerror: {disk_full_error(getattr(e, 'filename', None) or 'a file', e)}", file=sys.stderr)
             sys.exit(2)

@@ -130,3 +130,13 @@ def test_stage_with_lora_over_a_bf16_base_saves_an_fp32_merged_policy(run_dir):
     q = "model.layers.0.self_attn.q_proj.weight"
     delta = merged.state_dict()[q] - sft.state_dict()[q]
     assert delta.abs().max() > 0 and json.loads((out / "report.json").read_text())["split"] == "development"
+
+
+def test_too_few_prompts_for_one_batch_are_refused_before_any_work(run_dir, capsys):
+    few = run_dir / "few.jsonl"
+    few.write_text("".join(json.dumps({"prompt": f"What does function number {i} do?"}) + "\n" for i in range(3)))
+    with pytest.raises(SystemExit) as e:
+        main(argv(run_dir, f"ppo.data={few}", "ppo.eval_data=null"))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "ppo.data" in err and "ppo.batch_size" in err
+    assert not (run_dir / "runs" / "t" / "ppo.partial").exists()  # nothing to resume into a crash

@@ -108,3 +108,8 @@ def test_the_rm_gold_rank_correlation_pools_both_models_answers():
     assert compare_models(cand, base, ["p1", "p2"], kl_budget=10.0)["rm_gold_spearman"] == pytest.approx(0.6)
     assert "rm_gold_spearman" not in compare_models(ModelAnswers("ppo", ["a"], rm_scores=[1.0]),
                                                     ModelAnswers("sft", ["b"], rm_scores=[0.0]), ["p"], kl_budget=1.0)
+
+
+def test_a_comparison_with_no_answers_is_judged_not_met_instead_of_crashing():
+    v = quality_verdict(win_rate=None, rm_candidate=None, rm_baseline=None, kl=None, kl_budget=10.0)
+    assert v["met"] is False and "NOT met" in v["verdict"]

@@ -253,3 +253,29 @@ def test_manifests_never_hold_nan(tmp_path):
     writer = ArtifactWriter(tmp_path / "eval", "eval")
     writer.commit(config={"x": 1}, metrics={"gold": None, "loss": 0.5})
     assert read_manifest(tmp_path / "eval")["metrics"] == {"gold": None, "loss": 0.5}
+
+
+def test_a_resumed_run_that_fails_names_the_way_to_start_fresh(tmp_path, capsys):
+    """A failure after a resume may repeat on every resume: the error comes with `<stage>.resume=false`."""
+    from pipeline.errors import main_guard
+
+    checkpoint(start(tmp_path / "ppo"))
+
+    @main_guard
+    def stage():
+        start(tmp_path / "ppo")  # resumes the checkpoint above
+        raise UserError("the report failed")
+
+    with pytest.raises(SystemExit):
+        stage()
+    err = capsys.readouterr().err
+    assert "error: the report failed" in err and "start fresh with ppo.resume=false" in err
+
+    @main_guard
+    def fresh():
+        start(tmp_path / "other")  # nothing to resume: no such note
+        raise UserError("bad input")
+
+    with pytest.raises(SystemExit):
+        fresh()
+    assert "resume=false" not in capsys.readouterr().err

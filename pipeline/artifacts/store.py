@@ -26,7 +26,7 @@ from pathlib import Path
 from pipeline.artifacts.atomic import fsync_dir, swap_dir, translating_disk_errors, write_text
 from pipeline.artifacts.finite import NonFiniteError, non_finite
 from pipeline.artifacts.resume import RunLock, check_resume_key
-from pipeline.errors import UserError
+from pipeline.errors import UserError, note_resumed
 
 MANIFEST = "manifest.json"
 _CLOCK = "wall_time.json"  # in the work dir: the time earlier processes spent on it, for the manifest's wall_time_s
@@ -283,5 +283,7 @@ def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, key: dict
     if key is not None:
         check_resume_key(writer.work_dir, stage, key=key, resume_flag=resume_flag or f"{stage}.resume",
                          has_work=writer.has_checkpoint())
+    if writer.has_checkpoint():
+        note_resumed(writer.work_dir, resume_flag or f"{stage}.resume")
     atexit.register(writer.remove_if_unused)
     return writer

@@ -56,7 +56,7 @@ def gold_state(gold_difference: dict | None, rm_rose: bool) -> str | None:
 def quality_verdict(*, win_rate: float | None, rm_candidate: float, rm_baseline: float, kl: float | None,
                     kl_budget: float, gold_difference: dict | None = None, baseline: str = "SFT") -> dict:
     """The verdict: {"met": bool, "gold_state": str | None, "verdict": one line naming the gold state}."""
-    rm_rose = rm_candidate > rm_baseline
+    rm_rose = rm_candidate is not None and rm_baseline is not None and rm_candidate > rm_baseline
     state = gold_state(gold_difference, rm_rose)
     problems = []
     if win_rate is None or not math.isfinite(win_rate) or win_rate < MIN_WIN_RATE:

@@ -57,6 +57,12 @@ def load_prompt_sets(cfg):
         eval_src = f"the last {n} prompts of {train_src}"
     if not train:
         raise UserError(f"{train_src} holds no prompt for PPO (ppo.data).")
+    if len(train) < cfg.ppo.batch_size:  # refused before any work: a run that cannot make one batch never starts
+        raise UserError(f"{train_src} holds {len(train)} training prompts (ppo.data), fewer than one batch "
+                        f"(ppo.batch_size={cfg.ppo.batch_size}): give more prompts or a smaller ppo.batch_size.")
+    if not dev:
+        raise UserError(f"no development prompts for PPO's report: {eval_src} is empty; give ppo.eval_data (prompts "
+                        "with gold answers, never trained on) or more prompts in ppo.data.")
     return [r["prompt"] for r in train], [r["prompt"] for r in dev], [r.get("gold") for r in dev], eval_src
 
 
