@@ -1,7 +1,8 @@
 """The listening socket of our local web servers (the chat API and page, the labeling page).
 
 Bound before the app starts, so a taken port fails in a second with one line, and port 0 picks a free
-port whose URL can be printed before serving."""
+port whose URL can be printed before serving. Both servers refuse a request whose Host header names
+another server (host_refusal), so a web page cannot reach them by re-pointing its own name here."""
 
 from __future__ import annotations
 
@@ -35,3 +36,36 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, lower-cased, without the port and an IPv6 address's brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8000
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _ip(name: str):
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def host_refusal(header: str | None, bound: str, option: str) -> str | None:
+    """Why a request with this Host header is refused by a server bound to `bound` (the address set by
+    `option`), or None when the header names this server: a loopback name, `bound` itself, or any IP
+    address when `bound` is every interface (0.0.0.0, ::). A web page whose own name was re-pointed at
+    this machine (DNS rebinding) sends that name, so the browser cannot make it talk to the server."""
+    name, bound = host_name(header or ""), bound.lower()
+    ip, bound_ip = _ip(name), _ip(bound)
+    every_interface = bound_ip is not None and bound_ip.is_unspecified
+    allowed = list(dict.fromkeys(LOOPBACK_NAMES + (() if every_interface else (bound,))))
+    if name in allowed or (ip is not None and (every_interface or any(ip == _ip(a) for a in allowed))):
+        return None
+    return (f"unexpected Host {name!r}: this server answers only to {', '.join(allowed)}"
+            + (" or an IP address" if every_interface else f" (another name: listen on it with {option})"))

@@ -77,7 +77,7 @@ def main(argv=None) -> None:
         served.append(Served(name, path, model, tok, Scheduler(model, tok, max_batch=args.max_batch,
                                                                max_waiting=args.max_waiting)))
     limits = Limits(max_tokens=args.max_tokens, max_n=args.max_n, max_body_bytes=args.max_body_kb * 1024)
-    app = create_app(served, limits, api_key=args.api_key)
+    app = create_app(served, limits, api_key=args.api_key, host=args.host)
 
     import uvicorn
 

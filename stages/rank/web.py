@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from pipeline.listen import is_loopback
+from pipeline.listen import host_refusal, is_loopback  # noqa: F401 (is_loopback re-exported)
 from stages.rank.labels import BadRanking
 from stages.rank.session import LabelingSession, UnknownPrompt
 
@@ -60,18 +60,17 @@ async def json_body(request: Request) -> dict:
     return data
 
 
-def build_app(session: LabelingSession, stop, loopback_only: bool = True) -> FastAPI:
-    """The app; `stop()` ends serving (finish button, or every prompt ranked)."""
+def build_app(session: LabelingSession, stop, host: str = "127.0.0.1") -> FastAPI:
+    """The app, listening on `host`; `stop()` ends serving (finish button, or every prompt ranked)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
-    if loopback_only:
-        @app.middleware("http")
-        async def only_this_machine(request: Request, call_next):
-            # a web page whose name is re-pointed at 127.0.0.1 (DNS rebinding) must not read or write labels
-            name = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]")
-            if name not in ("127.0.0.1", "localhost", "::1"):
-                return refuse(400, f"unexpected Host {name!r}: this page answers only to 127.0.0.1/localhost")
-            return await call_next(request)
+    @app.middleware("http")
+    async def only_this_server(request: Request, call_next):
+        # a web page whose name is re-pointed at 127.0.0.1 (DNS rebinding) must not read or write labels
+        refusal = host_refusal(request.headers.get("host"), host, "rank.host")
+        if refusal:
+            return refuse(400, refusal)
+        return await call_next(request)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused):
@@ -147,6 +146,6 @@ def serve(session: LabelingSession, sock: socket.socket) -> None:
     def stop():
         server.should_exit = True
 
-    app = build_app(session, stop, loopback_only=is_loopback(sock.getsockname()[0]))
+    app = build_app(session, stop, host=sock.getsockname()[0])
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     server.run(sockets=[sock])
