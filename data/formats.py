@@ -289,6 +289,8 @@ def prompt(rec: dict) -> dict:
         raise BadRecord(f"no known prompt fields (found: {', '.join(sorted(rec)) or 'none'})")
     if msgs[-1]["role"] != "user":
         raise BadRecord("the prompt must end with a user message")
+    if not str(msgs[-1]["content"]).strip():
+        raise Drop("empty or whitespace-only prompt")  # nothing to answer: dropped and counted
     if gold is not None and not isinstance(gold, str):
         raise BadRecord('"gold" must be a string')
     return {"prompt": msgs, "gold": gold}

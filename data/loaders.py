@@ -94,6 +94,9 @@ def _looks_like_hub(source: str) -> bool:
 def resolve(source: str) -> list[Path] | str:
     """The files a source names (sorted), or the source itself when it is a hub name."""
     source = str(source)
+    if not source.strip():  # Path("") is the current folder: never read the repo, .venv and runs/ as data
+        raise UserError("a data source is empty (a data key set to nothing, e.g. train.data=): name a file, "
+                        "folder, glob or hub dataset.")
     if source == "demo":
         raise UserError('"demo" names the embedded demo data: resolve it with data.demo.demo_file(cfg, name) '
                         "before calling a loader.")

@@ -64,7 +64,7 @@ def seed_dtype(cfg) -> dict:
 def pretrain_inputs(cfg) -> dict:
     out = {}
     for n, source in enumerate(cfg.train.data):
-        if is_demo(source):
+        if source == "demo":  # as data.demo.pretrain_sources reads it (an empty entry is refused there)
             out["demo_train"] = demo(cfg, source, "pretrain_train.jsonl", "train.data")
             out["demo_val"] = demo(cfg, source, "pretrain_val.jsonl", "train.data")
         else:

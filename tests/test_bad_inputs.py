@@ -194,6 +194,14 @@ CASES = [
     ("clean-run-name-escapes", "clean", ["run.name=../outside"], ["run.name", "one folder name"]),
     ("clean-run-name-absolute", "clean", ["run.name=/tmp"], ["run.name"]),
     ("clean-out-dir-empty", "clean", ["run.out_dir="], ["run.out_dir is empty"]),
+    ("ppo-policy-is-a-reward-model", "ppo", ["ppo.policy={rm}"], ["{rm}", "not a language model"]),
+    ("sft-init-is-a-reward-model", "sft", ["sft.init_from={rm}"], ["{rm}", "not a language model"]),
+    ("eval-model-is-a-reward-model", "eval", ["eval.models=[{rm}]"], ["{rm}", "not a language model"]),
+    ("rank-policy-is-a-reward-model", "rank", ["rank.policy={rm}"], ["{rm}", "not a language model"]),
+    ("sft-device-cuda-without-a-gpu", "sft", ["run.device=cuda"], ["run.device=cuda", "no CUDA GPU"]),
+    ("ppo-device-mps-without-one", "ppo", ["run.device=mps"], ["run.device=mps"]),
+    ("train-data-empty", "pretrain", ["train.data="], ["data source is empty"]),
+    ("ppo-prompts-all-blank", "ppo", ["ppo.data={d}/blank_prompts.jsonl"], ["blank_prompts.jsonl", "whitespace"]),
     ("summary-before-eval", "summary", [], ["eval/report.json", "make eval"]),
     ("summary-unknown-key", "summary", ["eval.no_such_key=1"], ["eval.no_such_key"]),
     ("reward-stats-prompts-zero", "reward-stats", ["reward.stats_prompts=0"], ["reward.stats_prompts", "> 0"]),
@@ -289,6 +297,7 @@ def _write_data(d: Path) -> None:
     (d / "latin1.txt").write_bytes("A first line.\nCaf\u00e9 cr\u00e8me, d\u00e9j\u00e0 vu.\n".encode("latin-1"))
     (d / "latin1.jsonl").write_bytes('{"prompt": "Caf\u00e9?"}\n'.encode("latin-1"))
     (d / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    (d / "blank_prompts.jsonl").write_text('{"prompt": "   "}\n{"prompt": ""}\n{"prompt": "\\n\\t"}\n')
     (d / "huge_line.jsonl").write_text('{"messages": "' + "x" * 5_000_000)  # one 5 MB line, never closed
     pq.write_table(pa.table({"body": ["some text"] * 3, "score": [1, 2, 3]}), d / "wrong_column.parquet")
     (d / "corrupt.parquet").write_bytes(b"PAR1" + noise[:500])

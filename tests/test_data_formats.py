@@ -226,3 +226,14 @@ def test_the_gold_labeler_ranks_the_hh_prompts_that_have_a_reference_and_counts_
     assert "dropped 1 of 3 prompts" in capsys.readouterr().out
     with pytest.raises(UserError, match="none of 1 prompts has a \"gold\" answer"):
         require_gold(load_prompt_records(files["hh"], "p", None)[2:], files["hh"], "the simulated labeler")
+
+
+def test_blank_prompts_are_dropped_and_counted(tmp_path, caplog):
+    from data.loaders import load_prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "What is a list?"}\n{"prompt": "  \\n "}\n{"prompt": "Why sort?"}\n')
+    with caplog.at_level("WARNING"):
+        records = load_prompts(str(f))
+    assert [r["prompt"][-1]["content"] for r in records] == ["What is a list?", "Why sort?"]
+    assert "dropped 1 of 3" in caplog.text and "whitespace" in caplog.text

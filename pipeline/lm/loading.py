@@ -139,6 +139,23 @@ def _refuse_headless(source, what: str, head: str, archs: list[str] | None) -> N
                     "`make reward` (runs/<preset>/reward).")
 
 
+def require_causal_lm(source: str | Path, what: str = "causal LM") -> None:
+    """Refuse, from config.json and the safetensors headers alone, a local folder that is not a language model
+    that writes text: a reward model (a score head, no LM head) would be loaded with a random LM head and
+    trained or evaluated as if it were one."""
+    d = Path(source)
+    if not d.is_dir() or not (d / "config.json").is_file():
+        return  # a hub name: the library reports what it lacks
+    archs = _json_file(d / "config.json", "config.json").get("architectures") or []
+    keys = _safetensors_keys(d) or set()
+    scorer = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs) or (
+        any(k.split(".")[0] in _HEADS for k in keys) and not any("lm_head" in k for k in keys))
+    if scorer:
+        raise UserError(f"{source} holds a {archs[0] if archs else 'model with a score head'}, not a language model "
+                        f"that writes text (a reward model scores answers); the {what} must be one: point it at "
+                        "runs/<preset>/sft, runs/<preset>/pretrain or any causal LM folder.")
+
+
 def require_score_head(source: str | Path, what: str = "reward model") -> None:
     """Refuse, before anything is loaded or generated, a local checkpoint without a trained scalar head."""
     d = Path(source)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Ll
 
 from pipeline.config.schema import ModelSection
 from pipeline.lm.chat_format import turn_end_ids
-from pipeline.lm.loading import loading
+from pipeline.lm.loading import loading, require_causal_lm
 
 
 def swiglu_width(n_embd: int) -> int:
@@ -54,11 +54,21 @@ def build_model(cfg: ModelSection, tokenizer, attn_implementation: str | None = 
 
 def load_causal_lm(name_or_path: str, *, dtype=None, attn_implementation: str | None = "sdpa",
                    trust_remote_code: bool = False, quantization_config=None):
+    """A causal LM from a folder or hub name; a folder that holds another kind of model (a reward model),
+    or whose weights do not fit its config.json, is one clear line instead of a model with random weights."""
+    require_causal_lm(name_or_path)
     with loading(name_or_path, "causal LM"):
-        return AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, quantization_config=quantization_config,
+            trust_remote_code=trust_remote_code, quantization_config=quantization_config, output_loading_info=True,
         )
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("lm_head")]  # a tied head is fine
+    if missing or info.get("mismatched_keys"):
+        bad = missing or [str(m[0]) for m in info["mismatched_keys"]]
+        raise UserError(f"{name_or_path}: its weights do not fit its config.json ({len(bad)} parameters missing or "
+                        f"of another shape, e.g. {bad[0]}), so the model would start from random weights: "
+                        "point it at the folder a stage wrote, or fix config.json.")
+    return model
 
 
 def set_generation_defaults(model, tokenizer) -> None:

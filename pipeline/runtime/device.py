@@ -16,6 +16,15 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device of run.device; one that this machine does not have is refused (a run on the CPU that
+    records `device: cuda` would say it ran where it did not)."""
+    from pipeline.errors import UserError
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("run.device=cuda, but torch sees no CUDA GPU here (a CPU build of torch, or no driver): "
+                        "set run.device=auto or cpu, or install a CUDA build of torch.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("run.device=mps, but this machine has no Apple GPU (MPS): set run.device=auto or cpu.")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
