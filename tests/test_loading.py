@@ -54,3 +54,19 @@ def test_a_library_message_becomes_one_line_without_advice_to_load_unsafely():
                      "with `weights_only` set to `False` will likely succeed. Unpickling error: bad opcode")
     line = one_line(e)
     assert "\n" not in line and "weights_only" not in line and "bad opcode" in line
+
+
+def test_a_reward_model_or_weights_that_do_not_fit_their_config_are_not_loaded_as_a_causal_lm(
+        reward_dir, tiny_lm_dir, tmp_path):
+    from pipeline.lm.model import load_causal_lm
+
+    load_causal_lm(str(tiny_lm_dir))  # the real thing loads
+    with pytest.raises(UserError, match="not a language model"):
+        load_causal_lm(str(reward_dir))
+    deeper = tmp_path / "deeper"
+    shutil.copytree(tiny_lm_dir, deeper)
+    config = json.loads((deeper / "config.json").read_text())
+    config["num_hidden_layers"] += 1  # config.json says one more block than the weights hold
+    (deeper / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="weights do not fit its config.json"):
+        load_causal_lm(str(deeper))

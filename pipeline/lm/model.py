@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from pipeline.config.schema import ModelSection
+from pipeline.errors import UserError
 from pipeline.lm.chat_format import turn_end_ids
 from pipeline.lm.loading import loading, require_causal_lm
 
