@@ -101,6 +101,8 @@ def resolve(source: str) -> list[Path] | str:
         raise UserError('"demo" names the embedded demo data: resolve it with data.demo.demo_file(cfg, name) '
                         "before calling a loader.")
     p = Path(source).expanduser()
+    if p.exists() and not (p.is_file() or p.is_dir()):
+        raise UserError(f"{p} is not a regular file or folder (a pipe, socket or device): give a data file.")
     if not p.exists() and is_saved_dataset(Path(source.rpartition(":")[0])):
         return source  # a split of a saved DatasetDict: folder:split
     if p.is_file():

@@ -44,6 +44,25 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
+_OS_REFUSALS = {errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "a read-only file system",
+                errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EISDIR: "a folder, not a file"}
+
+
+def os_error_line(e: BaseException) -> str | None:
+    """One line for what the operating system refused (a full disk, permissions, a path through a file, memory),
+    naming the path and what to do; None for anything else (a bug: its traceback is the useful thing)."""
+    if is_disk_full(e):
+        return str(disk_full_error(getattr(e, "filename", None) or "a file", e))
+    if isinstance(e, OSError) and e.errno in _OS_REFUSALS:
+        where = e.filename or "a path"
+        return (f"cannot use {where}: {_OS_REFUSALS[e.errno]}. Check run.out_dir (and the paths the config names): "
+                "the run writes only under run.out_dir/run.name.")
+    if isinstance(e, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(e):
+        return (f"out of memory ({_short(e)}): the model or batch is too large for this machine; lower model.* "
+                "(n_layer, n_embd), the batch size, or the sequence length.")
+    return None
+
+
 _RESUMED: list[str] = []  # what this process resumed, said again if it fails (the failure may repeat)
 
 
@@ -76,11 +95,12 @@ def main_guard(fn):
             print(f"\nerror: {e}", file=sys.stderr)
             _say_resumed()
             sys.exit(2)
-        except Exception as e:  # a full disk, raised from a write we did not wrap (torch, safetensors, HF)
-            if not is_disk_full(e) or os.environ.get("RLHF_DEBUG"):
+        except Exception as e:  # a full disk or another refusal of the OS, from code we did not wrap (torch, HF)
+            line = os_error_line(e)
+            if line is None or os.environ.get("RLHF_DEBUG"):
                 _say_resumed()
                 raise
-            print(f"\nerror: {disk_full_error(getattr(e, 'filename', None) or 'a file', e)}", file=sys.stderr)
+            print(f"\nerror: {line}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("\ninterrupted: nothing was committed; re-run the same command to resume.", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -202,6 +203,8 @@ CASES = [
     ("ppo-device-mps-without-one", "ppo", ["run.device=mps"], ["run.device=mps"]),
     ("train-data-empty", "pretrain", ["train.data="], ["data source is empty"]),
     ("ppo-prompts-all-blank", "ppo", ["ppo.data={d}/blank_prompts.jsonl"], ["blank_prompts.jsonl", "whitespace"]),
+    ("pretrain-out-dir-through-a-file", "pretrain", ["run.out_dir={d}/good.txt/runs"], ["good.txt", "not a folder"]),
+    ("ppo-prompts-a-fifo", "ppo", ["ppo.data={d}/a_fifo"], ["a_fifo", "not a regular file"]),
     ("summary-before-eval", "summary", [], ["eval/report.json", "make eval"]),
     ("summary-unknown-key", "summary", ["eval.no_such_key=1"], ["eval.no_such_key"]),
     ("reward-stats-prompts-zero", "reward-stats", ["reward.stats_prompts=0"], ["reward.stats_prompts", "> 0"]),
@@ -297,6 +300,7 @@ def _write_data(d: Path) -> None:
     (d / "latin1.txt").write_bytes("A first line.\nCaf\u00e9 cr\u00e8me, d\u00e9j\u00e0 vu.\n".encode("latin-1"))
     (d / "latin1.jsonl").write_bytes('{"prompt": "Caf\u00e9?"}\n'.encode("latin-1"))
     (d / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    os.mkfifo(d / "a_fifo")  # reading it would block forever
     (d / "blank_prompts.jsonl").write_text('{"prompt": "   "}\n{"prompt": ""}\n{"prompt": "\\n\\t"}\n')
     (d / "huge_line.jsonl").write_text('{"messages": "' + "x" * 5_000_000)  # one 5 MB line, never closed
     pq.write_table(pa.table({"body": ["some text"] * 3, "score": [1, 2, 3]}), d / "wrong_column.parquet")

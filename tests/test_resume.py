@@ -279,3 +279,16 @@ def test_a_resumed_run_that_fails_names_the_way_to_start_fresh(tmp_path, capsys)
     with pytest.raises(SystemExit):
         fresh()
     assert "resume=false" not in capsys.readouterr().err
+
+
+def test_what_the_operating_system_refuses_is_one_line_naming_the_path_and_a_bug_stays_a_traceback():
+    import errno
+
+    from pipeline.errors import os_error_line
+
+    denied = PermissionError(errno.EACCES, "Permission denied", "/srv/runs/tiny")
+    assert "cannot use /srv/runs/tiny: permission denied" in os_error_line(denied)
+    assert "read-only" in os_error_line(OSError(errno.EROFS, "Read-only file system", "/mnt/ro/x"))
+    assert "out of memory" in os_error_line(MemoryError("can't allocate 40 GB"))
+    assert "disk is full" in os_error_line(OSError(errno.ENOSPC, "No space left on device", "/x/model.safetensors"))
+    assert os_error_line(ValueError("a bug")) is None and os_error_line(KeyError("k")) is None
