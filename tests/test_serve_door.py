@@ -157,6 +157,14 @@ def test_a_body_that_is_not_utf8_is_refused(server, body):
     assert r.status_code == 400 and "UTF-8" in openai_error(r)["message"]
 
 
+def test_half_a_surrogate_pair_is_refused_and_a_whole_pair_is_text(server):
+    for lone in ({**HELLO, "messages": [{"role": "user", "content": "\ud800 hi"}]}, {**HELLO, "model": "\udfff"}):
+        r = post(server, json.dumps(lone).encode())  # json.dumps escapes it: \\ud800, valid JSON, no text
+        assert r.status_code == 400 and "surrogate" in openai_error(r)["message"]
+    emoji = {**HELLO, "messages": [{"role": "user", "content": "\U0001F600"}]}  # sent as \\ud83d\\ude00
+    assert post(server, json.dumps(emoji).encode()).status_code == 200
+
+
 def test_the_body_size_is_bounded_with_or_without_a_declared_length(server):
     big = json.dumps({**HELLO, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode()
     declared = post(server, big)

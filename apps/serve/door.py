@@ -63,9 +63,15 @@ async def read_json(request: Request, limit: int):
         raise ApiError(400, f"the request body nests {depth} levels deep; this server reads at most "
                             f"{MAX_JSON_DEPTH}", code="json_too_deep")
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except ValueError as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    try:  # JSON may escape half a surrogate pair (\ud800 alone): no text, and the tokenizer fails on it
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body has an unpaired surrogate escape (\\ud800 to \\udfff alone): "
+                            "send valid Unicode text") from None
+    return data
 
 
 def refusal(scope: dict, host: str) -> ApiError | None:
