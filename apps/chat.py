@@ -27,6 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from pipeline.artifacts.store import resolve_model_source
 from pipeline.errors import UserError, main_guard
+from pipeline.lm.chat_format import encode_chat
 from pipeline.lm.generation import chat_stop_ids, context_length, eos_ids_of, generate, shape_logits
 from pipeline.lm.loading import loading
 from pipeline.lm.model import count_parameters, load_causal_lm
@@ -109,8 +110,7 @@ class Chat:
         self.history = []
 
     def _render(self, messages: list[dict]) -> list[int]:
-        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        return list(ids)
+        return encode_chat(self.tok, messages, add_generation_prompt=True)
 
     def prompt_ids(self) -> tuple[list[int], int]:
         """The conversation as token ids, and the answer budget that still fits the context.

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from apps.serve.door import Door, read_json
 from apps.serve.protocol import ApiError, ChatRequest, Limits, parse_chat_request
 from apps.serve.scheduler import Job, Scheduler
+from pipeline.lm.chat_format import encode_chat
 from pipeline.lm.generation import context_length
 
 STATIC = Path(__file__).parent / "static"
@@ -45,8 +46,7 @@ class Served:
         return context_length(self.model)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=False))
+        return encode_chat(self.tokenizer, messages, add_generation_prompt=True)  # message text stays text
 
 
 def chunk(base: dict, choices: list[dict], **extra) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from pipeline.artifacts.metrics import progress
 from pipeline.judge.comparison import ModelAnswers
+from pipeline.lm.chat_format import encode_chat
 from pipeline.lm.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
 
 
@@ -75,8 +76,7 @@ def answer(model, tokenizer, prompts: list, sampling: Sampling, *, name: str, sh
     `logprobs`, when sampled at a temperature above 0) their tokens' log-probabilities under this model."""
     ctx = context_length(model)
     keep = max(1, ctx - sampling.max_new_tokens)
-    full = [list(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False))
-            for p in prompts]
+    full = [encode_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
     cut = sum(len(ids) > keep for ids in full)
     if cut:  # the question's start is lost: said and counted, never silent
         print(f"{sampling.section} {name}: {cut} of {len(full)} prompts are over the context ({ctx} positions less "

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
-from pipeline.lm.chat_format import close_at_turn_end, turn_end_ids
+from pipeline.lm.chat_format import close_at_turn_end, encode_chat, turn_end_ids
 
 STATS_FILE = "reward_stats.json"  # in a reward-stats artifact: PPO's normalisation
 TRAINING_FILE = "reward_model.json"  # in a reward artifact: what it was trained on (max_length)
@@ -56,12 +56,11 @@ def encode_conversation(tokenizer, prompt: Messages, response: str | Messages,
 
 
 def _chat_ids(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        add_generation_prompt=add_generation_prompt)
+    ids = encode_chat(tokenizer, list(messages), add_generation_prompt=add_generation_prompt)
     if add_generation_prompt:
-        return list(out["input_ids"])
+        return ids
     # End at the answer's end-of-turn token, as a sampled answer does (ChatML writes a newline after it).
-    return close_at_turn_end(tokenizer, list(out["input_ids"]))
+    return close_at_turn_end(tokenizer, ids)
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

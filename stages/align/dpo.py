@@ -3,6 +3,7 @@ as the reference (loss -log sigmoid(beta * (log-ratio of chosen - log-ratio of r
 
 from __future__ import annotations
 
+from pipeline.lm.chat_format import content_as_text
 from pipeline.lm.hf_glue import lora_config, trainer_kwargs, use_our_progress
 
 
@@ -15,8 +16,13 @@ def build_trainer(cfg, model, ref_model, tokenizer, train: list[dict], val: list
     args = DPOConfig(**trainer_kwargs(d, output_dir=output_dir, run=cfg.run, eval=bool(val)),
                      beta=d.beta, loss_type=[d.loss_type], max_length=d.max_length,  # pairs are screened to fit
                      disable_dropout=True, dataset_num_proc=None)
+    as_text = content_as_text(tokenizer)  # TRL tokenizes the pairs itself: each row's kwargs keep their text text
+
+    def rows(pairs: list[dict]):
+        return Dataset.from_list([{**p, "chat_template_kwargs": as_text} for p in pairs])
+
     trainer = DPOTrainer(model=model, ref_model=None if d.lora.enabled else ref_model, args=args,
-                         train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(val) if val else None,
+                         train_dataset=rows(train), eval_dataset=rows(val) if val else None,
                          processing_class=tokenizer, callbacks=[callback],
                          peft_config=lora_config(d.lora) if d.lora.enabled else None)
     use_our_progress(trainer)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from pipeline.errors import UserError
 from pipeline.judge.scoring import RewardFunction, as_prompt
+from pipeline.lm.chat_format import content_as_text, encode_chat
 from pipeline.lm.hf_glue import lora_config, trainer_kwargs, use_our_progress
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,7 @@ def prompt_dataset(prompts: list, tokenizer, max_prompt_length: int, name: str) 
     rows, dropped = [], 0
     for p in prompts:
         msgs = as_prompt(p)
-        ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)
-        if len(ids["input_ids"]) > max_prompt_length:
+        if len(encode_chat(tokenizer, msgs, add_generation_prompt=True)) > max_prompt_length:
             dropped += 1
             continue
         rows.append({"prompt": msgs})
@@ -87,7 +87,8 @@ def build_trainer(method: str, cfg, model, tokenizer, prompts: list[dict], rewar
     else:
         Config, Trainer = trl.RLOOConfig, trl.RLOOTrainer
         extra = dict(normalize_advantages=s.normalize_advantages)
-    args = Config(**kwargs, **common, **extra)
+    # TRL renders and tokenizes the prompts itself: its chat_template_kwargs keep their special strings text
+    args = Config(**kwargs, **common, **extra, chat_template_kwargs=content_as_text(tokenizer))
     trainer = Trainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=Dataset.from_list(prompts),
                       processing_class=tokenizer, callbacks=[callback],
                       peft_config=lora_config(s.lora) if s.lora.enabled else None)

@@ -19,7 +19,7 @@ from transformers import GenerationConfig
 
 from pipeline.errors import UserError
 from pipeline.lm import generation
-from pipeline.lm.chat_format import turn_end_ids
+from pipeline.lm.chat_format import encode_chat, turn_end_ids
 from pipeline.lm.forward import lean_llama_body, llama_hidden_states
 from pipeline.lm.forward import positions_from_mask as position_ids
 from stages.ppo.token_logprobs import token_logprobs
@@ -72,9 +72,7 @@ def encode_prompts(tokenizer, prompts: list, max_prompt_length: int) -> tuple[li
     out, dropped = [], 0
     for p in prompts:
         messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
-            ids = ids["input_ids"]
+        ids = encode_chat(tokenizer, messages, add_generation_prompt=True)
         if len(ids) > max_prompt_length:
             dropped += 1
             continue

@@ -17,6 +17,7 @@ import torch
 
 from pipeline.artifacts.metrics import progress
 from pipeline.errors import UserError
+from pipeline.lm.chat_format import encode_chat
 from pipeline.lm.generation import context_length, eos_ids_of, generate
 
 SKIPPED = "fewer than 2 distinct answers"
@@ -79,8 +80,7 @@ def sample_chunk(model, tokenizer, chunk: list[dict], *, k: int, temperatures: l
     device = next(model.parameters()).device
     eos_ids, pad_id = eos_ids_of(model, tokenizer), tokenizer.pad_token_id
     keep = max(1, context_length(model) - max_new_tokens)
-    ids = [tokenizer.apply_chat_template(p["messages"], tokenize=True, return_dict=True,
-                                         add_generation_prompt=True)["input_ids"][-keep:] for p in chunk]
+    ids = [encode_chat(tokenizer, p["messages"], add_generation_prompt=True)[-keep:] for p in chunk]
     answers = [[] for _ in chunk]  # per prompt: (text, temperature, log-prob) for every slot
     for slot in range(k):
         temperature = temperatures[slot % len(temperatures)]

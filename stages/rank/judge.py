@@ -74,14 +74,12 @@ class Judge:
         return self.mean_logprobs(reference_prompt(record), record["responses"])
 
     def mean_logprobs(self, prompt: list[dict], answers: list[str]) -> list[float]:
-        from pipeline.lm.chat_format import close_at_turn_end
+        from pipeline.lm.chat_format import close_at_turn_end, encode_chat
         from pipeline.lm.generation import answer_logprobs
 
         tok = self.tokenizer
-        context = tok.apply_chat_template(prompt, tokenize=True, return_dict=True,
-                                          add_generation_prompt=True)["input_ids"]
-        full = [close_at_turn_end(tok, tok.apply_chat_template(prompt + [{"role": "assistant", "content": a}],
-                                                               tokenize=True, return_dict=True)["input_ids"])
+        context = encode_chat(tok, prompt, add_generation_prompt=True)
+        full = [close_at_turn_end(tok, encode_chat(tok, prompt + [{"role": "assistant", "content": a}]))
                 for a in answers]  # each answer up to its end-of-turn token, as the policy samples it
         tails = [ids[len(context):] if ids[:len(context)] == context else ids[-max(1, len(ids) - len(context)):]
                  for ids in full]

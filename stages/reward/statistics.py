@@ -21,6 +21,7 @@ from pipeline.errors import UserError, main_guard
 from pipeline.graph.declare import artifact_dir, default_dir, override_of
 from pipeline.graph.rounds import current_round, make_command
 from pipeline.judge.scoring import STATS_FILE, load_reward_model, score_ids
+from pipeline.lm.chat_format import encode_chat
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.graph import STAGES, input_path, inputs_of, is_up_to_date, key
 
@@ -43,8 +44,7 @@ def encoded_prompts(cfg, tokenizer) -> tuple[list, list[list[int]], int, str]:
     for record in load_prompts(source):
         if len(prompts) == cfg.reward.stats_prompts:
             break
-        x = tokenizer.apply_chat_template(record["prompt"], tokenize=True, return_dict=True,
-                                          add_generation_prompt=True)["input_ids"]
+        x = encode_chat(tokenizer, record["prompt"], add_generation_prompt=True)
         if len(x) > cfg.ppo.max_prompt_length:  # PPO drops these too (stages/ppo/rollout.encode_prompts)
             too_long += 1
             continue

@@ -17,7 +17,7 @@ from pipeline.lm.chat_format import (
     MaskError,
     assistant_mask,
     check_assistant_mask,
-    has_generation_markers,
+    encode_chat,
     refusal,
 )
 
@@ -29,8 +29,8 @@ class Screened:
     """The usable conversations and what happened to the rest."""
 
     records: list[dict]  # {"messages": ...}
-    # per record {"input_ids", "assistant_masks"} as screened, kept only where SFT trains on them (a template
-    # without {% generation %} markers: TRL cannot mask it, and rendering every conversation again costs)
+    # per record {"input_ids"(, "assistant_masks")} as screened: what SFTTrainer trains on, so TRL never
+    # tokenizes a conversation itself (it would read special strings in the content as the template's tokens)
     encoded: list[dict] = field(default_factory=list)
     total: int = 0
     no_assistant: int = 0  # conversations without any assistant turn: dropped
@@ -100,9 +100,9 @@ def screen(records: list[dict], tokenizer, max_length: int, assistant_only: bool
            source: str = "sft.data") -> Screened:
     """Keep conversations that still teach something within max_length: count truncations,
     drop those without an assistant turn or (assistant-only loss) with no assistant token inside
-    the window. Token ids and assistant masks come from the model's own chat template."""
+    the window. Token ids and assistant masks come from the model's own chat template, each message's
+    content encoded as plain text (pipeline.lm.chat_format.encode_chat)."""
     out = Screened(records=[], total=len(records))
-    keep_encoding = assistant_only and not has_generation_markers(tokenizer)
     for n_rec, rec in enumerate(records, 1):
         msgs = _messages(rec)
         if not any(m["role"] == "assistant" and m["content"] for m in msgs):
@@ -114,7 +114,7 @@ def screen(records: list[dict], tokenizer, max_length: int, assistant_only: bool
             except MaskError as e:
                 raise UserError(refusal(f"{source}, conversation {n_rec}", str(e))) from None
         else:
-            ids = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+            ids = encode_chat(tokenizer, msgs)
             mask = [1] * len(ids)
         n = len(ids)
         out.lengths.append(min(n, max_length))
@@ -124,8 +124,7 @@ def screen(records: list[dict], tokenizer, max_length: int, assistant_only: bool
         if n > max_length:
             out.truncated += 1
         out.records.append({"messages": msgs})
-        if keep_encoding:
-            out.encoded.append({"input_ids": ids, "assistant_masks": mask})
+        out.encoded.append({"input_ids": ids, "assistant_masks": mask} if assistant_only else {"input_ids": ids})
     return out
 
 

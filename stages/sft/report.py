@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
+from pipeline.lm.chat_format import encode_chat
 from pipeline.lm.generation import context_length, eos_ids_of, generate_batched
 
 
 def prompt_ids(tokenizer, messages: list[dict], room: int) -> list[int]:
     """The chat-formatted prompt ending in the assistant tag, keeping its last `room` tokens."""
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-    ids = list(enc["input_ids"])
+    ids = encode_chat(tokenizer, messages, add_generation_prompt=True)
     return ids[-room:] if room > 0 else ids
 
 

@@ -23,7 +23,6 @@ from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import main_guard
-from pipeline.lm.chat_format import has_generation_markers
 from pipeline.lm.hf_glue import (
     MetricsCallback,
     RunGuard,
@@ -66,24 +65,12 @@ def load_model(source: str, cfg, quant=None):
     return model, tokenizer, changes, new_ids
 
 
-def trainer_data(cfg, tokenizer, screened: Screened) -> tuple[list[dict], bool]:
-    """(records for SFTTrainer, whether TRL computes the assistant mask). A template with
-    {% generation %} markers (ours) goes to TRL as conversations; any other keeps its own format and
-    goes as the token ids and assistant mask the screening read from it (pipeline/lm/chat_format.py)."""
-    if not cfg.sft.assistant_only_loss:
-        return screened.records, False
-    if has_generation_markers(tokenizer):
-        return screened.records, True
-    return screened.encoded, False
-
-
 def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer, callback, new_token_ids,
                   max_length=None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     s = cfg.sft
-    (train, trl_masks), (val, _) = trainer_data(cfg, tokenizer, train), trainer_data(cfg, tokenizer, val)
     if s.packing and model.config._attn_implementation != "flash_attention_2":
         # Correct (position ids restart per conversation, so attention stays inside each), but
         # without flash-attention's varlen kernels SDPA attends over the whole flattened batch.
@@ -92,7 +79,10 @@ def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer,
     args = SFTConfig(
         **trainer_kwargs(s, output_dir=writer.checkpoint_dir, run=cfg.run),
         max_length=max_length or s.max_length,
-        assistant_only_loss=trl_masks,  # else the masks come with the ids (or none: whole conversations)
+        # The screening's token ids and assistant masks (none: whole conversations) go to TRL pre-tokenized, the
+        # content encoded as plain text (pipeline/lm/chat_format.encode_chat): TRL's own tokenization would read a
+        # `<|end|>` typed in the data as the end of a turn.
+        assistant_only_loss=False,
         packing=s.packing,
         packing_strategy="bfd",  # whole conversations per row; position ids restart at each one
         eval_packing=False,  # held-out loss per conversation, comparable across runs
@@ -108,7 +98,7 @@ def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer,
             peft_config.trainable_token_indices = {"embed_tokens": list(new_token_ids)}
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer,
-        train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(val),
+        train_dataset=Dataset.from_list(train.encoded), eval_dataset=Dataset.from_list(val.encoded),
         peft_config=peft_config, callbacks=[callback, RunGuard("sft")],
     )
     use_our_progress(trainer)
