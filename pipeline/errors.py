@@ -87,6 +87,7 @@ def main_guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _RESUMED.clear()  # a note of this run only (a test may run several stages in one process)
         try:
             return fn(*args, **kwargs)
         except UserError as e:

@@ -170,7 +170,7 @@ def test_every_stage_reads_hh_files_where_its_key_names_them(files, tmp_path):
 
     cfg = load_config(ROOT_CONFIG, [f"run.out_dir={tmp_path}", f"sft.data={files['hh']}", f"sft.val_data={files['uf']}",
                                     f"ppo.data={files['hh']}", f"ppo.eval_data={files['tldr_pairs']}",
-                                    f"eval.prompts={files['hh']}"])
+                                    f"eval.prompts={files['hh']}", "ppo.batch_size=2", "ppo.num_minibatches=1"])
     train, val, _ = load_sft_splits(cfg)
     assert len(train) == 2 and val[0]["messages"] == UF[0]["messages"]
     ppo_train, dev, golds, _ = load_prompt_sets(cfg)

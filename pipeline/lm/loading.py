@@ -145,7 +145,8 @@ def require_causal_lm(source: str | Path, what: str = "causal LM") -> None:
     trained or evaluated as if it were one."""
     d = Path(source)
     if not d.is_dir() or not (d / "config.json").is_file():
-        return  # a hub name: the library reports what it lacks
+        return  # a hub name (or no config): the library, through `loading`, says what it lacks
+    check_model_dir(d)  # a truncated or empty weights file is named before its header is read
     archs = _json_file(d / "config.json", "config.json").get("architectures") or []
     keys = _safetensors_keys(d) or set()
     scorer = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs) or (
