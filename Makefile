@@ -30,10 +30,10 @@ space := $(empty) $(empty)
 # Command-line variables with a dot in their name are config overrides (make passes them as variables).
 OVERRIDES := $(strip $(foreach v,$(MAKEOVERRIDES),$(if $(findstring .,$(firstword $(subst =, ,$(v)))),$(v))) $(ARGS))
 STAGE_ARGS = --config '$(CONFIG)' 'run.name=$(NAME)' 'run.out_dir=$(OUT)' $(OVERRIDES)  # quoted: OUT may hold spaces
-# The stage graph (stages/graph.py) decides each stage target's prerequisites, its command and whether
-# it has a job in this config; `python -m stages.plan` prints it as words (no torch, a fraction of a
+# The stage graph (pipeline/chain/table.py) decides each stage target's prerequisites, its command and whether
+# it has a job in this config; `python -m pipeline.chain.plan` prints it as words (no torch, a fraction of a
 # second). A stage whose input the config names (sft.init_from, ppo.policy, ...) builds nothing before it.
-PLAN := $(shell $(PY) -m stages.plan $(STAGE_ARGS) 2>/dev/null)
+PLAN := $(shell $(PY) -m pipeline.chain.plan $(STAGE_ARGS) 2>/dev/null)
 word_of = $(patsubst $(1):%,%,$(filter $(1):%,$(PLAN)))
 list_of = $(subst $(comma),$(space),$(call word_of,$(1)))
 STAGES := $(call list_of,stages)
@@ -57,7 +57,7 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: $(NOT_STAGES) $(STAGES)
 
 help:  ## list the targets
-	@$(PY) -m stages.plan --targets 2>/dev/null || echo "  (stage targets: run make setup first)"
+	@$(PY) -m pipeline.chain.plan --targets 2>/dev/null || echo "  (stage targets: run make setup first)"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "  presets: $(notdir $(wildcard configs/*.yaml))   current: CONFIG=$(CONFIG) -> $(RUN)/"
 
@@ -96,7 +96,7 @@ faults:  ## fault injection: the bad-input suite (one clear line each), then per
 # it changes stale. run.rounds=N: after round 1, `make ppo` runs the loop's stages for rounds 2..N.
 .SECONDEXPANSION:
 $(STAGES): $$(call needs,$$@)
-	$(if $(filter skip:$@,$(PLAN)),@$(PY) -m stages.plan --why $@ $(STAGE_ARGS),$(call stage_cmd,$@))
+	$(if $(filter skip:$@,$(PLAN)),@$(PY) -m pipeline.chain.plan --why $@ $(STAGE_ARGS),$(call stage_cmd,$@))
 	$(if $(and $(filter $@,$(call word_of,rounds_after)),$(call word_of,later)),$(foreach r,$(call list_of,later),$(foreach s,$(call list_of,loop),$(call stage_cmd,$(s)) run.round=$(r) && ))true)
 
 chat:  ## talk to the final model (MODEL=dir TEMPERATURE=0.7)
@@ -106,4 +106,4 @@ serve:  ## OpenAI-compatible API + chat page at http://127.0.0.1:8000/ (MODEL=di
 	$(PY) -m apps.serve --model $(MODEL) $(if $(COMPARE),--compare $(COMPARE)) --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 clean:  ## delete this preset's artifacts (the labels people wrote and files the pipeline did not make stay)
-	$(PY) -m stages.clean $(STAGE_ARGS)
+	$(PY) -m pipeline.chain.clean $(STAGE_ARGS)

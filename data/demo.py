@@ -34,9 +34,12 @@ from pathlib import Path
 
 from data.demo_questions import candidates, is_askable, sft_conversations, shorten, summary, what_prompt
 from data.pydocs import Doc, harvest
-from pipeline.artifacts.store import ArtifactWriter, is_complete, read_manifest
+from pipeline.artifacts.store import ArtifactWriter, is_complete, read_manifest, require_artifact
+from pipeline.chain.table import STAGES
 from pipeline.config.cli import stage_config
 from pipeline.errors import UserError, main_guard
+from pipeline.graph.declare import Artifact, default_dir
+from pipeline.graph.rounds import current_round, make_command
 
 # The builder's own source: when the construction changes, existing demo directories are rebuilt.
 _BUILDER_SOURCES = ("demo.py", "demo_questions.py", "pydocs.py")
@@ -289,6 +292,19 @@ def pretrain_sources(cfg) -> list[tuple[str, str]]:
 def demo_source(cfg, value: str | None, name: str) -> str:
     """A stage's data setting: "demo" (or empty) means the demo set `name`; anything else is kept."""
     return str(demo_file(cfg, name)) if value in (None, "", "demo") else value
+
+
+def input_path(cfg, inp, file: str = "rankings.jsonl") -> str:
+    """The path a stage reads for one of its declared inputs: a data source (the demo built first when it is
+    missing), or a file of this run's artifact (which must be finished; the error names its command)."""
+    if isinstance(inp, Artifact):
+        d = default_dir(cfg, inp, STAGES)
+        require_artifact(d, make_command(inp.stage, inp.round_no if isinstance(inp.round_no, int)
+                                         else current_round(cfg)))
+        return str(d / file)
+    if inp.demo:
+        return str(demo_file(cfg, Path(inp.path).name))
+    return inp.path
 
 
 @main_guard

@@ -1,6 +1,6 @@
 """The stages the fault-injection suite drives, in chain order: one line per stage.
 
-A stage runs as its declaration says (stages/graph.py: `python -m stages.<name>`); the ones before it in
+A stage runs as its declaration says (pipeline/chain/table.py: `python -m stages.<name>`); the ones before it in
 this list (and the demo data) are its inputs. To add a stage, add its line here.
 """
 

@@ -53,7 +53,7 @@ class Run:
 
 
 def command(stage: str, out_dir: Path, *overrides: str) -> list[str]:
-    from stages.graph import STAGES as DECLARED
+    from pipeline.chain.table import STAGES as DECLARED
 
     module = DECLARED[stage].entry
     return [sys.executable, "-m", module, "--config", str(CONFIG), f"run.name={NAME}", f"run.out_dir={out_dir}",

@@ -58,14 +58,15 @@ def _ip(name: str):
 
 def host_refusal(header: str | None, bound: str, option: str) -> str | None:
     """Why a request with this Host header is refused by a server bound to `bound` (the address set by
-    `option`), or None when the header names this server: a loopback name, `bound` itself, or any IP
-    address when `bound` is every interface (0.0.0.0, ::). A web page whose own name was re-pointed at
-    this machine (DNS rebinding) sends that name, so the browser cannot make it talk to the server."""
+    `option`), or None when the header names this server: a loopback name, or `bound` itself when it is a
+    name or address of its own (listening on every interface widens nothing: name the address with
+    `option`). A web page whose own name was re-pointed at this machine (DNS rebinding) sends that name,
+    so the browser cannot make it talk to the server."""
     name, bound = host_name(header or ""), bound.lower()
     ip, bound_ip = _ip(name), _ip(bound)
-    every_interface = bound_ip is not None and bound_ip.is_unspecified
-    allowed = list(dict.fromkeys(LOOPBACK_NAMES + (() if every_interface else (bound,))))
-    if name in allowed or (ip is not None and (every_interface or any(ip == _ip(a) for a in allowed))):
+    own = () if bound_ip is not None and bound_ip.is_unspecified else (bound,)
+    allowed = list(dict.fromkeys(LOOPBACK_NAMES + own))
+    if name in allowed or (ip is not None and any(ip == _ip(a) for a in allowed)):
         return None
-    return (f"unexpected Host {name!r}: this server answers only to {', '.join(allowed)}"
-            + (" or an IP address" if every_interface else f" (another name: listen on it with {option})"))
+    return (f"unexpected Host {name!r}: this server answers only to {', '.join(allowed)} (another name or address: "
+            f"listen on it with {option})")

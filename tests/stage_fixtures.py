@@ -38,10 +38,10 @@ def fixed_reward_stats(argv: list[str]) -> None:
     """A reward-stats artifact with fixed statistics (mean 0.5, std 2), current for the stage command `argv`
     (the step that measures them is tested in test_reward_train.py)."""
     from pipeline.artifacts.store import start_artifact
+    from pipeline.chain.table import STAGES, key
     from pipeline.config.loader import load_config
     from pipeline.errors import UserError
     from pipeline.graph.declare import artifact_dir
-    from stages.graph import STAGES, key
 
     try:
         cfg = load_config(argv[argv.index("--config") + 1], [a for a in argv if "=" in a and not a.startswith("--")])

@@ -40,14 +40,15 @@ ENTRY = {
     "serve": ("apps.serve", "apps.serve.__main__", None),
     "own-answers": ("stages.reward.own_answers", "stages.reward.own_answers", None),
     "summary": ("stages.eval.summary", "stages.eval.summary", None),
-    "clean": ("stages.clean", "stages.clean", None),
+    "clean": ("pipeline.chain.clean", "pipeline.chain.clean", None),
 }
 # Commands that take no config overrides of a stage: their arguments are their own.
 OWN_ARGUMENTS = {"chat", "serve", "own-answers"}
 # Runnable modules that are not a user's command, and why they are not in the corpus.
 NOT_USER_COMMANDS = {
-    "stages.plan": "make's helper: with a bad config it still prints the plan (exit 0) and the stage make "
-                   "runs next reports the error, a case of that stage's",
+    "pipeline.chain.plan": "make's helper: with a bad config it still prints the plan (exit 0) and the stage make "
+                           "runs next reports the error, a case of that stage's",
+    "pipeline.config.docs": "writes docs/config.md from the schema for developers; it reads no user input",
 }
 
 # Valid settings per stage: each case changes one thing. Paths: {lm} a tiny chat LM folder, {rm} a
@@ -367,9 +368,10 @@ def test_bad_input_gets_one_clear_line_a_failing_exit_and_no_artifact(case, stag
 
 def runnable_modules() -> set[str]:
     """What `python -m` can run in stages/, data/ and apps/: each package with a __main__.py, and each
-    module with a main block (a stage's stage.py is its package's command, so it counts as the package)."""
+    module with a main block (a stage's stage.py is its package's command, so it counts as the package), in
+    every package a user's command may live in."""
     found = set()
-    for top in ("stages", "data", "apps"):
+    for top in ("stages", "data", "apps", "pipeline"):
         for f in (ROOT / top).rglob("*.py"):
             module = ".".join(f.relative_to(ROOT).with_suffix("").parts)
             if f.name == "__main__.py":

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.chain.clean import clean
 from pipeline.config.loader import load_config
 from pipeline.errors import UserError
-from stages.clean import clean
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -163,9 +163,9 @@ def test_hub_names_keep_their_split_and_slice():
 # --- the stages' readers -------------------------------------------------------------------------
 
 def test_every_stage_reads_hh_files_where_its_key_names_them(files, tmp_path):
+    from data.report_prompts import report_prompts
     from stages.ppo.stage import load_prompt_sets
     from stages.rank.candidates import load_prompt_records
-    from stages.report_prompts import report_prompts
     from stages.sft.dataset import load_sft_splits
 
     cfg = load_config(ROOT_CONFIG, [f"run.out_dir={tmp_path}", f"sft.data={files['hh']}", f"sft.val_data={files['uf']}",
@@ -201,8 +201,8 @@ def test_hh_conversations_over_the_length_limit_are_counted_as_truncated_or_drop
 def test_the_reward_statistics_sample_answers_to_the_prompts_ppo_will_use(files, tmp_path, tiny_lm_dir):
     from transformers import AutoTokenizer
 
+    from pipeline.chain.table import STAGES
     from pipeline.graph.declare import Artifact
-    from stages.graph import STAGES
     from stages.reward.statistics import encoded_prompts
 
     long = {"chosen": "\n\nHuman: " + "Why? " * 80 + "\n\nAssistant: Because.", "rejected": "\n\nHuman: x\n\nAssistant: y"}

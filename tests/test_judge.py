@@ -1,5 +1,5 @@
 """The judge every report uses (pipeline/judge: generate -> score -> compare) and the one rule that picks
-report prompts (stages/report_prompts.py): PPO's development report, the DPO/GRPO/RLOO report, eval and
+report prompts (data/report_prompts.py): PPO's development report, the DPO/GRPO/RLOO report, eval and
 compare judge the same model pair on the same prompts alike."""
 
 import json
@@ -10,12 +10,12 @@ import torch
 from eval_fixtures import fake_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from data.report_prompts import report_prompts
 from pipeline.config.loader import load_config
 from pipeline.errors import UserError
 from pipeline.judge.answering import Sampling, answer, load_chat_model
 from pipeline.judge.comparison import ModelAnswers, compare_answers
 from pipeline.judge.evaluate import RewardJudge, reward_max_length, score_gold
-from stages.report_prompts import report_prompts
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "test.yaml")
 

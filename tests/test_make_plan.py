@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.chain.table import demo_readers
+from pipeline.chain.table import make_needs as needs
 from pipeline.config.loader import load_config
-from stages.graph import demo_readers
-from stages.graph import make_needs as needs
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN = ["pretrain", "sft", "rank", "reward", "ppo", "eval"]
-COMMAND = re.compile(r"-m (stages\.plan --why [\w-]+|data\.demo|stages\.[\w.]+)")
+COMMAND = re.compile(r"-m (pipeline\.chain\.plan --why [\w-]+|data\.demo|stages\.[\w.]+)")
 NAMES = {"data.demo": "demo", "stages.reward.stats": "reward-stats"}
 
 

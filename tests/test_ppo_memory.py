@@ -149,8 +149,8 @@ def test_a_bf16_base_is_merged_in_fp32_so_the_lora_update_survives(tiny_lm_dir, 
 
 
 def test_memory_options_never_key_the_run_and_the_value_option_always_does():
+    from pipeline.chain.table import key
     from pipeline.config.loader import load_config
-    from stages.graph import key
 
     base = load_config("configs/test.yaml")
     saving = load_config("configs/test.yaml", ["ppo.gradient_checkpointing=true", "ppo.check_memory=false"])

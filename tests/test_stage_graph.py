@@ -1,4 +1,4 @@
-"""The stage graph (stages/graph.py) declares each stage once; staleness, make's prerequisites and the
+"""The stage graph (pipeline/chain/table.py) declares each stage once; staleness, make's prerequisites and the
 up-to-date check come from it.
 
 Staleness is exact: a key makes an artifact stale if and only if it changes what the artifact holds --
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.chain.table import STAGES, is_up_to_date, key
 from pipeline.config.loader import load_config
 from pipeline.graph.declare import Artifact, artifact_dir
-from stages.graph import STAGES, is_up_to_date, key
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED_FROM_SFT = {"sft", "rank", "reward", "reward-stats", "ppo", "dpo", "grpo", "rloo", "eval", "compare"}
@@ -148,6 +148,8 @@ def test_no_effect_keys_leave_a_finished_ppo_up_to_date(tmp_path):
 
 
 def test_rounds_know_the_loop_stages_the_graph_declares():
-    from pipeline.graph.rounds import LOOP_STAGES  # pipeline/ cannot read stages/graph.py: it keeps the names
+    from pipeline.graph.rounds import (
+        LOOP_STAGES,  # pipeline/ cannot read pipeline/chain/table.py: it keeps the names
+    )
 
     assert set(LOOP_STAGES) == {name for name, s in STAGES.items() if s.loop}

@@ -1,7 +1,7 @@
 """One resume scheme for every stage: a keyed work directory and one run at a time.
 
 A stage's unfinished work (`runs/<name>/<stage>.partial/`) carries `key.json`: the config values
-and input fingerprints that decide its artifact (the stage's declared key, stages/graph.py). A
+and input fingerprints that decide its artifact (the stage's declared key, pipeline/chain/table.py). A
 re-run with the same key resumes from the checkpoints there; with another key it refuses, naming
 what changed (`ppo.kl_coef: 0.1 -> 0.05`) and the two ways out, because continuing would silently
 mix two runs. `RunLock` keeps a second process off the same stage of the same run directory.

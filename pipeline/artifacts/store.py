@@ -163,7 +163,7 @@ class ArtifactWriter:
     def __init__(self, final_dir: str | Path, stage: str, key: dict | None = None):
         self.final_dir = Path(final_dir)
         self.stage = stage
-        self.key = key  # the declared key the up-to-date check compares (stages/graph.py)
+        self.key = key  # the declared key the up-to-date check compares (pipeline/chain/table.py)
         self.work_dir = self.final_dir.with_name(self.final_dir.name + ".partial")
         self.out_dir = self.work_dir / "artifact"
         self.checkpoint_dir = self.work_dir / "checkpoints"
@@ -262,7 +262,7 @@ def start_artifact(final_dir: str | Path, stage: str, *, resume: bool, key: dict
     """The writer of a stage's artifact, after the main process has
       - locked the stage in this run directory (`<stage>.lock`; a second run refuses at once),
       - discarded unfinished work if not `resume`,
-      - checked the work dir's key ({"config", "inputs"}: the stage's declared key, stages/graph.py);
+      - checked the work dir's key ({"config", "inputs"}: the stage's declared key, pipeline/chain/table.py);
         a work dir started with another is refused, naming the changed keys and `resume_flag`
         (default `<stage>.resume`) as the way to start fresh.
     The writer records the key in the manifest at commit: the up-to-date check compares it.

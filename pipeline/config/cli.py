@@ -54,7 +54,7 @@ def keys_help(sections: tuple[str, ...]) -> str:
 def stage_config(stage: str, argv=None, description: str = "", sections: tuple[str, ...] | None = None, *,
                  quiet: bool = True):
     """The config of a stage's command line (`argv`), or `argv` itself when it is a config already read
-    (stages/entry.py reads it once, to decide "up to date" before the stage imports torch)."""
+    (pipeline/chain/entry.py reads it once, to decide "up to date" before the stage imports torch)."""
     if isinstance(argv, RunConfig):
         quiet_weight_bars()
         return argv
@@ -68,6 +68,6 @@ def stage_config(stage: str, argv=None, description: str = "", sections: tuple[s
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if quiet:  # imports transformers: stages/entry.py asks for it only once the stage has work to do
+    if quiet:  # imports transformers: pipeline/chain/entry.py asks for it only once the stage has work to do
         quiet_weight_bars()
     return cfg

@@ -1,6 +1,6 @@
 """Each stage declared once: its inputs, the config values that decide its artifact, its entry point.
 
-A `Stage` is plain data. From a table of them (stages/graph.py holds ours) come:
+A `Stage` is plain data. From a table of them (pipeline/chain/table.py holds ours) come:
   - make's prerequisites (`needs`): a stage builds the stages whose artifacts it reads, unless the config
     names another input (ppo.policy=DIR builds no SFT model);
   - the artifact's key (`stage_key`): the declared config values plus a record of every input (the

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 
-LOOP_STAGES = ("rank", "reward", "reward-stats", "ppo")  # stages/graph.py declares them loop=True (a test checks)
+LOOP_STAGES = ("rank", "reward", "reward-stats", "ppo")  # pipeline/chain/table.py declares them loop=True (a test checks)
 
 
 def artifact_name(stage: str, round_no: int) -> str:

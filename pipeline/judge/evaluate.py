@@ -9,7 +9,7 @@ baseline: PPO's development report, the DPO/GRPO/RLOO report, evaluation and com
   compare   pipeline/judge/comparison.py  win rates with intervals, paired gold difference, KL, lengths and
                                           the verdict of pipeline/judge/quality_bar.py.
 
-The prompts come from one rule too (stages/report_prompts.py). A stage holding both models in memory
+The prompts come from one rule too (data/report_prompts.py). A stage holding both models in memory
 calls `judge_pair`; eval and compare, which load one model at a time (and may meet models with other
 tokenizers), call the same steps themselves.
 

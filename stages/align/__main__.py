@@ -1,3 +1,10 @@
-from stages.entry import start
+from pipeline.chain.entry import start
 
-start("align", "stages.align.stage")
+
+def load():  # the stage's main, imported (with torch) only once it has work to do
+    from stages.align.stage import main
+
+    return main
+
+
+start("align", load)

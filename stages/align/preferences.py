@@ -28,9 +28,10 @@ class Pairs:
 
 def pair_sources(cfg) -> tuple[list[str], str | None]:
     """(training sources, held-out source or None) for cfg.dpo, as the stage graph declares them
-    (stages/graph.py): dpo.data=reward means the pairs the reward model learns from, every part of
+    (pipeline/chain/table.py): dpo.data=reward means the pairs the reward model learns from, every part of
     reward.data (demo+rank: the demo's rankings and this run's rankings of the model's own answers)."""
-    from stages.graph import input_path, inputs_of
+    from data.demo import input_path
+    from pipeline.chain.table import inputs_of
 
     inputs = inputs_of(cfg, "dpo")
     train = [input_path(cfg, inp) for name, inp in inputs.items() if name.startswith("pairs")]

@@ -1,15 +1,15 @@
 """What an alignment stage shows when it finishes: the tuned model against SFT on the development prompts
-PPO reports on (the rule of stages/report_prompts.py), by the judge every report uses (pipeline/judge):
+PPO reports on (the rule of data/report_prompts.py), by the judge every report uses (pipeline/judge):
 the comparison in report.json and the manifest, answers side by side in samples.md. The verdict across
 methods is `make compare`'s (stages/compare), on the test prompts."""
 
 from __future__ import annotations
 
 from data.gold import gold_score
+from data.report_prompts import ReportPrompts
 from pipeline.judge.answering import Sampling
 from pipeline.judge.comparison import ModelAnswers, summary_line
 from pipeline.judge.evaluate import RewardJudge, judge_pair
-from stages.report_prompts import ReportPrompts
 
 
 def sampling(cfg, method: str) -> Sampling:

@@ -21,7 +21,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from data.demo import input_path
+from data.report_prompts import report_prompts
 from pipeline.artifacts.store import resolve_model_source, start_artifact
+from pipeline.chain.table import inputs_of, is_up_to_date, key, reward_stats
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -32,8 +35,6 @@ from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.align import dpo, online, preferences
 from stages.align import report as heldout
-from stages.graph import input_path, inputs_of, is_up_to_date, key, reward_stats
-from stages.report_prompts import report_prompts
 
 log = logging.getLogger("stages.align")
 ELAPSED = "elapsed.json"  # training seconds so far, saved with each checkpoint: wall time survives a resume

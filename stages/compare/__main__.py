@@ -1,3 +1,10 @@
-from stages.entry import start
+from pipeline.chain.entry import start
 
-start("compare", "stages.compare.stage")
+
+def load():  # the stage's main, imported (with torch) only once it has work to do
+    from stages.compare.stage import main
+
+    return main
+
+
+start("compare", load)

@@ -1,5 +1,5 @@
 """How `make compare` measures, with the judge every report uses (pipeline/judge): every model answers the
-test prompts (the rule of stages/report_prompts.py) with the eval section's sampling, so the numbers match
+test prompts (the rule of data/report_prompts.py) with the eval section's sampling, so the numbers match
 `make eval`'s; each method is then compared with SFT on the same prompts."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data.gold import gold_score
+from data.report_prompts import report_prompts
 from pipeline.judge.answering import Sampling, answer, load_chat_model, logprobs_under, release
 from pipeline.judge.comparison import ModelAnswers, compare_answers, summarise
 from pipeline.judge.evaluate import RewardJudge, reward_model_path, score_gold, score_rm
 from pipeline.lm.model import model_dtype
-from stages.report_prompts import report_prompts
 
 __all__ = ["Evaluated", "answer_all", "reward_model_path", "summarise_model", "versus_baseline"]
 

@@ -14,6 +14,8 @@ import json
 
 from pipeline.artifacts.finite import json_safe
 from pipeline.artifacts.store import is_complete, read_manifest, resolve_model_source, start_artifact
+from pipeline.chain.table import is_up_to_date
+from pipeline.chain.table import key as stage_key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -22,8 +24,6 @@ from pipeline.lm.model import model_dtype
 from pipeline.runtime.device import pick_device, seed_everything
 from stages.compare import evaluator
 from stages.compare.report import plot_frontier, render
-from stages.graph import is_up_to_date
-from stages.graph import key as stage_key
 
 METHODS = ("ppo", "dpo", "grpo", "rloo")
 

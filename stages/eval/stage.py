@@ -16,8 +16,11 @@ import json
 from pathlib import Path
 
 from data.gold import gold_score
+from data.report_prompts import report_prompts
 from pipeline.artifacts.finite import json_safe
 from pipeline.artifacts.store import is_complete, read_manifest, resolve_model_source, start_artifact
+from pipeline.chain.table import EVAL_RUN_MODELS, is_up_to_date
+from pipeline.chain.table import key as stage_key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -36,11 +39,8 @@ from stages.eval.compare import Evaluated, headline, samples, summarise_model, w
 from stages.eval.lm import heldout_texts, lm_metrics
 from stages.eval.plots import plot_all
 from stages.eval.report import render_report
-from stages.graph import EVAL_RUN_MODELS, is_up_to_date
-from stages.graph import key as stage_key
-from stages.report_prompts import report_prompts
 
-RUN_MODELS = EVAL_RUN_MODELS  # this run's models eval compares by default (stages/graph.py)
+RUN_MODELS = EVAL_RUN_MODELS  # this run's models eval compares by default (pipeline/chain/table.py)
 
 
 def model_refs(cfg) -> list[tuple[str, str, dict]]:

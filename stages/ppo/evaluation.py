@@ -6,7 +6,7 @@ Two things, for two moments:
     samples.md and metrics.jsonl (eval/score, eval/gold): a cheap monitor of the numbers PPO optimises,
     under a forked RNG so training is unchanged;
   - at the end, `development_report`: PPO against SFT by the judge every report uses (pipeline/judge),
-    on the prompts the one rule chooses (stages/report_prompts.py), with the quality-bar verdict.
+    on the prompts the one rule chooses (data/report_prompts.py), with the quality-bar verdict.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from data.gold import gold_score
+from data.report_prompts import ReportPrompts
 from pipeline.artifacts.atomic import write_text
 from pipeline.judge.answering import Sampling
 from pipeline.judge.evaluate import RewardJudge, judge_pair
@@ -29,7 +30,6 @@ from stages.ppo.rollout import (
     micro_batched,
     sequence_scores,
 )
-from stages.report_prompts import ReportPrompts
 
 
 @torch.no_grad()

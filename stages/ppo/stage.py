@@ -20,7 +20,10 @@ import os
 
 import torch
 
+from data.demo import input_path
+from data.report_prompts import report_prompts
 from pipeline.artifacts.store import resolve_model_source, start_artifact
+from pipeline.chain.table import inputs_of, is_up_to_date, key, reward_stats
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -29,16 +32,14 @@ from pipeline.judge.comparison import summary_line
 from pipeline.judge.evaluate import reward_max_length
 from pipeline.lm.model import model_dtype
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
-from stages.graph import input_path, inputs_of, is_up_to_date, key, reward_stats
 from stages.ppo.evaluation import development_report
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
 from stages.ppo.report import dev_headline, render_report
 from stages.ppo.trainer import PPOTrainer
-from stages.report_prompts import report_prompts
 
 
 def prompt_sources(cfg) -> tuple[str, str | None]:
-    """(training prompts, development prompts with gold answers or None), as stages/graph.py declares them."""
+    """(training prompts, development prompts with gold answers or None), as pipeline/chain/table.py declares them."""
     inputs = inputs_of(cfg, "ppo")
     dev = inputs["dev_prompts"]
     return input_path(cfg, inputs["prompts"]), input_path(cfg, dev) if dev else None

@@ -25,6 +25,7 @@ from data.token_cache import (
 )
 from pipeline.artifacts.atomic import publish_dir, scratch_name
 from pipeline.artifacts.store import fingerprint, start_artifact
+from pipeline.chain.table import is_up_to_date, key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -32,7 +33,6 @@ from pipeline.lm.model import build_model, describe
 from pipeline.lm.tokenizer import load_tokenizer, train_tokenizer
 from pipeline.lm.word_tokenizer import train_word_tokenizer
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
-from stages.graph import is_up_to_date, key
 from stages.pretrain.baseline import fit_bigram, unknown_tokens
 from stages.pretrain.loop import train_lm
 from stages.pretrain.samples import write_samples

@@ -1,3 +1,10 @@
-from stages.entry import start
+from pipeline.chain.entry import start
 
-start("rank", "stages.rank.stage")
+
+def load():  # the stage's main, imported (with torch) only once it has work to do
+    from stages.rank.stage import main
+
+    return main
+
+
+start("rank", load)

@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from data.demo import input_path
 from pipeline.artifacts.store import (
     fingerprint,
     read_manifest,
@@ -24,13 +25,13 @@ from pipeline.artifacts.store import (
     source_fingerprint,
     start_artifact,
 )
+from pipeline.chain.table import inputs_of, is_up_to_date, labels_dir
+from pipeline.chain.table import key as stage_key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
-from stages.graph import input_path, inputs_of, is_up_to_date, labels_dir
-from stages.graph import key as stage_key
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings
 from stages.rank.report import gold_by_position, gold_by_temperature, write_report
@@ -50,7 +51,7 @@ def default_policy(cfg, round_no: int) -> tuple[Path, str]:
 
 
 def prompt_sources(cfg) -> tuple[str, str | None]:
-    """(the prompts to rank, the held-out prompts or None), as stages/graph.py declares them."""
+    """(the prompts to rank, the held-out prompts or None), as pipeline/chain/table.py declares them."""
     inputs = inputs_of(cfg, "rank")
     held = inputs["heldout"]
     return input_path(cfg, inputs["prompts"]), input_path(cfg, held) if held else None

@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from pipeline.listen import host_refusal, is_loopback  # noqa: F401 (is_loopback re-exported)
+from pipeline.listen import host_refusal
 from stages.rank.labels import BadRanking
 from stages.rank.session import LabelingSession, UnknownPrompt
 

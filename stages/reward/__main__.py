@@ -1,3 +1,10 @@
-from stages.entry import start
+from pipeline.chain.entry import start
 
-start("reward", "stages.reward.stage")
+
+def load():  # the stage's main, imported (with torch) only once it has work to do
+    from stages.reward.stage import main
+
+    return main
+
+
+start("reward", load)

@@ -22,6 +22,7 @@ from pipeline.artifacts.atomic import translating_disk_errors
 from pipeline.artifacts.finite import check_finite
 from pipeline.artifacts.metrics import read_metrics
 from pipeline.artifacts.store import resolve_model_source, source_fingerprint, start_artifact
+from pipeline.chain.table import is_up_to_date, key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import main_guard
@@ -41,7 +42,6 @@ from pipeline.lm.hf_glue import (
     use_our_progress,
 )
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
-from stages.graph import is_up_to_date, key
 from stages.reward.dataset import (
     heldout_source,
     load_heldout,

@@ -2,7 +2,7 @@
 PPO's prompts: the normalisation PPO, GRPO and RLOO apply to every reward (runs/<name>/reward-stats/).
 
 A step of its own, keyed on the reward model's and the policy's fingerprints and PPO's sampling settings
-(stages/graph.py), so `make ppo ppo.temperature=0.9` measures the statistics again in seconds and never
+(pipeline/chain/table.py), so `make ppo ppo.temperature=0.9` measures the statistics again in seconds and never
 retrains the reward model. The answers are scored exactly as PPO scores its rollouts: the chat-formatted
 prompt's ids followed by the sampled ids, cut after the first end of turn (no decoding, no template
 applied again), so the statistics describe the distribution PPO normalises.
@@ -14,7 +14,9 @@ import json
 
 import torch
 
+from data.demo import input_path
 from pipeline.artifacts.store import start_artifact
+from pipeline.chain.table import STAGES, inputs_of, is_up_to_date, key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
@@ -23,7 +25,6 @@ from pipeline.graph.rounds import current_round, make_command
 from pipeline.judge.scoring import STATS_FILE, load_reward_model, score_ids
 from pipeline.lm.chat_format import encode_chat
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
-from stages.graph import STAGES, input_path, inputs_of, is_up_to_date, key
 
 
 def model_source(cfg, name: str) -> str:

@@ -1,3 +1,10 @@
-from stages.entry import start
+from pipeline.chain.entry import start
 
-start("sft", "stages.sft.stage")
+
+def load():  # the stage's main, imported (with torch) only once it has work to do
+    from stages.sft.stage import main
+
+    return main
+
+
+start("sft", load)

@@ -68,10 +68,11 @@ def _source_record(source: str) -> dict:
 def load_sft_splits(cfg) -> tuple[list[dict], list[dict], dict]:
     """(train, validation, inputs-record) for cfg.sft: the demo set by default, else any file or
     hub name data.loaders.load_sft reads; without val_data, a seeded val_fraction of the data."""
-    from stages.graph import input_path, inputs_of
+    from data.demo import input_path
+    from pipeline.chain.table import inputs_of
 
     s = cfg.sft
-    inputs = inputs_of(cfg, "sft")  # as stages/graph.py declares them: the demo's sets, or the files named
+    inputs = inputs_of(cfg, "sft")  # as pipeline/chain/table.py declares them: the demo's sets, or the files named
     train_src = input_path(cfg, inputs["train"])
     val_src = input_path(cfg, inputs["val"]) if "val" in inputs else None
     train = _load(train_src)

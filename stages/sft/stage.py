@@ -20,6 +20,7 @@ from accelerate import PartialState
 
 from pipeline.artifacts.atomic import translating_disk_errors
 from pipeline.artifacts.store import resolve_model_source, start_artifact
+from pipeline.chain.table import is_up_to_date, key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import main_guard
@@ -38,7 +39,6 @@ from pipeline.lm.hf_glue import (
 from pipeline.lm.model import count_parameters, load_causal_lm, set_generation_defaults
 from pipeline.lm.tokenizer import load_tokenizer
 from pipeline.runtime.device import seed_everything
-from stages.graph import is_up_to_date, key
 from stages.sft.dataset import Screened, heldout_prompts, load_sft_splits, screen_splits
 from stages.sft.report import answer, gold_eval, write_samples
 

@@ -1,4 +1,4 @@
-"""What make needs from the stage graph (stages/graph.py), for a config and its overrides, as one line of
+"""What make needs from the stage graph (pipeline/chain/table.py), for a config and its overrides, as one line of
 words (make reads words, not JSON):
 
     stages:data,pretrain,...     every stage target
@@ -21,10 +21,10 @@ import os
 import sys
 
 from pipeline.artifacts.store import is_complete
+from pipeline.chain.table import LOOP, STAGES, demo_readers, make_needs
 from pipeline.config.loader import load_config
 from pipeline.errors import UserError
 from pipeline.graph.rounds import current_round, later_rounds, newest_artifact
-from stages.graph import LOOP, STAGES, demo_readers, make_needs
 
 
 def run_word(name: str) -> str:
@@ -58,7 +58,7 @@ def help_lines() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.plan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.chain.plan", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.environ.get("CONFIG", "configs/tiny.yaml"))
     parser.add_argument("--why", choices=list(STAGES), help="say why TARGET is skipped (or that it runs)")
     parser.add_argument("--targets", action="store_true", help="list the stage targets with one line each")

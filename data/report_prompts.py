@@ -1,12 +1,13 @@
 """The prompts a report answers: one rule (`report_prompts`) for PPO's development report, the DPO/GRPO/RLOO
-report, eval and compare. Each reads the file the stage graph declares for it (stages/graph.py), so a
+report, eval and compare. Each reads the file the stage graph declares for it (pipeline/chain/table.py), so a
 report answers exactly the prompts its artifact's key fingerprints."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.graph import STAGES, input_path
+from data.demo import input_path
+from pipeline.chain.table import STAGES
 
 DEVELOPMENT, TEST = "development", "test"
 TRAINING_REPORTS = ("ppo", "dpo", "grpo", "rloo")

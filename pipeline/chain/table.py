@@ -9,7 +9,7 @@ For each stage: the config values that decide its artifact (`config`), and its i
 stages' artifacts, which make builds first unless a config key names another input, and data sources,
 fingerprinted by content. Keys that change how a run is carried out but not what it makes (NO_EFFECT)
 are left out, so changing them never makes an artifact stale. This module reads only the config: no
-torch, no model; `python -m stages.plan` prints what make needs from it.
+torch, no model; `python -m pipeline.chain.plan` prints what make needs from it.
 """
 
 from __future__ import annotations
@@ -257,9 +257,8 @@ def _data_skip(cfg) -> str | None:
 
 
 def _data_config(cfg) -> dict:
-    from data.demo import demo_config
-
-    return demo_config(cfg)
+    """The demo's settings (data.demo also checks its builder's code and the Python version itself)."""
+    return {"data": section(cfg, "data", drop=("dir",))}
 
 
 TRAINED = ("pretrain", "sft", "rank", "reward", "reward-stats", "ppo", "dpo", "grpo", "rloo")
@@ -320,25 +319,6 @@ def demo_readers(cfg) -> list[str]:
             continue
         keys += [i.key for i in stage.inputs(cfg).values() if isinstance(i, Source) and i.demo]
     return sorted(set(keys))
-
-
-def input_path(cfg, inp, file: str = "rankings.jsonl") -> str:
-    """The path a stage reads for one of its declared inputs: a data source (the demo built first when it is
-    missing), or a file of this run's artifact (which must be finished; the error names its command)."""
-    if isinstance(inp, Artifact):
-        from pipeline.artifacts.store import require_artifact
-        from pipeline.graph.declare import default_dir
-        from pipeline.graph.rounds import make_command
-
-        d = default_dir(cfg, inp, STAGES)
-        require_artifact(d, make_command(inp.stage, inp.round_no if isinstance(inp.round_no, int)
-                                         else current_round(cfg)))
-        return str(d / file)
-    if inp.demo:
-        from data.demo import demo_file
-
-        return str(demo_file(cfg, Path(inp.path).name))
-    return inp.path
 
 
 def inputs_of(cfg, name: str) -> dict:

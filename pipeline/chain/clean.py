@@ -1,6 +1,6 @@
-"""`make clean` (`python -m stages.clean --config PRESET`): delete this run's artifacts and nothing else.
+"""`make clean` (`python -m pipeline.chain.clean --config PRESET`): delete this run's artifacts and nothing else.
 
-What goes: every artifact folder the stage graph declares (stages/graph.py; each round's too: ppo-r2, ...),
+What goes: every artifact folder the stage graph declares (pipeline/chain/table.py; each round's too: ppo-r2, ...),
 their unfinished work (`<stage>.partial`), the copy a kill can leave mid-commit (`<stage>.old`), their
 locks, and the token cache. Each is recognised as ours before it goes: an artifact by its manifest's stage,
 a work folder by its key.json or checkpoints. What stays: the labels people wrote (`labels/`, `labels-rN/`:
@@ -18,9 +18,9 @@ import shutil
 from pathlib import Path
 
 from pipeline.artifacts.store import read_manifest
+from pipeline.chain.table import STAGES
 from pipeline.config.loader import load_config
 from pipeline.errors import main_guard
-from stages.graph import STAGES
 
 KEPT = re.compile(r"labels(-r[0-9]+)?")  # people's rankings: never deleted by any make target
 OURS = {"cache"}  # folders the stages write besides the artifacts (pretraining's tokenizer and token cache)
@@ -75,7 +75,7 @@ def clean(run_dir: Path, log=print) -> tuple[list[Path], list[Path]]:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.clean", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.chain.clean", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=os.environ.get("CONFIG", "configs/tiny.yaml"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
