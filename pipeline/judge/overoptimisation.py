@@ -1,0 +1,110 @@
+"""Reward over-optimisation as Gao et al. measured it ("Scaling Laws for Reward Model Overoptimization", 2023):
+a score's gain over the starting policy as a function of d = sqrt(KL(policy || start)), the KL per answer in nats.
+
+    RL:         R(d) = d (alpha - beta log d)     peak at d* = exp(alpha/beta - 1), R(d*) = beta d*
+    best-of-n:  R(d) = d (alpha - beta d)         peak at d* = alpha / (2 beta),    R(d*) = alpha^2 / (4 beta)
+
+Both are linear in (alpha, beta), so the fit is ordinary least squares on the features (d, -d log d) or
+(d, -d^2); R is the gain over the start (the score at d = 0), so the forms pass through the origin. The gold
+score of an over-optimised run rises, peaks and falls (beta > 0); a proxy (the reward model itself) usually keeps
+rising, and a fit without a positive beta has no peak (None).
+
+Also the rule that keeps the best point of a run (`better`): the higher development score wins, a tie goes to
+the lower KL. PPO (stages/ppo) and GRPO/RLOO (stages/align) both use this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+FORMS = ("rl", "bon")
+TIE = 1e-9  # scores closer than this are a tie (the same answers scored twice)
+
+
+@dataclass(frozen=True)
+class Fit:
+    form: str  # "rl" or "bon"
+    alpha: float
+    beta: float
+    points: int  # points with d > 0 the fit used
+    rmse: float  # of the gain, over those points
+
+    def gain(self, d: float) -> float:
+        if d <= 0:
+            return 0.0
+        return d * (self.alpha - self.beta * (math.log(d) if self.form == "rl" else d))
+
+    def peak(self) -> tuple[float, float] | None:
+        """(d*, gain at d*) where the fitted gain is highest; None when it never turns down (beta <= 0)."""
+        if self.beta <= 0:
+            return None
+        if self.form == "rl":
+            d = math.exp(self.alpha / self.beta - 1.0)
+            return d, self.beta * d
+        d = self.alpha / (2.0 * self.beta)
+        return (d, self.alpha**2 / (4.0 * self.beta)) if d > 0 else None
+
+    def as_dict(self) -> dict:
+        peak = self.peak()
+        return {"form": self.form, "alpha": self.alpha, "beta": self.beta, "points": self.points, "rmse": self.rmse,
+                "peak_d": peak[0] if peak else None, "peak_kl": peak[0] ** 2 if peak else None,
+                "peak_gain": peak[1] if peak else None}
+
+
+def fit(d: Sequence[float], gain: Sequence[float], form: str = "rl") -> Fit | None:
+    """Least-squares (alpha, beta) of `form` through the points (d_i, gain_i); points at d <= 0 carry no
+    information (every form is 0 there) and are left out. None with fewer than two usable points or when
+    the two features are collinear (all points at one d)."""
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; use one of {FORMS}")
+    pts = [(float(x), float(y)) for x, y in zip(d, gain) if x > 0 and math.isfinite(x) and math.isfinite(y)]
+    if len(pts) < 2:
+        return None
+    # gain = alpha * u - beta * v: normal equations of the 2x2 least-squares problem
+    rows = [(x, x * math.log(x) if form == "rl" else x * x, y) for x, y in pts]
+    suu = sum(u * u for u, _, _ in rows)
+    svv = sum(v * v for _, v, _ in rows)
+    suv = sum(u * v for u, v, _ in rows)
+    suy = sum(u * y for u, _, y in rows)
+    svy = sum(v * y for _, v, y in rows)
+    det = suu * svv - suv * suv
+    if abs(det) <= 1e-12 * max(suu * svv, 1e-300):
+        return None
+    alpha = (suy * svv - svy * suv) / det
+    beta = -(suu * svy - suv * suy) / det
+    result = Fit(form, alpha, beta, len(pts), 0.0)
+    rmse = math.sqrt(sum((result.gain(x) - y) ** 2 for x, y in pts) / len(pts))
+    return Fit(form, alpha, beta, len(pts), rmse)
+
+
+def distance(kl: float) -> float:
+    """d = sqrt(KL), with a KL estimate a hair below zero (sampling noise) read as 0."""
+    return math.sqrt(max(kl, 0.0))
+
+
+def curve_fits(points: Sequence[dict], *, kl: str = "kl_k3", scores: Sequence[str] = ("proxy", "gold")) -> dict:
+    """Both forms fitted to each score's gain over the first point (the start, d = 0): {score: {form: fit dict}}
+    for the scores every point has; a form that cannot be fitted is None."""
+    if not points:
+        return {}
+    out = {}
+    for name in scores:
+        if any(p.get(name) is None for p in points):
+            continue
+        start = points[0][name]
+        d = [distance(p[kl]) for p in points]
+        gains = [p[name] - start for p in points]
+        out[name] = {form: (f.as_dict() if (f := fit(d, gains, form)) else None) for form in FORMS}
+    return out
+
+
+def better(score: float, kl: float, best_score: float | None, best_kl: float | None) -> bool:
+    """Does a point with (score, kl) beat the best so far? A higher score does; a tie goes to the lower KL
+    (the point nearer the start is as good and risks less)."""
+    if best_score is None:
+        return True
+    if score > best_score + TIE:
+        return True
+    return abs(score - best_score) <= TIE and kl < (best_kl if best_kl is not None else math.inf)
