@@ -1,63 +1,23 @@
-"""Ranking labels on disk: check a ranking, append it safely, read the winning records back, measure agreement.
+"""Ranking labels of the rank stage: one record per person's ranking of a candidates.jsonl record.
 
-A labels file is the whole state of a labeling session. Each submission is one JSON line appended under a
-file lock and fsync'ed before the person is told "saved", so a closed browser or a killed server loses
-nothing and a re-run resumes from the file. The latest record per (prompt_id, labeler) wins, which is what
-makes "go back and re-rank" an append rather than an edit. The pipeline never rewrites or deletes the file.
+The labels file itself (checking a ranking, the crash-safe append, reading the winning records back,
+agreement between people) is data/labels.py, shared with the feedback store of `make serve` and `make chat`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections import defaultdict
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import combinations
-from pathlib import Path
 
-from pipeline.judge.stats import kendall_tau as stats_kendall_tau
-from pipeline.judge.stats import paired_difference
-
-
-class BadRanking(ValueError):
-    """The ranking is not an order of this prompt's answers (the message says what is wrong)."""
-
-
-def ranking_groups(ranking, k: int) -> list[list[int]]:
-    """Groups best first from a strict order [2, 0, 3, 1] or tied groups [[2], [0, 3], [1]].
-
-    Every answer index 0..k-1 must appear exactly once; a repeated index is an error, not a tie."""
-    if not isinstance(ranking, list) or not ranking:
-        raise BadRanking("ranking must be a non-empty list of answer indices, best first, e.g. [2, 0, 3, 1] "
-                         "or with ties [[2], [0, 3], [1]]")
-    groups = []
-    for entry in ranking:
-        group = entry if isinstance(entry, list) else [entry]
-        if not group:
-            raise BadRanking("ranking has an empty tie group []")
-        for i in group:
-            if isinstance(i, bool) or not isinstance(i, int):
-                raise BadRanking(f"ranking entries must be answer indices (integers), got {i!r}")
-            if not 0 <= i < k:
-                raise BadRanking(f"answer index {i} is out of range: this prompt has {k} answers (0..{k - 1})")
-        groups.append(list(group))
-    named = [i for g in groups for i in g]
-    repeated = sorted({i for i in named if named.count(i) > 1})
-    if repeated:
-        raise BadRanking(f"answer {repeated[0]} appears more than once; a ranking names each answer once "
-                         "(tie answers by grouping them, e.g. [[0, 3], [1], [2]])")
-    if len(named) != k:
-        missing = sorted(set(range(k)) - set(named))
-        raise BadRanking(f"ranking orders {len(named)} answers but this prompt has {k} "
-                         f"(missing: {', '.join(map(str, missing))})")
-    return groups
-
-
-def stored_ranking(groups: list[list[int]]) -> list:
-    """The contract's on-disk form: a flat list when nothing is tied, else the groups."""
-    return [g[0] for g in groups] if all(len(g) == 1 for g in groups) else [list(g) for g in groups]
+from data.labels import (  # noqa: F401 (the rank stage's modules and tests import these from here)
+    BadRanking,
+    Labels,
+    agreement,
+    append_label,
+    kendall_tau,
+    ranking_groups,
+    read_labels,
+    stored_ranking,
+)
 
 
 def label_record(candidate: dict, groups: list[list[int]], *, labeler: str, all_bad: bool = False) -> dict:
@@ -73,119 +33,3 @@ def label_record(candidate: dict, groups: list[list[int]], *, labeler: str, all_
     if "policy" in candidate:  # which model wrote the answers: tells rounds of iterated RLHF apart
         rec["policy"] = candidate["policy"]
     return rec
-
-
-@contextmanager
-def _locked(f):
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one labeler per file is still safe
-        yield
-        return
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def append_label(path: Path, record: dict) -> None:
-    """Append one record as a JSON line, durable on return (flush + fsync), under an exclusive lock so
-    several labelers (processes) can share one file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-    with open(path, "a+b") as f, _locked(f):
-        f.seek(0, os.SEEK_END)
-        if f.tell():
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":  # a line torn by a kill mid-write: never glue the new record onto it
-                line = b"\n" + line
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    if created and hasattr(os, "O_DIRECTORY"):  # make the new file's directory entry durable too
-        fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@dataclass
-class Labels:
-    records: list[dict] = field(default_factory=list)  # the winning record per (prompt_id, labeler), oldest first
-    bad_lines: list[int] = field(default_factory=list)  # 1-based line numbers that are no valid ranking record
-
-
-def _valid(rec) -> bool:
-    if not isinstance(rec, dict) or not isinstance(rec.get("prompt_id"), str):
-        return False
-    if not isinstance(rec.get("labeler"), str) or not isinstance(rec.get("responses"), list):
-        return False
-    try:
-        ranking_groups(rec.get("ranking"), len(rec["responses"]))
-    except BadRanking:
-        return False
-    return True
-
-
-def read_labels(path: Path) -> Labels:
-    """The latest record per (prompt_id, labeler), in the order they were last submitted; lines that are not
-    a valid ranking record (e.g. torn by a kill mid-write) are skipped and their line numbers counted."""
-    path = Path(path)
-    latest: dict[tuple[str, str], dict] = {}
-    bad = []
-    if path.exists():
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    rec = None
-                if isinstance(rec, dict) and isinstance(rec.get("prompt_id"), str) and "ranking" not in rec:
-                    continue  # an event that ranks nothing (a skip), not a broken line
-                if not _valid(rec):
-                    bad.append(n)
-                    continue
-                key = (rec["prompt_id"], rec["labeler"])
-                latest.pop(key, None)  # re-insert so dict order is the order of last submission
-                latest[key] = rec
-    return Labels(records=list(latest.values()), bad_lines=bad)
-
-
-def kendall_tau(groups_a: list[list[int]], groups_b: list[list[int]]) -> float | None:
-    """Kendall's tau-b between two rankings of the same answers (ties allowed); None when either ranks
-    everything equal, where agreement is undefined."""
-    place_a = {i: p for p, g in enumerate(groups_a) for i in g}
-    place_b = {i: p for p, g in enumerate(groups_b) for i in g}
-    answers = sorted(place_a)
-    return stats_kendall_tau([-place_a[i] for i in answers], [-place_b[i] for i in answers])
-
-
-def agreement(records: list[dict]) -> dict:
-    """How much labelers agree on prompts ranked by more than one of them (the same answers): Kendall's tau-b
-    per pair of labelers, averaged per prompt, then over prompts (prompts are the independent units)."""
-    by_prompt = defaultdict(list)
-    for rec in records:
-        by_prompt[(rec["prompt_id"], tuple(rec["responses"]))].append(rec)
-    per_prompt, per_pair = [], defaultdict(list)
-    for recs in by_prompt.values():
-        taus = []
-        for a, b in combinations(sorted(recs, key=lambda r: r["labeler"]), 2):
-            k = len(a["responses"])
-            tau = kendall_tau(ranking_groups(a["ranking"], k), ranking_groups(b["ranking"], k))
-            if tau is not None:
-                taus.append(tau)
-                per_pair[f"{a['labeler']}~{b['labeler']}"].append(tau)
-        if taus:
-            per_prompt.append(sum(taus) / len(taus))
-    # a one-sample interval is the paired difference from 0: the same t interval, the same code
-    summary = paired_difference(per_prompt, [0.0] * len(per_prompt))
-    one = len(per_prompt) < 2  # an interval from one prompt would claim a spread nobody measured
-    return {"prompts": len(per_prompt), "mean_tau": summary["mean"],
-            "ci_low": None if one else summary["ci_low"], "ci_high": None if one else summary["ci_high"],
-            "by_pair": {pair: {"prompts": len(t), "mean_tau": sum(t) / len(t)} for pair, t in sorted(per_pair.items())}}
