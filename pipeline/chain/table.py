@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from pipeline.config.loader import to_dict
+from pipeline.config.schema_rl import parse_gold
 from pipeline.graph.declare import Artifact, Source, Stage, artifact_dir, needs, stage_key, up_to_date
 from pipeline.graph.rounds import current_round, reward_parts
 
@@ -208,6 +209,28 @@ def _with_demo(config, inputs):
     return lambda cfg: {**config(cfg), **demo_section(cfg, inputs(cfg))}
 
 
+def judged_config(config):
+    """A stage whose report has gold numbers is keyed on judge.gold, except for the demo's metric (the
+    default adds nothing, so artifacts made before the key existed stay current)."""
+    def with_judge(cfg) -> dict:
+        out = config(cfg)
+        return {**out, "judge": {"gold": cfg.judge.gold}} if parse_gold(cfg.judge.gold)[1] else out
+    return with_judge
+
+
+def judged_inputs(inputs):
+    """... and reads what judge.gold names: a reward model or judge LM recorded by its manifest, a rankings
+    file by its content."""
+    def with_judge(cfg) -> dict:
+        kind, path = parse_gold(cfg.judge.gold)
+        out = dict(inputs(cfg))
+        if path:
+            out["gold"] = (Source(path, "judge.gold") if kind == "rankings"
+                           else Artifact("reward" if kind == "reward" else "sft", "judge.gold", value=path))
+        return out
+    return with_judge
+
+
 def eval_inputs(cfg) -> dict:
     e = cfg.eval
     out = {"prompts": None if e.prompts == "none" else demo(cfg, e.prompts, "eval_prompts.jsonl", "eval.prompts")}
@@ -289,24 +312,24 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                      stats_inputs),
           stats_inputs, loop=True),
     Stage("ppo", "PPO with a KL leash to SFT (run.rounds=N: rounds 2..N -> ppo-rN)", "stages.ppo",
-          _with_demo(lambda cfg: {"ppo": section(cfg, "ppo"), "run": seed_dtype(cfg)}, ppo_inputs),
-          ppo_inputs, launch=True, loop=True),
+          judged_config(_with_demo(lambda cfg: {"ppo": section(cfg, "ppo"), "run": seed_dtype(cfg)}, ppo_inputs)),
+          judged_inputs(ppo_inputs), launch=True, loop=True),
     Stage("dpo", "DPO (TRL DPOTrainer) on the pairs the reward model learns from (reward.data)", "stages.align",
-          align_config("dpo"),
-          dpo_inputs, args=("align.method=dpo",), launch=True),
+          judged_config(align_config("dpo")),
+          judged_inputs(dpo_inputs), args=("align.method=dpo",), launch=True),
     Stage("grpo", "GRPO (TRL GRPOTrainer), rewarded as PPO is, PPO's answer budget", "stages.align",
-          align_config("grpo"), online_inputs("grpo"), args=("align.method=grpo",), launch=True),
+          judged_config(align_config("grpo")), judged_inputs(online_inputs("grpo")), args=("align.method=grpo",), launch=True),
     Stage("rloo", "RLOO (TRL RLOOTrainer), rewarded as PPO is, PPO's answer budget", "stages.align",
-          align_config("rloo"), online_inputs("rloo"), args=("align.method=rloo",), launch=True),
+          judged_config(align_config("rloo")), judged_inputs(online_inputs("rloo")), args=("align.method=rloo",), launch=True),
     Stage("eval", "compare pretrain / SFT / PPO on held-out data (MODELS=dir ... to choose)", "stages.eval",
-          _with_demo(lambda cfg: {"eval": section(cfg, "eval"), "ppo": {"kl_budget": cfg.ppo.kl_budget},
-                                  "run": {"dtype": cfg.run.dtype}}, eval_inputs),
-          eval_inputs, after=True),
+          judged_config(_with_demo(lambda cfg: {"eval": section(cfg, "eval"), "ppo": {"kl_budget": cfg.ppo.kl_budget},
+                                                "run": {"dtype": cfg.run.dtype}}, eval_inputs)),
+          judged_inputs(eval_inputs), after=True),
     Stage("compare", "SFT vs PPO, DPO, GRPO, RLOO (those that exist)", "stages.compare",
-          _with_demo(lambda cfg: {"eval": {k: getattr(cfg.eval, k) for k in COMPARE_READS},
-                                  "ppo": {"kl_budget": cfg.ppo.kl_budget},
-                                  "run": {"dtype": cfg.run.dtype}}, compare_inputs),
-          compare_inputs, after=True),
+          judged_config(_with_demo(lambda cfg: {"eval": {k: getattr(cfg.eval, k) for k in COMPARE_READS},
+                                                "ppo": {"kl_budget": cfg.ppo.kl_budget},
+                                                "run": {"dtype": cfg.run.dtype}}, compare_inputs)),
+          judged_inputs(compare_inputs), after=True),
 )}
 LOOP = tuple(name for name, s in STAGES.items() if s.loop)
 

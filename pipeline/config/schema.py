@@ -17,7 +17,7 @@ from typing import Literal
 from pipeline.config.fields import setting
 from pipeline.config.schema_align import AlignSection, DPOSection, GRPOSection, RLOOSection
 from pipeline.config.schema_lora import LoraSection
-from pipeline.config.schema_rl import EvalSection, PPOSection
+from pipeline.config.schema_rl import EvalSection, JudgeSection, PPOSection
 from pipeline.errors import UserError
 
 _RESUME = "continue an unfinished run made with the same settings from its last checkpoint"
@@ -290,6 +290,7 @@ class RunConfig:
         from pipeline.graph.rounds import check_rounds
 
         check_rounds(self)  # across sections: what later rounds (run.rounds) cannot run with
+    judge: JudgeSection = field(default_factory=JudgeSection)
 
     @property
     def run_dir(self) -> Path:

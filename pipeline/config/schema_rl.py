@@ -8,6 +8,7 @@ from typing import Literal
 
 from pipeline.config.fields import setting
 from pipeline.config.schema_lora import LoraSection
+from pipeline.errors import UserError
 
 
 @dataclass
@@ -110,3 +111,30 @@ class EvalSection:
     length_tolerance: float = setting(0.2, "'matched length': answers within this share of each other's word "
                                       "count", range=">= 0")
     seed: int = setting(0, "random seed of the evaluation's sampling")
+
+
+GOLD_KINDS = ("demo", "reward", "rankings", "model")
+
+
+def parse_gold(value) -> tuple[str, str | None]:
+    """`judge.gold` as (kind, path): demo | reward:<dir> | rankings:<file> | model:<dir>; one line if not."""
+    text = str(value or "").strip()
+    kind, sep, path = text.partition(":")
+    if text == "demo":
+        return "demo", None
+    if sep and kind in GOLD_KINDS[1:] and path.strip():
+        return kind, path.strip()
+    raise UserError(f"judge.gold={value!r}: give demo, reward:<reward model dir>, rankings:<held-out rankings "
+                    "file> or model:<causal LM dir>.")
+
+
+@dataclass
+class JudgeSection:
+    """The held-out judge ("gold") behind every report's gold numbers (PPO, DPO/GRPO/RLOO, eval, compare):
+    docs/judges.md says what each kind measures."""
+
+    gold: str = setting("demo", "demo (the demo's gold metric), reward:DIR (a 2nd reward model), rankings:FILE or "
+                        "model:DIR (an LM)")
+
+    def validate(self) -> None:
+        parse_gold(self.gold)

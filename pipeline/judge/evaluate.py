@@ -5,7 +5,9 @@ baseline: PPO's development report, the DPO/GRPO/RLOO report, evaluation and com
   score     `RewardJudge`                 the reward model reads each (prompt, answer text) as the reward
                                           stage trained it (pipeline/judge/scoring.py), raw or normalised by
                                           the reward statistics (PPO's units);
-            `score_gold`                  the gold metric, passed in by the stage (pipeline/ reads no data/);
+            `score_gold`                  the held-out judge (`judge.gold`, pipeline/judge/gold.py: the demo's
+                                          gold metric, a second reward model, held-out rankings or a judge
+                                          model), built by the stage (data/held_out_judge.py);
   compare   pipeline/judge/comparison.py  win rates with intervals, paired gold difference, KL, lengths and
                                           the verdict of pipeline/judge/quality_bar.py.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from pipeline.judge.answering import Sampling, answer, logprobs_under
 from pipeline.judge.comparison import ModelAnswers, compare_answers
+from pipeline.judge.gold import GoldJudge, MetricGold
 
 GoldMetric = Callable[[str, str], float]  # (answer, gold answer) -> score; data.gold.gold_score by default
 
@@ -72,21 +75,32 @@ def score_rm(reward: RewardJudge, answered: list[ModelAnswers], prompts: Sequenc
         a.rm_scores = reward.score(prompts, a)
 
 
-def score_gold(answered: list[ModelAnswers], golds: Sequence[str | None], gold: GoldMetric | None) -> str:
-    """Gold-metric scores of every answer: '' on success, else why there are none (a paired difference
-    needs a gold answer for every prompt)."""
+def score_gold(answered: list[ModelAnswers], golds: Sequence[str | None], gold: GoldJudge | GoldMetric | None,
+               prompts: Sequence | None = None) -> str:
+    """The held-out judge's scores of every answer (pipeline/judge/gold.py; a bare metric is the demo's
+    kind): '' on success, else why there are none (a paired difference needs a score for every prompt)."""
     if gold is None:
         return "gold metric: none given"
-    if not all(golds):
+    judge = gold if hasattr(gold, "score") else MetricGold(gold)
+    if judge.name == "demo" and not all(golds):
         missing = sum(1 for g in golds if not g)
         return f"gold metric: {missing} of {len(golds)} prompts have no gold answer"
-    for a in answered:
-        a.gold_scores = [float(gold(text, g)) for text, g in zip(a.answers, golds)]
+    scored = [judge.score(prompts if prompts is not None else [""] * len(golds), a.answers, golds) for a in answered]
+    unjudged = max((sum(s is None for s in scores) for scores in scored), default=0)
+    if unjudged:
+        return f"gold ({judge.name}): {unjudged} of {len(golds)} answers have nothing to be judged by (no matching prompt)"
+    for a, scores in zip(answered, scored):
+        a.gold_scores = [float(s) for s in scores]
     return ""
 
 
+def gold_name(gold: GoldJudge | GoldMetric | None) -> str | None:
+    """How a report names the held-out judge behind its gold numbers."""
+    return None if gold is None else getattr(gold, "name", "demo")
+
+
 def judge_pair(candidate_model, baseline_model, tokenizer, prompts: Sequence, golds: Sequence[str | None],
-               sampling: Sampling, *, names: tuple[str, str], reward: RewardJudge | None, gold: GoldMetric | None,
+               sampling: Sampling, *, names: tuple[str, str], reward: RewardJudge | None, gold: GoldJudge | GoldMetric | None,
                kl_budget: float, length_tolerance: float = 0.2) -> tuple[dict, ModelAnswers, ModelAnswers]:
     """Candidate against baseline, both loaded and sharing `tokenizer`: (the comparison, the candidate's
     answers, the baseline's answers)."""
@@ -95,9 +109,12 @@ def judge_pair(candidate_model, baseline_model, tokenizer, prompts: Sequence, go
     under_baseline = logprobs_under(baseline_model, tokenizer, cand, sampling)
     if reward is not None:
         score_rm(reward, [cand, base], prompts)
-    score_gold([cand, base], golds, gold)
+    why = score_gold([cand, base], golds, gold, prompts)
     comparison = compare_answers(cand, base, prompts, kl_budget=kl_budget, under_baseline=under_baseline,
                                  length_tolerance=length_tolerance)
+    comparison["gold_judge"] = gold_name(gold)
+    if why:
+        comparison["gold_skipped"] = why
     return comparison, cand, base
 
 

@@ -20,13 +20,14 @@ def sampling(cfg, method: str) -> Sampling:
 
 
 def heldout_report(policy, sft, tokenizer, chosen: ReportPrompts, sampling: Sampling, *, method: str,
-                   reward: RewardJudge | None, kl_budget: float) -> tuple[dict, list[dict]]:
+                   reward: RewardJudge | None, kl_budget: float, gold=None) -> tuple[dict, list[dict]]:
     """(the comparison with SFT, rows for samples.md); ({}, []) without development prompts. RM scores are
-    in PPO's units (normalised by the reward statistics), as GRPO and RLOO were rewarded."""
+    in PPO's units (normalised by the reward statistics), as GRPO and RLOO were rewarded; gold by the held-out
+    judge (judge.gold; the demo's gold metric when None)."""
     if not chosen.prompts:
         return {}, []
     comparison, tuned, base = judge_pair(policy, sft, tokenizer, chosen.prompts, chosen.golds, sampling,
-                                         names=(method, "sft"), reward=reward, gold=gold_score, kl_budget=kl_budget)
+                                         names=(method, "sft"), reward=reward, gold=gold or gold_score, kl_budget=kl_budget)
     comparison.pop("kl_per_answer", None)
     rows = [{"prompt": p[-1]["content"], "gold": g, "answers": [_shown(a, i) for a in (tuned, base)]}
             for i, (p, g) in enumerate(zip(chosen.prompts, chosen.golds))]

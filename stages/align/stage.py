@@ -22,6 +22,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from data.demo import input_path
+from data.held_out_judge import held_out_judge
 from data.report_prompts import report_prompts
 from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.chain.table import inputs_of, is_up_to_date, key, reward_stats
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     reward = None if reward_fn is None else RewardJudge(reward_fn.model, reward_fn.tokenizer, extra["reward_max_length"],
                                                         stats=(reward_fn.mean, reward_fn.std))
     report, rows = heldout.heldout_report(policy, sft, tokenizer, chosen, heldout.sampling(cfg, method), method=method,
-                                          reward=reward, kl_budget=cfg.ppo.kl_budget)
+                                          reward=reward, gold=held_out_judge(cfg, policy.device),
+                                          kl_budget=cfg.ppo.kl_budget)
     heldout.write_samples(writer.out_dir / "samples.md", method, report, rows, chosen.source)
     metrics = {k: v for k, v in callback.last.items() if isinstance(v, (int, float))}
     metrics.update(headline(report, "heldout_") if report else {})

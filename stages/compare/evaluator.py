@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from data.gold import gold_score
+from data.held_out_judge import held_out_judge
 from data.report_prompts import report_prompts
 from pipeline.judge.answering import Sampling, answer, load_chat_model, logprobs_under, release
 from pipeline.judge.comparison import ModelAnswers, compare_answers, summarise
@@ -50,7 +50,8 @@ def answer_all(cfg, evaluated: list[Evaluated], device, dtype) -> tuple[list, st
         release(device)
     else:
         skipped.append(f"RM win rates and the quality bar: {why}")
-    why = score_gold(answered, chosen.golds, gold_score)
+    gold = held_out_judge(cfg, device, batch_size=cfg.eval.batch_size)
+    why = score_gold(answered, chosen.golds, gold, chosen.prompts)
     if why:
         skipped.append(why)
     return chosen.prompts, chosen.source, skipped

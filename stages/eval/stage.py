@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data.gold import gold_score
+from data.held_out_judge import held_out_judge
 from data.report_prompts import report_prompts
 from pipeline.artifacts.finite import json_safe
 from pipeline.artifacts.store import is_complete, read_manifest, resolve_model_source, start_artifact
@@ -112,7 +112,8 @@ def judge(cfg, evaluated: list[Evaluated], prompts: list, golds: list, reward_mo
         release(device)
     else:
         skipped.append(f"reward-model scores and RM win rates: {why}")
-    why = score_gold(answered, golds, gold_score) if prompts else "gold metric: eval.prompts=none"
+    why = (score_gold(answered, golds, held_out_judge(cfg, device, batch_size=e.batch_size), prompts) if prompts
+           else "gold metric: eval.prompts=none")
     if why:
         skipped.append(f"{why}; gold win rates skipped")
     candidate = evaluated[-1]

@@ -115,14 +115,15 @@ def _drop_sections_after(path: Path, step: int | None) -> None:
 
 
 def development_report(policy, ref, reward_model, tokenizer, chosen: ReportPrompts, *, ppo_cfg, seed: int,
-                       score_stats: tuple[float, float], reward_max_length: int | None) -> dict:
+                       score_stats: tuple[float, float], reward_max_length: int | None, gold=None) -> dict:
     """PPO against SFT on the development prompts, by the judge: each model samples as PPO's rollouts do
     (ppo.temperature, top_k, top_p, max_new_tokens) under `seed`; RM scores in PPO's units (normalised by
-    the reward statistics); a prompt listed several times is answered independently and counted once."""
+    the reward statistics); a prompt listed several times is answered independently and counted once.
+    `gold`: the held-out judge (judge.gold; data/held_out_judge.py), the demo's gold metric when None."""
     p = ppo_cfg
     sampling = Sampling(temperature=p.temperature, max_new_tokens=p.max_new_tokens, seed=seed,
                         batch_size=p.forward_batch_size, top_k=p.top_k, top_p=p.top_p, section="ppo")
     reward = RewardJudge(reward_model, tokenizer, reward_max_length, stats=score_stats, batch_size=p.forward_batch_size)
     comparison, _, _ = judge_pair(policy, ref, tokenizer, chosen.prompts, chosen.golds, sampling, names=("ppo", "sft"),
-                                  reward=reward, gold=gold_score, kl_budget=p.kl_budget)
+                                  reward=reward, gold=gold or gold_score, kl_budget=p.kl_budget)
     return {"split": chosen.split, "prompts_source": chosen.source, "answers_per_prompt": chosen.samples, **comparison}

@@ -21,6 +21,7 @@ import os
 import torch
 
 from data.demo import input_path
+from data.held_out_judge import held_out_judge
 from data.report_prompts import report_prompts
 from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.chain.table import inputs_of, is_up_to_date, key, reward_stats
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         if acc.device.type == "cuda":
             torch.cuda.empty_cache()
     report = development_report(policy, ref, models.reward, models.tokenizer, chosen, ppo_cfg=p, seed=cfg.run.seed,
-                                score_stats=score_stats, reward_max_length=reward_max_length(reward_src))
+                                score_stats=score_stats, reward_max_length=reward_max_length(reward_src),
+                                gold=held_out_judge(cfg, acc.device, batch_size=p.forward_batch_size))
     if not p.lora.enabled:
         policy.save_pretrained(writer.out_dir)
     models.tokenizer.save_pretrained(writer.out_dir)

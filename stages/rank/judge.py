@@ -38,10 +38,9 @@ def judge_kind(path: str) -> str:
 
 def reference_prompt(record: dict) -> list[dict]:
     """The question, followed by the reference answer where the record has one."""
-    msgs = [dict(m) for m in prompt_messages(record)]
-    if record.get("gold"):
-        msgs[-1]["content"] += f"\n\nReference answer: {record['gold']}"
-    return msgs
+    from pipeline.judge.gold import with_reference
+
+    return with_reference(prompt_messages(record), record.get("gold"))
 
 
 class Judge:
@@ -74,15 +73,7 @@ class Judge:
         return self.mean_logprobs(reference_prompt(record), record["responses"])
 
     def mean_logprobs(self, prompt: list[dict], answers: list[str]) -> list[float]:
-        from pipeline.lm.chat_format import close_at_turn_end, encode_chat
-        from pipeline.lm.generation import answer_logprobs
+        # one model judge, shared with judge.gold=model:DIR
+        from pipeline.judge.gold import mean_answer_logprobs
 
-        tok = self.tokenizer
-        context = encode_chat(tok, prompt, add_generation_prompt=True)
-        full = [close_at_turn_end(tok, encode_chat(tok, prompt + [{"role": "assistant", "content": a}]))
-                for a in answers]  # each answer up to its end-of-turn token, as the policy samples it
-        tails = [ids[len(context):] if ids[:len(context)] == context else ids[-max(1, len(ids) - len(context)):]
-                 for ids in full]
-        lps = answer_logprobs(self.model, [context] * len(answers), tails, pad_id=tok.pad_token_id,
-                              temperature=0, batch_size=self.batch_size)
-        return [round(sum(lp) / max(1, len(lp)), 6) for lp in lps]
+        return mean_answer_logprobs(self.model, self.tokenizer, prompt, answers, self.batch_size)
