@@ -47,6 +47,7 @@ def served_models(tiny_lm_dir: Path, root: Path) -> tuple[Path, Path]:
 
 class Server:
     url: str
+    proc: subprocess.Popen  # the server's process (a test may kill it)
     stderr: str = ""  # what the server printed to stderr, once it has stopped
 
 
@@ -62,6 +63,7 @@ def running_server(*args: str, env: dict | None = None, host: str = "127.0.0.1",
         assert match, f"no URL printed: {line!r}\n{proc.stderr.read() if proc.poll() is not None else ''}"
         server = Server()
         server.url = url = match.group(0).rstrip("/")
+        server.proc = proc
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:

@@ -14,7 +14,8 @@ from openai import OpenAI
 from serve_fixtures import httpx, running_server, served_models
 
 from apps.serve.feedback import Completion, CompletionMemory
-from data.feedback import STORE_FILE, read_store
+from data.feedback import STORE_FILE, read_store, store_dir
+from pipeline.errors import UserError
 
 FINGERPRINT = "0123456789abcdef"
 QUESTION = [{"role": "user", "content": "What does len do?"}]
@@ -147,7 +148,7 @@ def test_bad_feedback_gets_an_openai_format_4xx_and_the_server_keeps_serving(cli
     assert client.chat.completions.create(model="sft", messages=QUESTION, max_tokens=3).choices[0].finish_reason
 
 
-def test_feedback_needs_the_api_key_and_is_refused_when_off(run_dir, tmp_path):
+def test_feedback_needs_the_api_key_and_is_refused_when_off(run_dir):
     env = {"SERVE_API_KEY": "secret"}
     with running_server("--model", str(run_dir / "ppo"), "--no-feedback", env=env) as server:
         auth = {"Authorization": "Bearer secret"}
@@ -159,10 +160,16 @@ def test_feedback_needs_the_api_key_and_is_refused_when_off(run_dir, tmp_path):
         assert off.status_code == 403 and off.json()["error"]["code"] == "feedback_off"
         status = httpx.get(server.url + "/v1/feedback/status", headers=auth).json()
         assert status["enabled"] is False and status["store"] is None and "--no-feedback" in status["note"]
-    # a model from no run: off unless --feedback-dir names a folder
-    with running_server("--model", str(run_dir / "ppo")) as server:
-        status = httpx.get(server.url + "/v1/feedback/status").json()
-        assert status["enabled"] is False and "--feedback-dir" in status["note"]
+
+
+def test_a_model_from_no_run_records_feedback_only_where_feedback_dir_says(run_dir, tmp_path):
+    assert store_dir(str(run_dir / "sft"), None, off=False)[0] == run_dir.resolve() / "feedback"
+    where, note = store_dir(str(run_dir / "ppo"), None, off=False)  # ppo here has no manifest
+    assert where is None and "--feedback-dir" in note
+    assert store_dir(str(run_dir / "ppo"), str(tmp_path), off=False)[0] == tmp_path
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file"):
+        store_dir(str(run_dir / "ppo"), str(tmp_path / "file"), off=False)
 
 
 def test_the_memory_forgets_the_least_recently_used_completion_first():

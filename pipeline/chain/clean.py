@@ -4,7 +4,8 @@ What goes: every artifact folder the stage graph declares (pipeline/chain/table.
 their unfinished work (`<stage>.partial`), the copy a kill can leave mid-commit (`<stage>.old`), their
 locks, and the token cache. Each is recognised as ours before it goes: an artifact by its manifest's stage,
 a work folder by its key.json or checkpoints. What stays: the labels people wrote (`labels/`, `labels-rN/`:
-hours of work), and any file or folder the pipeline did not create. The run folder itself goes only when
+hours of work), the feedback they gave in `make serve` and `make chat` (`feedback/`, data/feedback.py), and
+any file or folder the pipeline did not create. The run folder itself goes only when
 nothing is left in it. Paths come from the config (run.out_dir, run.name: one folder name, checked when
 the config is read), never from a string the shell builds, so spaces and odd names are safe.
 """
@@ -22,7 +23,7 @@ from pipeline.chain.table import STAGES
 from pipeline.config.loader import load_config
 from pipeline.errors import main_guard
 
-KEPT = re.compile(r"labels(-r[0-9]+)?")  # people's rankings: never deleted by any make target
+KEPT = re.compile(r"labels(-r[0-9]+)?|feedback")  # people's rankings and feedback: never deleted by any make target
 OURS = {"cache"}  # folders the stages write besides the artifacts (pretraining's tokenizer and token cache)
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in deleted:
         print(f"clean: deleted {p}")
     for p in kept:
-        print(f"clean: kept {p} ({'the labels people wrote' if KEPT.fullmatch(p.name) else 'not made by the pipeline'})")
+        print(f"clean: kept {p} ({'what people ranked' if KEPT.fullmatch(p.name) else 'not made by the pipeline'})")
     return 0
 
 
