@@ -1,6 +1,7 @@
 // The chat page: talks to this server's /v1 API like any OpenAI client, one column per served model.
 // Each answer streams in as server-sent events; with "show probabilities" on, every generated token shows
 // the model's top candidates before (T = 1) and after temperature and top-p (what it was drawn from).
+// Rating, ranking alternatives and picking the better of two answers live in feedback.js.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -41,7 +42,7 @@ function addColumn(name) {
   const list = el("div", "messages");
   column.append(list);
   $("columns").append(column);
-  state.columns.push({ name, list, history: [] });
+  state.columns.push({ name, list, history: [], answers: [] });
 }
 
 function tokenCard(candidates) {
@@ -94,7 +95,8 @@ async function answer(column, settings, controller) {
   box.append(text, probs, meta);
   column.list.append(box);
   const started = performance.now();
-  let tokens = 0, content = "", finish = "";
+  const messages = column.history.slice();  // the conversation this answer answers (feedback names it)
+  let tokens = 0, content = "", finish = "", id = null;
   try {
     const response = await api("/v1/chat/completions", {
       method: "POST", signal: controller.signal,
@@ -107,6 +109,7 @@ async function answer(column, settings, controller) {
     }
     await readEvents(response, (chunk) => {
       if (chunk.error) throw new Error(chunk.error.message);
+      id = id || chunk.id;
       for (const choice of chunk.choices) {
         if (choice.delta && choice.delta.content) {
           content += choice.delta.content;
@@ -129,6 +132,9 @@ async function answer(column, settings, controller) {
   }
   const seconds = (performance.now() - started) / 1000;
   meta.textContent = `${tokens} tokens in ${seconds.toFixed(1)} s` + (finish ? ` \u00b7 ${finish}` : "");
+  // Only a whole answer can be judged: a stopped or failed one is not what the model would have said.
+  const whole = id && !box.classList.contains("error") && finish !== "stopped";
+  answered(column, box, whole ? { id, index: 0, model: column.name, messages, text: content } : null);
 }
 
 async function send(event) {
@@ -175,16 +181,19 @@ async function start() {
   });
   $("stop").addEventListener("click", () => state.controllers.forEach((c) => c.abort()));
   $("new-chat").addEventListener("click", () => {
-    for (const column of state.columns) { column.history = []; column.list.textContent = ""; }
+    for (const column of state.columns) { column.history = []; column.list.textContent = ""; column.answers = []; }
+    closeRanking();
   });
   const response = await api("/v1/models");
   if (!response.ok) { $("status").textContent = "could not list the models: HTTP " + response.status; return; }
   const models = (await response.json()).data;
   models.forEach((m) => addColumn(m.id));
+  await startFeedback();
   $("status").textContent = models.length > 1
     ? "Each message goes to every model; their answers stream side by side."
     : `Serving ${models[0].id} (context ${models[0].context_length} tokens).`;
   document.body.dataset.ready = "true";
 }
 
-start();
+// After every script has run: feedback.js defines what start() and answer() call.
+window.addEventListener("DOMContentLoaded", start);
