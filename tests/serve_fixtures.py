@@ -1,10 +1,11 @@
-"""Fixtures for the serving tests: real tiny models, and `python -m apps.serve` started on a free
-loopback port the way a user starts it."""
+"""Fixtures for the serving tests: real tiny models, `python -m apps.serve` started on a free
+loopback port the way a user starts it, and a headless Chromium for the chat page."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,10 @@ except ImportError:
     import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+HAVE_BROWSER = bool(BROWSER and Path(CHROMEDRIVER).exists())
+NO_BROWSER = "no chromium + chromedriver here (apt-get install chromium chromium-driver; .ci/run does)"
 
 
 def endless_copy(src: Path, dst: Path, seed: int) -> Path:
@@ -81,3 +86,21 @@ def running_server(*args: str, env: dict | None = None, host: str = "127.0.0.1",
             _, err = proc.communicate()
         if "server" in locals():
             server.stderr = err
+
+
+@contextmanager
+def headless_chromium():
+    """Debian's Chromium, headless, driven by Selenium; quit afterwards."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -2,34 +2,20 @@
 answers from both served models streamed side by side, and the probability view shows each
 token's top candidates before and after temperature. Saves a screenshot in the test's tmp folder."""
 
-import shutil
-from pathlib import Path
-
 import pytest
-from serve_fixtures import running_server, served_models
+from serve_fixtures import HAVE_BROWSER, NO_BROWSER, headless_chromium, running_server, served_models
 
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-if not (BROWSER and Path(CHROMEDRIVER).exists()):
-    pytest.skip("no chromium + chromedriver here (apt-get install chromium chromium-driver; .ci/run does)",
-                allow_module_level=True)
+if not HAVE_BROWSER:
+    pytest.skip(NO_BROWSER, allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+    with headless_chromium() as driver:
+        yield driver
 
 
 def test_page_streams_both_models_side_by_side_and_shows_probabilities(tiny_lm_dir, tmp_path, browser):
