@@ -10,6 +10,8 @@ change sampling mid-conversation (/help lists them). Ctrl-C while an answer stre
 answer; Ctrl-C or end of input at the prompt leaves. Answers go to stdout, everything else
 (banner, command replies, --show-probs tables) to stderr, so piped output is just the answers.
 `--complete TEXT` continues a text with no chat template at all: what a pretrained model does.
+/alt K, /good and /bad store what the person thinks of the answers in the model's run folder
+(runs/<name>/feedback; apps/chat_feedback.py, data/feedback.py) for the reward stage to train on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from apps.chat_feedback import ChatFeedback
+from data.feedback import LABELER_NAME, model_fingerprint, store_dir
 from pipeline.artifacts.store import resolve_model_source
 from pipeline.errors import UserError, main_guard
 from pipeline.lm.chat_format import encode_chat
@@ -43,6 +47,8 @@ HELP = """commands:
   /probs N      show the top candidates for the first N tokens of each answer (0 = off)
   /system TEXT  set the system message (and start over)
   /reset        forget the conversation
+  /alt K        K answers to your last message; rank them best first (2 1=3: tie), stored as feedback
+  /good, /bad   rate the last answer, stored as feedback (text after it is kept as the reason)
   /help         this list
   /quit         leave (also Ctrl-D, or Ctrl-C at the prompt)"""
 
@@ -96,8 +102,10 @@ class Chat:
     """One conversation with a model: history, sampling settings, streaming output."""
 
     def __init__(self, model, tokenizer, sampling: Sampling, *, system: str | None = None, seed: int | None = None,
-                 show_probs: int = 0, out=None, err=None):
+                 show_probs: int = 0, out=None, err=None, feedback=None):
         self.model, self.tok, self.sampling = model, tokenizer, sampling
+        self.seed, self.feedback = seed, feedback  # feedback: apps.chat_feedback.ChatFeedback or None
+        self.stdin = None  # where loop() reads the person's lines
         self.system, self.show_probs = system, show_probs
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.generator = torch.Generator(device=next(model.parameters()).device)
@@ -108,6 +116,24 @@ class Chat:
 
     def reset(self) -> None:
         self.history = []
+
+    def asked(self) -> list[dict]:
+        """The conversation the last answer replies to, as the person saw it (system message included)."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.history[:-1]
+
+    def sample_alternatives(self, k: int) -> list[str]:
+        """k answers to the conversation the last answer replies to, sampled together with the settings."""
+        last, self.history = self.history, self.history[:-1]
+        try:
+            ids, budget = self.prompt_ids()
+        finally:
+            self.history = last
+        s = self.sampling
+        answers = generate(self.model, [ids] * k, max_new_tokens=budget, eos_ids=self.eos_ids,
+                           pad_id=self.tok.pad_token_id, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                           generator=self.generator)
+        return [self.tok.decode([t for t in a if t not in self.eos_ids], skip_special_tokens=True) for a in answers]
 
     def _render(self, messages: list[dict]) -> list[int]:
         return encode_chat(self.tok, messages, add_generation_prompt=True)
@@ -207,6 +233,14 @@ class Chat:
             self.reset()
             print("conversation cleared", file=self.err)
             return True
+        if name in ("alt", "good", "bad"):
+            if self.feedback is None:
+                print("feedback is off in this chat", file=self.err)
+            elif name == "alt":
+                self.feedback.alternatives(self, arg, self.read_line, self.out, self.err)
+            else:
+                self.feedback.rate(self, name == "good", arg, self.err)
+            return True
         if name == "system":
             self.system = arg or None
             self.reset()
@@ -237,17 +271,23 @@ class Chat:
             print(self.sampling.describe(), file=self.err)
         return True
 
+    def read_line(self, prompt: str) -> str | None:
+        """One line from the person (None at the end of input); piped input is read without a prompt."""
+        stdin = self.stdin or sys.stdin
+        try:
+            line = input(prompt) if stdin.isatty() else stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            print(file=self.err)
+            return None
+        return None if not stdin.isatty() and line == "" else line
+
     def loop(self, stdin=None) -> None:
-        stdin = stdin or sys.stdin
-        interactive = stdin.isatty()
+        self.stdin = stdin or sys.stdin
+        interactive = self.stdin.isatty()
         while True:
-            try:
-                line = input("you> ") if interactive else stdin.readline()
-            except (EOFError, KeyboardInterrupt):
-                print(file=self.err)
-                return
-            if not interactive and line == "":
-                return  # end of piped input
+            line = self.read_line("you> ")
+            if line is None:
+                return  # end of input, Ctrl-D or Ctrl-C at the prompt
             line = line.strip()
             if not line:
                 continue
@@ -315,8 +355,16 @@ def parse_args(argv=None):
     ap.add_argument("--show-probs", type=int, nargs="?", const=3, default=0, metavar="N",
                     help="print the top next-token candidates for the first N tokens (default 3)")
     ap.add_argument("--seed", type=int, default=None, help="fix the sampling seed (reproducible answers)")
+    ap.add_argument("--feedback-dir", metavar="DIR",
+                    help="store /alt, /good and /bad in DIR/feedback.jsonl (default: the model's run folder)")
+    ap.add_argument("--no-feedback", action="store_true", help="store no feedback")
+    ap.add_argument("--labeler", default="person", help="your name in the stored feedback (default person)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    if args.no_feedback and args.feedback_dir:
+        raise UserError("--no-feedback and --feedback-dir contradict each other; give one.")
+    if not LABELER_NAME.fullmatch(args.labeler):
+        raise UserError(f"--labeler {args.labeler!r}: give a name of 1 to 64 letters, digits, '.', '_' or '-'.")
     checks = (("--temperature", args.temperature, args.temperature >= 0, ">= 0 (0 = greedy)"),
               ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
               ("--top-k", args.top_k, args.top_k >= 0, ">= 0 (0 = off)"),
@@ -342,12 +390,16 @@ def main(argv=None) -> None:
     if args.complete is not None:
         complete(model, tok, args.complete, sampling, seed=args.seed)
         return
-    chat = Chat(model, tok, sampling, system=args.system, seed=args.seed, show_probs=args.show_probs)
     if args.prompt is not None:
-        chat.reply(args.prompt)
+        Chat(model, tok, sampling, system=args.system, seed=args.seed, show_probs=args.show_probs).reply(args.prompt)
         return
+    where, note = store_dir(args.model, args.feedback_dir, args.no_feedback)
+    feedback = ChatFeedback(where, note, model=args.model, fingerprint=model_fingerprint(args.model),
+                            labeler=args.labeler)
+    chat = Chat(model, tok, sampling, system=args.system, seed=args.seed, show_probs=args.show_probs,
+                feedback=feedback)
     print(f"{args.model}: {count_parameters(model) / 1e6:.2f}M parameters, context {chat.context} tokens; "
-          f"{sampling.describe()}. /help for commands.", file=sys.stderr)
+          f"{sampling.describe()}. /help for commands.\n{note}", file=sys.stderr)
     chat.loop()
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ DIR_NAME = "feedback"
 STORE_FILE = "feedback.jsonl"
 HELDOUT_MIN_RANKINGS = 50  # below this a held-out slice would be too small to say anything
 HELDOUT_EVERY = 5  # one conversation in five is held out
+LABELER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a person's name as stored: NAME@serve, NAME@chat
 
 
 def run_store_dir(model_dir: str | Path) -> Path | None:

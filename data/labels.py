@@ -56,6 +56,36 @@ def ranking_groups(ranking, k: int) -> list[list[int]]:
     return groups
 
 
+# How a person types a ranking in a terminal (the rank stage's labeler, /alt in the terminal chat).
+ORDER_HELP = "order best first (e.g. 2 1 3 4; 2 1=3 4 ties 1 and 3)"
+
+
+def parse_order(text: str, k: int) -> list[list[int]]:
+    """Groups of on-screen numbers (1-based) from "2 1=3 4"; a single missing number goes last."""
+    groups = []
+    for token in text.replace(",", " ").split():
+        parts = token.split("=")
+        if not all(p.isdigit() for p in parts):
+            raise BadRanking(f"{token!r} is not an answer number; {ORDER_HELP}")
+        groups.append([int(p) for p in parts])
+    named = [n for g in groups for n in g]
+    for n in named:
+        if not 1 <= n <= k:
+            raise BadRanking(f"there is no answer {n}; the answers are numbered 1 to {k}")
+    if len(set(named)) != len(named):
+        raise BadRanking("a number appears twice; name each answer once (tie them with =, e.g. 2 1=3 4)")
+    missing = sorted(set(range(1, k + 1)) - set(named))
+    if len(missing) == 1 and named:
+        groups.append(missing)
+    elif missing:
+        raise BadRanking(f"answers {', '.join(map(str, missing))} are not ranked; name all {k} (or all but the last)")
+    return groups
+
+
+def format_order(groups: list[list[int]]) -> str:
+    return " ".join("=".join(map(str, g)) for g in groups)
+
+
 def stored_ranking(groups: list[list[int]]) -> list:
     """The contract's on-disk form: a flat list when nothing is tied, else the groups."""
     return [g[0] for g in groups] if all(len(g) == 1 for g in groups) else [list(g) for g in groups]

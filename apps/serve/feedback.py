@@ -29,18 +29,16 @@ Both routes need the API key when one is set, like the rest of /v1.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apps.serve.protocol import ApiError
-from data.feedback import FeedbackStore, ranking_record, rating_record
+from data.feedback import LABELER_NAME, FeedbackStore, ranking_record, rating_record
 
 DEFAULT_MEMORY = 2048
 MAX_REASON_CHARS = 2000
-LABELER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 BODY_KEYS = {"ranking", "rating", "reason", "labeler", "all_bad"}
 
 

@@ -9,37 +9,11 @@ from __future__ import annotations
 
 import textwrap
 
+from data.labels import ORDER_HELP, format_order, parse_order
 from stages.rank.labels import BadRanking
 from stages.rank.session import LabelingSession, display_order
 
-HELP = ("order best first (e.g. 2 1 3 4; 2 1=3 4 ties 1 and 3), x = all bad, s = skip, b = back, "
-        "q = finish for now")
-
-
-def parse_order(text: str, k: int) -> list[list[int]]:
-    """Groups of on-screen numbers (1-based) from "2 1=3 4"; a single missing number goes last."""
-    groups = []
-    for token in text.replace(",", " ").split():
-        parts = token.split("=")
-        if not all(p.isdigit() for p in parts):
-            raise BadRanking(f"{token!r} is not an answer number; {HELP}")
-        groups.append([int(p) for p in parts])
-    named = [n for g in groups for n in g]
-    for n in named:
-        if not 1 <= n <= k:
-            raise BadRanking(f"there is no answer {n}; the answers are numbered 1 to {k}")
-    if len(set(named)) != len(named):
-        raise BadRanking("a number appears twice; name each answer once (tie them with =, e.g. 2 1=3 4)")
-    missing = sorted(set(range(1, k + 1)) - set(named))
-    if len(missing) == 1 and named:
-        groups.append(missing)
-    elif missing:
-        raise BadRanking(f"answers {', '.join(map(str, missing))} are not ranked; name all {k} (or all but the last)")
-    return groups
-
-
-def format_order(groups: list[list[int]]) -> str:
-    return " ".join("=".join(map(str, g)) for g in groups)
+HELP = f"{ORDER_HELP}, x = all bad, s = skip, b = back, q = finish for now"
 
 
 def show(session: LabelingSession, prompt_id: str, print_fn) -> None:
