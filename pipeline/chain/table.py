@@ -39,6 +39,21 @@ def section(cfg, name: str, drop: tuple[str, ...] = ()) -> dict:
     return {k: v for k, v in to_dict(getattr(cfg, name)).items() if k not in NO_EFFECT + drop}
 
 
+# Keys whose default is what every artifact made before them did: left out of a key while at the default, so
+# those artifacts stay current (reward.ensemble=1 trains the same model; the mean of one model is the model).
+UNTIL_SET = {"reward": {"ensemble": 1}, "ppo": {"reward_aggregate": "mean", "reward_uncertainty_coef": 1.0}}
+
+
+def set_keys(cfg, name: str) -> tuple[str, ...]:
+    """UNTIL_SET keys of section `name` at their default (dropped from a key)."""
+    return tuple(k for k, v in UNTIL_SET.get(name, {}).items() if getattr(getattr(cfg, name), k) == v)
+
+
+def reward_aggregate(cfg) -> dict:
+    """ppo's reward-ensemble settings that differ from the default (the statistics, PPO, GRPO and RLOO read them)."""
+    return {k: getattr(cfg.ppo, k) for k in UNTIL_SET["ppo"] if k not in set_keys(cfg, "ppo")}
+
+
 def is_demo(value) -> bool:
     return value in (None, "", "demo")
 
@@ -198,6 +213,7 @@ def align_config(method: str):
         if method != "dpo":  # rewarded as PPO is, with PPO's answer budget unless it sets its own
             out["ppo"].update({k: getattr(cfg.ppo, k) for k in ("missing_eos_penalty", "missing_eos_mode",
                                                                 "reward_clip", "forward_batch_size")})
+            out["ppo"].update(reward_aggregate(cfg))
             if s.total_episodes is None:
                 out["ppo"]["total_episodes"] = cfg.ppo.total_episodes
         inputs = (dpo_inputs if method == "dpo" else online_inputs(method))(cfg)
@@ -302,17 +318,19 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           rank_inputs, loop=True, extra=rank_labels,
           finished=lambda m: (m.get("metrics") or {}).get("remaining", 0) == 0),
     Stage("reward", "reward model on rankings (TRL RewardTrainer)", "stages.reward",
-          _with_demo(lambda cfg: {"reward": section(cfg, "reward", ("stats_prompts",)), "run": seed_dtype(cfg)},
+          _with_demo(lambda cfg: {"reward": section(cfg, "reward", ("stats_prompts",) + set_keys(cfg, "reward")),
+                                  "run": seed_dtype(cfg)},
                      reward_inputs),
           reward_inputs, launch=True, loop=True),
     Stage("reward-stats", "the mean/std of the reward model's scores of the policy's answers (PPO's "
           "normalisation; seconds)", "stages.reward.stats",
-          _with_demo(lambda cfg: {"ppo": {k: getattr(cfg.ppo, k) for k in STATS_SAMPLING},
+          _with_demo(lambda cfg: {"ppo": {**{k: getattr(cfg.ppo, k) for k in STATS_SAMPLING}, **reward_aggregate(cfg)},
                                   "reward": {"stats_prompts": cfg.reward.stats_prompts}, "run": seed_dtype(cfg)},
                      stats_inputs),
           stats_inputs, loop=True),
     Stage("ppo", "PPO with a KL leash to SFT (run.rounds=N: rounds 2..N -> ppo-rN)", "stages.ppo",
-          judged_config(_with_demo(lambda cfg: {"ppo": section(cfg, "ppo"), "run": seed_dtype(cfg)}, ppo_inputs)),
+          judged_config(_with_demo(lambda cfg: {"ppo": section(cfg, "ppo", set_keys(cfg, "ppo")), "run": seed_dtype(cfg)},
+                                   ppo_inputs)),
           judged_inputs(ppo_inputs), launch=True, loop=True),
     Stage("dpo", "DPO (TRL DPOTrainer) on the pairs the reward model learns from (reward.data)", "stages.align",
           judged_config(align_config("dpo")),

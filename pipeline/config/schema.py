@@ -265,6 +265,8 @@ class RewardSection:
     resume: bool = setting(True, _RESUME)
     stats_prompts: int = setting(64, "PPO prompts whose answers by the policy set the reward normalisation (mean, "
                                  "std; the reward-stats step)", range="> 0")
+    ensemble: int = setting(1, "reward models trained, seeds run.seed + i (k times the time); see "
+                            "ppo.reward_aggregate", range=">= 1")
     lora: LoraSection = field(default_factory=LoraSection)
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward: less memory, more time")
 

@@ -67,6 +67,10 @@ class PPOSection:
                                                                "replace: minus the penalty alone")
     reward_clip: float | None = setting(None, "clip normalised scores to [-reward_clip, reward_clip]; null: no "
                                         "clipping", range="> 0")
+    reward_aggregate: Literal["mean", "min", "mean_minus_std"] = setting(
+        "mean", "a reward ensemble's score (reward.ensemble > 1): mean, min, or mean - coef x std over members")
+    reward_uncertainty_coef: float = setting(1.0, "lambda of reward_aggregate=mean_minus_std (Coste et al. 2023)",
+                                             range=">= 0")
     max_grad_norm: float = setting(1.0, "gradients are scaled down to at most this global norm", range="> 0")
     forward_batch_size: int = setting(32, "sequences per no-grad forward (reference, reward, value)", range="> 0")
     generation_batch_size: int | None = setting(None, "prompts sampled together; null: the whole rollout batch",

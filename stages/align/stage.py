@@ -89,6 +89,7 @@ def prepare(cfg, method: str, policy_src: str):
         return inputs, model, tokenizer, train, held, {}
     from data.loaders import load_prompts
     from pipeline.artifacts.store import source_fingerprint
+    from pipeline.judge.ensemble import with_ensemble
     from pipeline.judge.scoring import load_reward_model
 
     reward_src, reward_rec = resolve_model_source(s.reward_model, cfg.stage_dir("reward"), "make reward")
@@ -96,6 +97,7 @@ def prepare(cfg, method: str, policy_src: str):
     prompts, dropped = online.prompt_dataset([r["prompt"] for r in load_prompts(prompt_src)], tokenizer,
                                              s.max_prompt_length, method)
     rm, rm_tok, _ = load_reward_model(reward_src)
+    rm = with_ensemble(rm, reward_src, how=cfg.ppo.reward_aggregate, coef=cfg.ppo.reward_uncertainty_coef)  # as PPO
     if rm_tok.get_vocab() != tokenizer.get_vocab():
         raise UserError(f"{reward_src} and {policy_src} use different tokenizers; the reward model must read the "
                         "policy's tokens (train it from this SFT model with `make reward`).")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.errors import UserError
+from pipeline.judge.ensemble import with_ensemble
 from pipeline.lm.loading import load_sequence_scorer
 from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.lm.tokenizer import load_tokenizer
@@ -75,6 +76,8 @@ def load_models(ppo_cfg, policy_source: str, reward_source: str,
     ref = None if ppo_cfg.lora.enabled else load_causal_lm(policy_source, dtype=frozen_dtype)
     reward = load_sequence_scorer(reward_source, "reward model", trained_head=True, dtype=frozen_dtype)
     reward.config.pad_token_id = tokenizer.pad_token_id
+    reward = with_ensemble(reward, reward_source, how=ppo_cfg.reward_aggregate, coef=ppo_cfg.reward_uncertainty_coef,
+                           dtype=frozen_dtype)  # reward.ensemble > 1: the members' aggregate
     if shares_base(ppo_cfg):
         value = ValueHead(policy.get_base_model().config.hidden_size, on_adapters=ppo_cfg.lora_value == "head")
     else:

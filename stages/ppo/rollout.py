@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from pipeline.errors import UserError
+from pipeline.judge.ensemble import RewardEnsemble
 from pipeline.lm import generation
 from pipeline.lm.chat_format import encode_chat, turn_end_ids
 from pipeline.lm.forward import lean_llama_body, llama_hidden_states
@@ -228,7 +229,11 @@ def token_values(value_model, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 def sequence_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The reward model's score read at the last real token (the answer's EOS), as it was trained:
-    last-token pooling over `<|user|>q<|end|><|assistant|>answer<|end|>`."""
+    last-token pooling over `<|user|>q<|end|><|assistant|>answer<|end|>`. A reward ensemble
+    (reward.ensemble > 1): each member's score, aggregated by ppo.reward_aggregate."""
+    if isinstance(reward_model, RewardEnsemble):
+        return reward_model.combine(torch.stack([sequence_scores(m, input_ids, attention_mask)
+                                                 for m in reward_model.members]))
     last = attention_mask.long().cumsum(1).argmax(1)  # rightmost position whose mask is 1
     first = int(last.min())
     h = hidden_states(reward_model, input_ids, attention_mask, first=first)

@@ -53,7 +53,8 @@ def examples_md(h: Heldout, scores: torch.Tensor, n: int = 4) -> list[str]:
 
 
 def write_report(path: Path, *, title: str, final: dict, history: list[dict], counts: dict,
-                 heldout: Heldout, scores: torch.Tensor, settings: dict, own_answers: dict | None = None) -> None:
+                 heldout: Heldout, scores: torch.Tensor, settings: dict, own_answers: dict | None = None,
+                 ensemble: list[str] | None = None) -> None:
     gaps = sorted(int(k[len("accuracy_gap"):]) for k in final if k.startswith("accuracy_gap"))
     lines = [f"# {title}", "", "## Held-out evaluation", "",
              "| metric | value |", "|---|---:|",
@@ -114,6 +115,7 @@ def write_report(path: Path, *, title: str, final: dict, history: list[dict], co
             unusable = {n: b["temperatures_unusable"] for n, b in bon.items() if b.get("temperatures_unusable")}
             lines += [f"{n}: {k} prompts had no usable temperature list; each of their answers took a turn as the "
                       "standing one." for n, k in unusable.items()] + ([""] if unusable else [])
+    lines += ensemble or []  # reward.ensemble > 1: stages/reward/ensemble.ensemble_report
     lines += ["## Training data", "", "| | count |", "|---|---:|"]
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]

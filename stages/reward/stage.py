@@ -51,6 +51,13 @@ from stages.reward.dataset import (
     tokenize_pairs,
     training_sources,
 )
+from stages.reward.ensemble import (
+    check_ensemble,
+    ensemble_report,
+    ensemble_summary,
+    evaluate_ensemble,
+    train_members,
+)
 from stages.reward.heldout import HeldoutEvalCallback, evaluate_heldout, heldout_from_pairs
 from stages.reward.own_answers import evaluate_own_answers, own_answer_inputs, own_answer_sources
 from stages.reward.report import write_report
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {"init": init_record, "data": {"train": {s: source_fingerprint(s) for s in train_srcs},
                                             "heldout": {held_src: source_fingerprint(held_src)} if held_src else {},
                                             "own_answers": own_answer_inputs(own)}}
+    check_ensemble(cfg, held_src)
     if is_up_to_date(cfg, "reward"):
         return 0
 
@@ -176,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         trainer.save_model(str(writer.out_dir))
     trainer.accelerator.wait_for_everyone()
+    ensemble = None
+    if r.ensemble > 1:  # the members after the first: the stage again from other seeds (stages/reward/ensemble.py)
+        members = train_members(cfg, main, init_source=init_source, train_srcs=train_srcs, held_src=held_src,
+                                work_dir=writer.work_dir, out_dir=writer.out_dir, main_process=main_process)
+        trainer.accelerator.wait_for_everyone()
+        ensemble = evaluate_ensemble(cfg, trainer.model, tokenizer, members, writer.out_dir, heldout=heldout,
+                                     own=own, max_length=max_length, batch_size=r.batch_size * 2,
+                                     main_process=main_process)
     if main_process:
         (writer.out_dir / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(writer.out_dir)
@@ -186,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                     "max_length": max_length}
         write_report(writer.out_dir / "report.md", title=f"Reward model: {cfg.run.name}", final=final_metrics,
                      history=heldout_history(writer.out_dir), counts=data.counts, heldout=heldout,
-                     scores=scores, settings=settings, own_answers=own_metrics)
+                     scores=scores, settings=settings, own_answers=own_metrics,
+                     ensemble=ensemble_report(ensemble, final_metrics, own_metrics) if ensemble else None)
         summary = {f"heldout_{k}": v for k, v in final_metrics.items() if v is not None}
         summary.update({f"data_{k}": v for k, v in data.counts.items()})
         for name, m in own_metrics.items():
@@ -195,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         last_log = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         summary.update({k: v for k, v in last_log.items() if k in ("loss", "accuracy", "margin")})
         summary["steps"] = step
+        summary.update(ensemble_summary(ensemble) if ensemble else {})
         metrics_cb.close()
         writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)
         acc = final_metrics.get("accuracy")

@@ -22,6 +22,7 @@ from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.graph.declare import artifact_dir, default_dir, override_of
 from pipeline.graph.rounds import current_round, make_command
+from pipeline.judge.ensemble import ensemble_members, with_ensemble
 from pipeline.judge.scoring import STATS_FILE, load_reward_model, score_ids
 from pipeline.lm.chat_format import encode_chat
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
@@ -89,6 +90,8 @@ def main(argv=None) -> int:
     seed_everything(cfg.run.seed)
     dtype = model_dtype(cfg.run.dtype, device)  # as PPO holds its frozen models
     reward_model, tokenizer, info = load_reward_model(reward_src, dtype=dtype, device=device)
+    reward_model = with_ensemble(reward_model, reward_src, how=cfg.ppo.reward_aggregate,  # as PPO scores
+                                 coef=cfg.ppo.reward_uncertainty_coef, dtype=dtype, device=device)
     prompts, prompt_ids, too_long, source = encoded_prompts(cfg, tokenizer)
     policy = load_causal_lm(policy_src, dtype=dtype).to(device).eval()
     if policy.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
     stats = measure(cfg, policy, reward_model, tokenizer, prompt_ids)
     stats.update(max_length=info.get("max_length"), prompts_source=source, prompts_too_long=too_long,
                  policy=policy_src, reward_model=reward_src, temperature=cfg.ppo.temperature,
-                 max_new_tokens=cfg.ppo.max_new_tokens)
+                 max_new_tokens=cfg.ppo.max_new_tokens, ensemble=len(ensemble_members(reward_src)),
+                 reward_aggregate=cfg.ppo.reward_aggregate)
     if stats["std"] < 1e-3:
         print(f"reward-stats: warning: the reward model's scores of the policy's answers barely vary (std "
               f"{stats['std']:.2g}); normalised rewards will be large. Was the reward model trained?")
