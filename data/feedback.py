@@ -262,6 +262,13 @@ def feedback_data(directory: str | Path) -> FeedbackData:
     return FeedbackData(pairs, heldout_records, counts)
 
 
+def is_store(source: str | Path) -> bool:
+    """Whether a reward.data source is a feedback store: the `feedback` part (<run>/feedback, which may not
+    exist yet) or any folder holding a feedback.jsonl (one that --feedback-dir named)."""
+    p = Path(source)
+    return not p.is_file() and (p.name == DIR_NAME or (p / STORE_FILE).is_file())
+
+
 def feedback_pairs(directory: str | Path) -> list[dict]:
     """The training pairs of a store (the held-out conversations left out); a store with none is refused."""
     d = Path(directory)
