@@ -134,8 +134,9 @@ def rank_part(name: str) -> Artifact:
 
 
 def reward_data_inputs(cfg, prefix: str = "") -> dict:
-    """reward.data's parts (demo+rank by default): the demo's rankings, this run's rank artifacts, files;
-    and the held-out rankings the reward stage reports on."""
+    """reward.data's parts (demo+rank by default): the demo's rankings, this run's rank artifacts, the feedback
+    people gave (its folder is fingerprinted: new feedback makes the reward model stale), files; and the
+    held-out rankings the reward stage reports on."""
     out = {}
     parts = reward_parts(cfg)
     for n, part in enumerate(parts):
@@ -143,6 +144,8 @@ def reward_data_inputs(cfg, prefix: str = "") -> dict:
             out[f"{prefix}demo"] = demo(cfg, "demo", "rankings_train.jsonl", "reward.data")
         elif RANK_PART.fullmatch(part):
             out[f"{prefix}{part}"] = rank_part(part)
+        elif part == "feedback":  # what people ranked in make serve / make chat: data/feedback.py's store
+            out[f"{prefix}feedback"] = Source(str(cfg.run_dir / "feedback"), "reward.data")
         else:
             out[f"{prefix}data{n}"] = Source(part, "reward.data")
     if cfg.reward.val_data:

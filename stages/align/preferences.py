@@ -40,11 +40,13 @@ def pair_sources(cfg) -> tuple[list[str], str | None]:
 
 
 def load_pairs(sources: list[str]) -> Pairs:
-    from data.loaders import load_pairs as read
+    from data.feedback import feedback_pairs, is_store
+    from data.loaders import load_pairs
     from pipeline.artifacts.store import source_fingerprint
 
     records = []
     for src in sources:
+        read = feedback_pairs if is_store(src) else load_pairs  # reward.data's feedback part: data/feedback.py
         records += [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in read(src)]
     return Pairs(records, sources={s: source_fingerprint(s) for s in sources}, total=len(records))
 

@@ -21,7 +21,7 @@ from torch.utils.data import Sampler
 from pipeline.errors import UserError
 from pipeline.graph.rounds import reward_parts
 from pipeline.judge.scoring import encode_conversation
-from stages.reward.heldout import Heldout, heldout_from_pairs, heldout_from_rankings
+from stages.reward.heldout import Heldout, evaluate_heldout, heldout_from_pairs, heldout_from_rankings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ RANK_SOURCE = re.compile(r"rank(-r\d+)?")  # this run's rank stage artifacts: ra
 
 
 def data_parts(cfg) -> list[str]:
-    """reward.data split at "+": demo, rank, rank-r2 or files, e.g. demo+rank (the default)."""
+    """reward.data split at "+": demo, rank, rank-r2, feedback or files, e.g. demo+rank (the default)."""
     parts = reward_parts(cfg)
     if not all(parts):
         raise UserError(f"reward.data={cfg.reward.data!r} has an empty part; join sources with '+', "
@@ -68,6 +68,7 @@ def load_training_pairs(sources: list[str]) -> list[dict]:
     """Pairs of every source; a prompt's pairs from different sources form separate groups (their
     answers differ: the prepared candidates and the model's own). An empty source beside others (a
     rank stage whose answers all tied) is skipped with a warning."""
+    from data.feedback import feedback_pairs, is_store
     from data.loaders import load_pairs
 
     out = []
@@ -76,13 +77,30 @@ def load_training_pairs(sources: list[str]) -> list[dict]:
             log.warning("%s is empty (no prompt was ranked: see the report beside it); training on the other "
                         "sources.", source)
             continue
-        pairs = load_pairs(source)
+        pairs = feedback_pairs(source) if is_store(source) else load_pairs(source)
         if len(sources) > 1:
             pairs = [{**p, "group": f"{n}:{_group_key(p)}"} for p in pairs]
         out += pairs
     if not out:
         raise UserError(f"{' + '.join(sources)} holds no usable preference pair; see data/README.md for the accepted "
                         "formats.")
+    return out
+
+
+def feedback_report(sources: list[str], model, tokenizer, *, max_length: int, batch_size: int) -> dict | None:
+    """The feedback store's counts (data/feedback.py) and, when it has enough rankings, the reward model's
+    metrics on its held-out conversations (never trained on); None when reward.data has no feedback."""
+    from data.feedback import feedback_data, is_store
+
+    store = next((s for s in sources if is_store(s)), None)
+    if store is None:
+        return None
+    data = feedback_data(store)
+    out = dict(data.counts)
+    ranked = [r for r in data.heldout_rankings if len(r["groups"]) > 1]  # an all-tied ranking has no pair
+    if ranked:
+        out["heldout"] = evaluate_heldout(model, tokenizer, heldout_from_rankings(ranked), max_length=max_length,
+                                          batch_size=batch_size)[0]
     return out
 
 

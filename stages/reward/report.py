@@ -52,7 +52,42 @@ def examples_md(h: Heldout, scores: torch.Tensor, n: int = 4) -> list[str]:
     return lines
 
 
-def write_report(path: Path, *, title: str, final: dict, history: list[dict], counts: dict,
+def feedback_md(fb: dict | None) -> list[str]:
+    """What the feedback store (reward.data=...+feedback, data/feedback.py) gave: rankings, pairs and ties
+    counted apart from the other sources, ratings and what became of them, agreement between people, and
+    the accuracy on its held-out conversations when there are enough rankings to hold some out."""
+    if not fb:
+        return []
+    lines = ["## Feedback from use", "",
+             "What people ranked or rated in `make serve` and `make chat`. A ranking gives pairs as the rank stage's "
+             "do (tied answers none); within one conversation every answer rated good is paired with every answer "
+             "rated bad; a rating without an opposite one in its conversation gives no pair.", "",
+             "| | count |", "|---|---:|"]
+    rows = (("rankings", "rankings"), ("ranking_pairs", "pairs from rankings (trained on)"),
+            ("tied_answer_pairs", "answer pairs tied by a ranking (no pair)"),
+            ("all_tied_rankings", "rankings with every answer tied"), ("ratings", "ratings"),
+            ("rated_good", "rated good"), ("rated_bad", "rated bad"), ("rating_pairs", "pairs from ratings (trained on)"),
+            ("rated_answers_without_opposite", "rated answers without an opposite rating (no pair)"),
+            ("heldout_rankings", "rankings held out (never trained on)"),
+            ("unreadable_lines", "unreadable lines (torn by a kill) skipped"))
+    lines += [f"| {label} | {fb.get(k, 0)} |" for k, label in rows]
+    lines.append("")
+    held = fb.get("heldout")
+    if held:
+        lines.append(f"On the {fb['heldout_rankings']} held-out feedback rankings ({held.get('pairs')} pairs): pairwise "
+                     f"accuracy {_fmt(held.get('accuracy'))}, Kendall tau {_fmt(held.get('kendall_tau'))}.")
+    else:
+        lines.append(f"Too few feedback rankings to hold some out ({fb.get('rankings', 0)}, fewer than "
+                     f"{fb.get('heldout_min_rankings')}): every one is trained on and there is no held-out accuracy "
+                     "on feedback.")
+    ag = fb.get("agreement") or {}
+    lines += ["", f"People: {', '.join(fb.get('people') or []) or 'none'}. Agreement between people on "
+                  f"{ag.get('prompts', 0)} conversations whose same answers more than one of them ranked: mean Kendall "
+                  f"tau {_fmt(ag.get('mean_tau'))}.", ""]
+    return lines
+
+
+def write_report(path: Path, *, title: str, feedback: dict | None = None, final: dict, history: list[dict], counts: dict,
                  heldout: Heldout, scores: torch.Tensor, settings: dict, own_answers: dict | None = None,
                  ensemble: list[str] | None = None) -> None:
     gaps = sorted(int(k[len("accuracy_gap"):]) for k in final if k.startswith("accuracy_gap"))
@@ -116,6 +151,7 @@ def write_report(path: Path, *, title: str, final: dict, history: list[dict], co
             lines += [f"{n}: {k} prompts had no usable temperature list; each of their answers took a turn as the "
                       "standing one." for n, k in unusable.items()] + ([""] if unusable else [])
     lines += ensemble or []  # reward.ensemble > 1: stages/reward/ensemble.ensemble_report
+    lines += feedback_md(feedback)
     lines += ["## Training data", "", "| | count |", "|---|---:|"]
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()] + [""]

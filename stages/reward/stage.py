@@ -43,6 +43,7 @@ from pipeline.lm.hf_glue import (
 )
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.reward.dataset import (
+    feedback_report,
     heldout_source,
     load_heldout,
     load_training_pairs,
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics_cb.logger.log(step, **{f"heldout_{k}": v for k, v in final_metrics.items() if isinstance(v, float)})
     own_metrics = evaluate_own_answers(trainer.model, tokenizer, own, max_length=max_length,
                                        batch_size=r.batch_size * 2)
+    feedback = feedback_report(train_srcs, trainer.model, tokenizer, max_length=max_length,
+                               batch_size=r.batch_size * 2)
 
     if r.lora.enabled:
         if main_process:
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     "lora": r.lora.enabled, "steps": step, "batch_size": r.batch_size, "lr": r.lr,
                     "max_length": max_length}
         write_report(writer.out_dir / "report.md", title=f"Reward model: {cfg.run.name}", final=final_metrics,
-                     history=heldout_history(writer.out_dir), counts=data.counts, heldout=heldout,
+                     history=heldout_history(writer.out_dir), counts=data.counts, heldout=heldout, feedback=feedback,
                      scores=scores, settings=settings, own_answers=own_metrics,
                      ensemble=ensemble_report(ensemble, final_metrics, own_metrics) if ensemble else None)
         summary = {f"heldout_{k}": v for k, v in final_metrics.items() if v is not None}
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         last_log = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
         summary.update({k: v for k, v in last_log.items() if k in ("loss", "accuracy", "margin")})
         summary["steps"] = step
+        summary.update({f"feedback_{k}": v for k, v in (feedback or {}).items() if isinstance(v, (int, float))})
         summary.update(ensemble_summary(ensemble) if ensemble else {})
         metrics_cb.close()
         writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)
