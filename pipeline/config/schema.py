@@ -283,6 +283,7 @@ class RunConfig:
     reward: RewardSection = field(default_factory=RewardSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
     align: AlignSection = field(default_factory=AlignSection)
     dpo: DPOSection = field(default_factory=DPOSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)
@@ -292,7 +293,6 @@ class RunConfig:
         from pipeline.graph.rounds import check_rounds
 
         check_rounds(self)  # across sections: what later rounds (run.rounds) cannot run with
-    judge: JudgeSection = field(default_factory=JudgeSection)
 
     @property
     def run_dir(self) -> Path:
