@@ -172,7 +172,7 @@ def test_a_model_from_no_run_records_feedback_only_where_feedback_dir_says(run_d
         store_dir(str(run_dir / "ppo"), str(tmp_path / "file"), off=False)
 
 
-def test_the_memory_forgets_the_least_recently_used_completion_first():
+def test_the_memory_forgets_the_least_recently_used_completion_first_and_is_bounded_in_text():
     memory = CompletionMemory(capacity=2)
     for cid in ("a", "b"):
         memory.remember(cid, Completion(QUESTION, ["x"], "sft", None, {}))
@@ -180,3 +180,7 @@ def test_the_memory_forgets_the_least_recently_used_completion_first():
     memory.remember("c", Completion(QUESTION, ["y"], "sft", None, {}))
     assert memory.get("b") is None and memory.get("a") is not None and memory.get("c") is not None
     assert len(memory) == 2
+    by_size = CompletionMemory(capacity=10, max_chars=30)  # the text bound: long conversations go sooner
+    for cid in ("a", "b", "c"):
+        by_size.remember(cid, Completion([{"role": "user", "content": "q" * 5}], ["x" * 7], "sft", None, {}))
+    assert by_size.get("a") is None and by_size.get("b") and by_size.get("c") and by_size.chars == 24

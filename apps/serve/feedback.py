@@ -2,10 +2,10 @@
 
 Every finished completion is remembered (CompletionMemory: the conversation, each choice's text, the
 model, its fingerprint and the sampling settings) so that feedback can name answers by what the API
-returned: the completion's `id` and the choice's `index`. The memory keeps the newest
---feedback-memory completions (default 2048; the least recently used goes first): a server answering
-512-token completions with n=8 holds at most about 2048 x 8 x 2 KB = 32 MB of text. An id it no longer
-holds is answered 404 ("unknown or expired"). Streamed completions are remembered when they end; a
+returned: the completion's `id` and the choice's `index`. The memory keeps at most --feedback-memory
+completions (default 2048) and MAX_MEMORY_CHARS characters of conversations and answers (64 million:
+a request may carry up to --max-body-kb of messages), forgetting the least recently used first. An id
+it no longer holds is answered 404 ("unknown or expired"). Streamed completions are remembered when they end; a
 stream the client left is not (its answers were never whole).
 
 POST /v1/feedback takes one of
@@ -38,6 +38,7 @@ from apps.serve.protocol import ApiError
 from data.feedback import LABELER_NAME, FeedbackStore, ranking_record, rating_record
 
 DEFAULT_MEMORY = 2048
+MAX_MEMORY_CHARS = 64_000_000
 MAX_REASON_CHARS = 2000
 BODY_KEYS = {"ranking", "rating", "reason", "labeler", "all_bad"}
 
@@ -53,19 +54,25 @@ class Completion:
     sampling: dict
     created: float = field(default_factory=time.time)
 
+    @property
+    def chars(self) -> int:
+        return sum(len(m["content"]) for m in self.messages) + sum(map(len, self.answers))
+
 
 class CompletionMemory:
-    """The newest `capacity` completions by id (least recently used forgotten first)."""
+    """Completions by id, at most `capacity` of them and `max_chars` characters (least recently used
+    forgotten first)."""
 
-    def __init__(self, capacity: int = DEFAULT_MEMORY):
-        self.capacity = capacity
+    def __init__(self, capacity: int = DEFAULT_MEMORY, max_chars: int = MAX_MEMORY_CHARS):
+        self.capacity, self.max_chars = capacity, max_chars
         self.items: OrderedDict[str, Completion] = OrderedDict()
+        self.chars = 0
 
     def remember(self, completion_id: str, completion: Completion) -> None:
+        self.chars += completion.chars
         self.items[completion_id] = completion
-        self.items.move_to_end(completion_id)
-        while len(self.items) > self.capacity:
-            self.items.popitem(last=False)
+        while len(self.items) > self.capacity or (self.chars > self.max_chars and len(self.items) > 1):
+            self.chars -= self.items.popitem(last=False)[1].chars
 
     def get(self, completion_id: str) -> Completion | None:
         found = self.items.get(completion_id)
