@@ -241,8 +241,8 @@ class RewardSection:
 
     init_from: str | None = setting(None, "the model the reward model starts from (a scalar head is added); null: "
                                     "runs/<name>/sft")
-    data: str = setting("demo+rank", "sources joined by +: demo (prepared rankings), rank, rank-r2, ... (this run's "
-                        "ranked answers), files")
+    data: str = setting("demo+rank", "sources joined by +: demo (prepared rankings), rank, rank-r2, ... (ranked own "
+                        "answers), feedback, files")
     val_data: str | None = setting(None, "held-out preferences; null: the demo's or rank's held-out rankings, else "
                                    "val_fraction of data")
     val_fraction: float = setting(0.1, "share of data's prompts held out when there is no val_data", range="[0, 1)")
