@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import uuid
 from collections import defaultdict
@@ -68,12 +69,25 @@ def store_dir(model_dir: str, feedback_dir: str | None, off: bool) -> tuple[Path
         d = Path(feedback_dir)
         if d.exists() and not d.is_dir():
             raise UserError(f"--feedback-dir {d} is a file; give a folder (the store is {STORE_FILE} in it).")
-        return d, f"feedback: stored in {d / STORE_FILE}"
+        return _writable(d), f"feedback: stored in {d / STORE_FILE}"
     d = run_store_dir(model_dir)
     if d is None:
         return None, (f"feedback: off ({model_dir} is no run's artifact, so there is no run folder to keep it "
                       "in; --feedback-dir DIR records it)")
-    return d, f"feedback: stored in {d / STORE_FILE} (--feedback-dir DIR elsewhere, --no-feedback off)"
+    return _writable(d), f"feedback: stored in {d / STORE_FILE} (--feedback-dir DIR elsewhere, --no-feedback off)"
+
+
+def _writable(d: Path) -> Path:
+    """`d`, created; refused in one line at start when it cannot be written (not at the first submission)."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the feedback folder {d} ({e.strerror}); give another with --feedback-dir "
+                        "DIR, or --no-feedback.") from None
+    if not os.access(d, os.W_OK):
+        raise UserError(f"the feedback folder {d} is not writable; give another with --feedback-dir DIR, or "
+                        "--no-feedback.")
+    return d
 
 
 def model_fingerprint(model_dir: str | Path) -> str | None:

@@ -13,6 +13,7 @@ import pytest
 from openai import OpenAI
 from serve_fixtures import httpx, running_server, served_models
 
+from apps.serve.__main__ import parse_args
 from apps.serve.feedback import Completion, CompletionMemory
 from data.feedback import STORE_FILE, read_store, store_dir
 from pipeline.errors import UserError
@@ -170,6 +171,10 @@ def test_a_model_from_no_run_records_feedback_only_where_feedback_dir_says(run_d
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="is a file"):
         store_dir(str(run_dir / "ppo"), str(tmp_path / "file"), off=False)
+    with pytest.raises(UserError, match="cannot create the feedback folder"):  # a path through a file
+        store_dir(str(run_dir / "ppo"), str(tmp_path / "file" / "inside"), off=False)
+    with pytest.raises(UserError, match="contradict"):
+        parse_args(["--model", str(run_dir / "ppo"), "--no-feedback", "--feedback-dir", str(tmp_path)])
 
 
 def test_the_memory_forgets_the_least_recently_used_completion_first_and_is_bounded_in_text():

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from apps.serve.protocol import ApiError
 from data.feedback import LABELER_NAME, FeedbackStore, ranking_record, rating_record
+from pipeline.errors import os_error_line
 
 DEFAULT_MEMORY = 2048
 MAX_MEMORY_CHARS = 64_000_000
@@ -203,6 +204,10 @@ class Feedback:
 
     async def submit(self, body) -> dict:
         record = self.record(body)
-        await asyncio.to_thread(self.store.append, record)  # fsync off the event loop: streams keep flowing
+        try:
+            await asyncio.to_thread(self.store.append, record)  # fsync off the event loop: streams keep flowing
+        except OSError as e:  # a full disk, a folder made read-only since the start: said, and nothing stored
+            raise ApiError(500, f"the feedback was not stored: {os_error_line(e) or e}", kind="server_error",
+                           code="not_stored") from None
         self.stored += 1
         return {"id": record["id"], "stored": True}
