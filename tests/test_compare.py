@@ -1,6 +1,7 @@
 """`make compare`: every finished method against SFT on the same held-out prompts, in one report."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -23,7 +24,7 @@ def test_compare_reports_each_method_against_sft_with_intervals_kl_cost_and_verd
     out = run_dir / "runs" / "t" / "compare"
     report = json.loads((out / "compare.json").read_text())
     rows = {r["candidate"]: r for r in report["methods"]}
-    assert set(rows) == {"ppo", "dpo"} and report["prompts"]["count"] == 4
+    assert set(rows) == {"ppo", "dpo", "best-of-4"} and report["prompts"]["count"] == 4
     same = rows["ppo"]
     assert same["kl"]["k1_mean"] == pytest.approx(0.0, abs=1e-5)
     assert same["win_rate_rm"]["win_rate"] == 0.5 and same["gold_difference"]["mean"] == 0.0
@@ -38,6 +39,16 @@ def test_compare_reports_each_method_against_sft_with_intervals_kl_cost_and_verd
     assert "win rate 0.50 < 0.65" in md  # the unchanged model fails the bar, in PPO's words
     assert (out / "frontier.png").is_file() and read_manifest(out)["status"] == "complete"
     assert compare(args) == 0 and "up to date" in capsys.readouterr().out
+    # best of n (compare.best_of_n=4 by default) beside the methods: the reward model's choice among four SFT
+    # answers, its KL the analytic log n - (n-1)/n, its win rates over the same SFT answers
+    best = rows["best-of-4"]
+    assert best["kl"]["k1_mean"] == pytest.approx(math.log(4) - 3 / 4) and "analytic" in best["kl"]["analytic"]
+    assert best["answers"] == 4 and best["cost"]["used"] == "4 SFT answers per prompt, no training"
+    assert best["win_rate_rm"]["win_rate"] >= 0.5  # it kept the reward model's favourite of four
+    assert 0 <= best["win_rate_gold"]["win_rate"] <= 1 and best["gold_difference"] is not None
+    assert "| best-of-4 |" in md and "log n - (n-1)/n = 0.64 nats" in md
+    assert compare(args + ["compare.best_of_n=0"]) == 0  # off: the report lists the trained methods alone
+    assert {r["candidate"] for r in json.loads((out / "compare.json").read_text())["methods"]} == {"ppo", "dpo"}
 
 
 def test_compare_without_any_method_names_the_make_targets(run_dir, capsys):  # noqa: F811

@@ -348,7 +348,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           judged_inputs(eval_inputs), after=True),
     Stage("compare", "SFT vs PPO, DPO, GRPO, RLOO (those that exist)", "stages.compare",
           judged_config(_with_demo(lambda cfg: {"eval": {k: getattr(cfg.eval, k) for k in COMPARE_READS},
-                                                "ppo": {"kl_budget": cfg.ppo.kl_budget},
+                                                "ppo": {"kl_budget": cfg.ppo.kl_budget}, "compare": section(cfg, "compare"),
                                                 "run": {"dtype": cfg.run.dtype}}, compare_inputs)),
           judged_inputs(compare_inputs), after=True),
 )}

@@ -17,7 +17,7 @@ from typing import Literal
 from pipeline.config.fields import setting
 from pipeline.config.schema_align import AlignSection, DPOSection, GRPOSection, RLOOSection
 from pipeline.config.schema_lora import LoraSection
-from pipeline.config.schema_rl import EvalSection, JudgeSection, PPOSection
+from pipeline.config.schema_rl import CompareSection, EvalSection, JudgeSection, PPOSection
 from pipeline.errors import UserError
 
 _RESUME = "continue an unfinished run made with the same settings from its last checkpoint"
@@ -284,6 +284,7 @@ class RunConfig:
     ppo: PPOSection = field(default_factory=PPOSection)
     eval: EvalSection = field(default_factory=EvalSection)
     judge: JudgeSection = field(default_factory=JudgeSection)
+    compare: CompareSection = field(default_factory=CompareSection)
     align: AlignSection = field(default_factory=AlignSection)
     dpo: DPOSection = field(default_factory=DPOSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)

@@ -117,6 +117,14 @@ class EvalSection:
     seed: int = setting(0, "random seed of the evaluation's sampling")
 
 
+@dataclass
+class CompareSection:
+    """`make compare`: SFT against every finished method, and against the methods that need no training."""
+
+    best_of_n: int = setting(4, "best of n beside the methods: n SFT answers per prompt, the reward model's "
+                             "choice; 0: off", range=">= 0")
+
+
 GOLD_KINDS = ("demo", "reward", "rankings", "model")
 
 

@@ -40,12 +40,14 @@ def prompt_key(prompt) -> str:
 
 def compare_models(candidate: ModelAnswers, baseline: ModelAnswers, prompts: Sequence, *, kl_budget: float,
                    kl_logprobs: tuple[list[list[float]], list[list[float]]] | None = None,
-                   kl_skipped: str | None = None, length_tolerance: float = 0.2) -> dict:
+                   kl_skipped: str | None = None, length_tolerance: float = 0.2,
+                   kl_analytic: tuple[float, str] | None = None) -> dict:
     """The candidate against the baseline: mean scores, win rates by RM and gold (and at matched
     length), the paired gold difference, KL(candidate || baseline) and the quality-bar verdict.
 
     kl_logprobs: the token log-probabilities of the candidate's answers under the candidate and under
-    the baseline (at the sampling temperature); without them `kl_skipped` says why."""
+    the baseline (at the sampling temperature); without them `kl_skipped` says why, or `kl_analytic` gives
+    (a KL known without sampling, what it is): best of n's log n - (n-1)/n."""
     n = len(candidate.answers)
     if len(baseline.answers) != n or len(prompts) != n:
         raise ValueError(f"compare_models: {n} candidate answers, {len(baseline.answers)} baseline answers, "
@@ -74,6 +76,8 @@ def compare_models(candidate: ModelAnswers, baseline: ModelAnswers, prompts: Seq
         kl = kl_estimates(*kl_logprobs)
         out["kl"] = {k: v for k, v in kl.items() if k != "per_answer_k1"}
         out["kl_per_answer"] = kl["per_answer_k1"]
+    elif kl_analytic is not None:
+        out["kl"] = {"k1_mean": kl_analytic[0], "analytic": kl_analytic[1]}
     else:
         out["kl_skipped"] = kl_skipped or "no log-probabilities of the candidate's answers"
     if "rm_candidate" in out:

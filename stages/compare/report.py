@@ -65,6 +65,7 @@ def plot_frontier(rows: list[dict], out: Path) -> str | None:
 
 def render(report: dict) -> str:
     lines = [f"# Alignment methods compared: {report['run']}", "",
+             *([f"Gold is judged by {report['gold_judge']} (judge.gold).", ""] if report.get("gold_judge") else []),
              f"Each model answered the same {report['prompts']['count']} held-out prompts "
              f"({report['prompts']['source']}; temperature {report['sampling']['temperature']}, up to "
              f"{report['sampling']['max_new_tokens']} tokens, seed {report['seed']}) and is compared with SFT prompt "
@@ -80,7 +81,16 @@ def render(report: dict) -> str:
                      f"{_ci(r.get('gold_difference'), 'mean', signed=True)} | {_f(kl, 2)} | "
                      f"{_f(r['summary']['answer_tokens_mean'], 1)} ({_f(sft_tokens, 1)}) | {wall} | {cost['used']} |")
     lines += ["", "Wall time: training only for DPO, GRPO and RLOO (summed across resumes); the whole stage for "
-              "PPO (its final report included).", "", "## Quality bar (as the PPO stage judges it)", ""]
+              "PPO (its final report included)."]
+    bon = [r for r in report["methods"] if r.get("best_of_n")]
+    if bon:
+        n = bon[0]["best_of_n"]
+        lines += ["", f"best-of-{n}: SFT answers each prompt {n} times and the reward model keeps its favourite; no "
+                  f"training. Its KL is not measured: it is the analytic log n - (n-1)/n = {_f(bon[0]['kl']['k1_mean'], 2)} "
+                  "nats, exact without ties and an upper bound with them. Its RM win rate is judged by the model that "
+                  "chose: read its gold win rate. A method that does not beat it at a comparable KL bought nothing "
+                  "with its training."]
+    lines += ["", "## Quality bar (as the PPO stage judges it)", ""]
     for r in report["methods"]:
         verdict = (r.get("quality_bar") or {}).get("verdict") or "not judged (no reward model)"
         lines.append(f"- **{r['candidate']}**: {verdict}")

@@ -2,8 +2,8 @@
 
     make compare        # runs/<name>/compare/: compare.md, compare.json, frontier.png, manifest.json
 
-Every finished artifact among ppo, dpo, grpo and rloo is compared with sft on the eval stage's
-held-out prompts: RM and gold win rates with 95% intervals, the paired gold difference, KL to SFT,
+Every finished artifact among ppo, dpo, grpo and rloo, and best of n (compare.best_of_n: SFT's n answers,
+the reward model's choice), is compared with sft on the eval stage's held-out prompts: RM and gold win rates with 95% intervals, the paired gold difference, KL to SFT,
 answer length, wall time and the data each used, and the quality-bar verdict in PPO's words.
 (Its own directory, not runs/<name>/eval/: `make eval` replaces that directory whole.)
 """
@@ -23,6 +23,7 @@ from pipeline.graph.rounds import newest_artifact
 from pipeline.lm.model import model_dtype
 from pipeline.runtime.device import pick_device, seed_everything
 from stages.compare import evaluator
+from stages.compare.best_of_n import best_of_n_row
 from stages.compare.report import plot_frontier, render
 
 METHODS = ("ppo", "dpo", "grpo", "rloo")
@@ -77,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     for row, ev in zip(rows, methods):
         row.setdefault("gold_difference", None)  # the evaluator's, clustered by prompt; None without gold
         row["cost"] = cost(ev.path, ev.name)
+    if cfg.compare.best_of_n:  # beside the methods, on the same prompts: no training, the reward model's choice
+        row, why = best_of_n_row(cfg, sft.path, sft.answers, rm_path, device, model_dtype(cfg.run.dtype, device))
+        rows += [row] if row else []
+        skipped += [why] if why else []
     e = cfg.eval
     report = {"run": cfg.run.name, "seed": e.seed, "prompts": {"source": source, "count": len(prompts)},
               "sampling": {"temperature": e.temperature, "top_k": e.top_k, "top_p": e.top_p,
                            "max_new_tokens": e.max_new_tokens},
-              "sft": evaluator.summarise_model(sft), "methods": rows, "skipped": skipped,
+              "sft": evaluator.summarise_model(sft), "methods": rows, "skipped": skipped, "gold_judge": cfg.judge.gold,
               "plot": plot_frontier(rows, writer.out_dir)}
     (writer.out_dir / "compare.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     (writer.out_dir / "compare.md").write_text(render(report))
