@@ -168,3 +168,35 @@ def test_an_ensemble_retrains_the_reward_model_and_an_aggregate_rescores_what_re
         assert key(conservative, stage)["config"]["ppo"]["reward_aggregate"] == "mean_minus_std", stage
     assert key(conservative, "reward") == key(base, "reward")
     assert key(conservative, "dpo") == key(base, "dpo")  # DPO is not rewarded by the reward model
+
+
+def ensemble_dir(tiny_lm_dir, root: Path) -> Path:
+    """A reward artifact holding two members by hand (the reward stage's layout)."""
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    for seed, sub in ((0, "."), (1, "ensemble/1")):
+        scorer(tiny_lm_dir, seed).save_pretrained(root / sub)
+        tok.save_pretrained(root / sub)
+    (root / "reward_ensemble.json").write_text(json.dumps({"members": [".", "ensemble/1"],
+                                                           "scale": [[0.0, 1.0], [0.2, 0.5]]}))
+    return root
+
+
+def test_ppo_and_the_trl_reward_function_score_by_the_aggregate_the_config_names(tiny_lm_dir, tmp_path):
+    from pipeline.judge.scoring import RewardFunction
+    from stages.ppo.models import load_models
+
+    rm_dir = ensemble_dir(tiny_lm_dir, tmp_path / "reward")
+    cfg = load_config(CONFIG, [f"run.out_dir={tmp_path}", "ppo.reward_aggregate=mean_minus_std",
+                               "ppo.reward_uncertainty_coef=2.0"])
+    models = load_models(cfg.ppo, tiny_lm_dir, str(rm_dir))
+    assert isinstance(models.reward, RewardEnsemble) and len(models.reward.members) == 2
+    assert (models.reward.how, models.reward.coef) == ("mean_minus_std", 2.0)
+    tok = models.tokenizer
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What does len return?"}], tokenize=True,
+                                     add_generation_prompt=True, return_dict=True)["input_ids"]
+    answers = [tok.encode("The number of items.", add_special_tokens=False), tok.encode("A list.", add_special_tokens=False)]
+    fn = RewardFunction(models.reward, tok)  # GRPO/RLOO: raw aggregate, no normalisation, no penalty
+    got = fn.score_ids([prompt, prompt], answers)
+    each = torch.stack([RewardFunction(m, tok).score_ids([prompt, prompt], answers) for m in models.reward.members])
+    assert got.tolist() == pytest.approx(aggregate(standardise(each, [(0.0, 1.0), (0.2, 0.5)]), "mean_minus_std",
+                                                   2.0).tolist(), abs=1e-5)
