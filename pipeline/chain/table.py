@@ -318,7 +318,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("rank", "the SFT model's own answers, ranked (rank.labeler=gold|human|judge)", "stages.rank",
           _with_demo(lambda cfg: {"rank": section(cfg, "rank", RANK_NO_EFFECT), "run": {"seed": cfg.run.seed}},
                      rank_inputs),
-          rank_inputs, loop=True, extra=rank_labels,
+          rank_inputs, launch=True, loop=True, extra=rank_labels,  # launched: the processes share the sampling
           finished=lambda m: (m.get("metrics") or {}).get("remaining", 0) == 0),
     Stage("reward", "reward model on rankings (TRL RewardTrainer)", "stages.reward",
           _with_demo(lambda cfg: {"reward": section(cfg, "reward", ("stats_prompts",) + set_keys(cfg, "reward")),
@@ -345,7 +345,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("eval", "compare pretrain / SFT / PPO on held-out data (MODELS=dir ... to choose)", "stages.eval",
           judged_config(_with_demo(lambda cfg: {"eval": section(cfg, "eval"), "ppo": {"kl_budget": cfg.ppo.kl_budget},
                                                 "run": {"dtype": cfg.run.dtype}}, eval_inputs)),
-          judged_inputs(eval_inputs), after=True),
+          judged_inputs(eval_inputs), launch=True, after=True),  # launched: the processes share the answering
     Stage("compare", "SFT vs PPO, DPO, GRPO, RLOO (those that exist)", "stages.compare",
           judged_config(_with_demo(lambda cfg: {"eval": {k: getattr(cfg.eval, k) for k in COMPARE_READS},
                                                 "ppo": {"kl_budget": cfg.ppo.kl_budget}, "compare": section(cfg, "compare"),

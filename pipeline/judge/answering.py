@@ -2,8 +2,11 @@
 
 Every report samples the same way: each prompt chat-templated with the generation prompt (a prompt over
 the context keeps its last tokens, and the count is printed), answered by the project's one sampling loop
-(pipeline.lm.generation) in batches of similar length, from a `torch.Generator` seeded with the report's
-seed, so the answers of a model depend only on its weights, the prompts and `Sampling`.
+(pipeline.lm.generation) in batches of similar length. Each prompt draws from its own `torch.Generator`,
+seeded by the report's seed and the prompt's place in the list: an answer does not depend on which other
+prompts share its batch, nor on which process of a launch samples it. Under `accelerate launch` the eval
+and compare stages pass `processes` (pipeline.runtime.processes): each process answers whole batches (every
+world-th one) and the answers are gathered, the same, bit for bit, as one process's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 from pipeline.artifacts.metrics import progress
 from pipeline.judge.comparison import ModelAnswers
 from pipeline.lm.chat_format import encode_chat
-from pipeline.lm.generation import answer_logprobs, context_length, eos_ids_of, generate_batched
+from pipeline.lm.generation import answer_logprobs, context_length, eos_ids_of, generate
+from pipeline.runtime.processes import ONE, Processes
 
 
 @dataclass(frozen=True)
@@ -69,45 +73,74 @@ def vocab_key(tokenizer) -> int:
     return hash(tuple(sorted(tokenizer.get_vocab().items())))
 
 
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed of the generator that answers prompt `index` of a report sampled under `seed`."""
+    return (seed * 1_000_003 + index) % (1 << 63)
+
+
+def length_batches(prompt_ids: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices in batches of similar length, longest first (less padding); the unit a process takes."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def answer(model, tokenizer, prompts: list, sampling: Sampling, *, name: str, show_progress: bool = False,
-           logprobs: bool = True) -> ModelAnswers:
+           logprobs: bool = True, processes: Processes = ONE) -> ModelAnswers:
     """`name`'s answers to `prompts` (chat messages), with their token ids, whether each ended, and (with
-    `logprobs`, when sampled at a temperature above 0) their tokens' log-probabilities under this model."""
+    `logprobs`, when sampled at a temperature above 0) their tokens' log-probabilities under this model.
+    With several `processes`, each answers its share of the batches and every process gets all answers."""
     ctx = context_length(model)
     keep = max(1, ctx - sampling.max_new_tokens)
     full = [encode_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
     cut = sum(len(ids) > keep for ids in full)
-    if cut:  # the question's start is lost: said and counted, never silent
+    if cut and processes.main:  # the question's start is lost: said and counted, never silent
         print(f"{sampling.section} {name}: {cut} of {len(full)} prompts are over the context ({ctx} positions less "
               f"{sampling.section}.max_new_tokens={sampling.max_new_tokens}); kept their last {keep} tokens")
     prompt_ids = [ids[-keep:] for ids in full]
-    device = next(model.parameters()).device
     eos = eos_ids_of(model, tokenizer)
-    bar = progress(total=len(prompts), desc=f"{sampling.section} {name}: answering", enabled=show_progress)
+    sampled = sampling.temperature > 0
+    mine = processes.mine(length_batches(prompt_ids, sampling.batch_size))
+    bar = progress(total=sum(map(len, mine)), desc=f"{sampling.section} {name}: answering",
+                   enabled=show_progress and processes.main)
     was_training = model.training
     model.eval()
+    done: dict[int, tuple] = {}
     try:
-        answer_ids = generate_batched(
-            model, prompt_ids, batch_size=sampling.batch_size, bar=bar,
-            max_new_tokens=min(sampling.max_new_tokens, ctx - 1), eos_ids=eos, pad_id=tokenizer.pad_token_id,
-            temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-            generator=torch.Generator(device=device).manual_seed(sampling.seed))
+        for batch in mine:
+            ids = generate(model, [prompt_ids[i] for i in batch], max_new_tokens=min(sampling.max_new_tokens, ctx - 1),
+                           eos_ids=eos, pad_id=tokenizer.pad_token_id, temperature=sampling.temperature,
+                           top_k=sampling.top_k, top_p=sampling.top_p,
+                           generator=[torch.Generator().manual_seed(prompt_seed(sampling.seed, i)) for i in batch])
+            lps = (answer_logprobs(model, [prompt_ids[i] for i in batch], ids, pad_id=tokenizer.pad_token_id,
+                                   temperature=sampling.temperature, batch_size=len(batch))
+                   if logprobs and sampled else [None] * len(batch))
+            done.update({i: (a, lp) for i, a, lp in zip(batch, ids, lps)})
+            bar.update(len(batch))
     finally:
         bar.close()
         model.train(was_training)
+    done = processes.gather(done)
+    answer_ids = [done[i][0] for i in range(len(prompts))]
     out = ModelAnswers(name, [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answer_ids],
                        prompt_ids=prompt_ids, answer_ids=answer_ids, ended=[bool(a) and a[-1] in eos for a in answer_ids],
                        vocab_key=vocab_key(tokenizer))
-    if logprobs:
-        out.logprobs = logprobs_under(model, tokenizer, out, sampling)
+    if logprobs and sampled:
+        out.logprobs = [done[i][1] for i in range(len(prompts))]
     return out
 
 
-def logprobs_under(model, tokenizer, answers: ModelAnswers, sampling: Sampling) -> list[list[float]] | None:
+def logprobs_under(model, tokenizer, answers: ModelAnswers, sampling: Sampling,
+                   processes: Processes = ONE) -> list[list[float]] | None:
     """The token log-probabilities of `answers` under `model` at the sampling temperature (the distribution
-    the answers were drawn from), for the KL; None for greedy answers, which are not samples."""
+    the answers were drawn from), for the KL; None for greedy answers, which are not samples. Batched as
+    `answer` batches them, so one process or several compute the same numbers."""
     if sampling.temperature <= 0:
         return None
-    return answer_logprobs(model, answers.prompt_ids, answers.answer_ids, pad_id=tokenizer.pad_token_id,
-                           temperature=sampling.temperature, batch_size=sampling.batch_size)
+    done = {}
+    for batch in processes.mine(length_batches(answers.prompt_ids, sampling.batch_size)):
+        lps = answer_logprobs(model, [answers.prompt_ids[i] for i in batch], [answers.answer_ids[i] for i in batch],
+                              pad_id=tokenizer.pad_token_id, temperature=sampling.temperature, batch_size=len(batch))
+        done.update(zip(batch, lps))
+    done = processes.gather(done)
+    return [done[i] for i in range(len(answers.prompt_ids))]

@@ -8,6 +8,10 @@ answers.jsonl (every generated answer with its scores) and the PNG plots the rep
 The last model listed is the candidate; every other model is a baseline it is compared with.
 Whatever cannot be measured (no reward model, no gold answers, no held-out text, no training
 curves) is skipped and the report says so.
+
+Under `accelerate launch` (make eval NPROC=2) every process answers its share of the prompts' batches and
+the answers are gathered (pipeline/judge/answering.py): the report is the one a single process writes.
+The main process alone measures the language-model metrics, scores, plots and writes.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from pipeline.lm.generation import context_length
 from pipeline.lm.loading import require_score_head
 from pipeline.lm.model import model_dtype
 from pipeline.lm.temperature_sweep import temperature_sweep
-from pipeline.runtime.device import pick_device, seed_everything
+from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
+from pipeline.runtime.processes import Processes
 from stages.eval.baseline import bigram_baseline, prompt_ids, sweep_prompt
 from stages.eval.compare import Evaluated, headline, samples, summarise_model, write_answers
 from stages.eval.lm import heldout_texts, lm_metrics
@@ -81,19 +86,20 @@ def sampling(cfg) -> Sampling:
 
 
 def run_model(ev: Evaluated, prompts: list, texts: list[str] | None, cfg, device, dtype,
-              candidate: Evaluated | None) -> None:
-    """Everything that needs this model loaded: LM metrics, its answers (the judge's), and the candidate's
-    answers under it for the KL (the candidate itself, `candidate` None: its own log-probabilities)."""
+              candidate: Evaluated | None, processes: Processes) -> None:
+    """Everything that needs this model loaded: LM metrics (the main process's), its answers (the judge's),
+    and the candidate's answers under it for the KL (the candidate itself, `candidate` None: its own
+    log-probabilities); answers and log-probabilities shared among the `processes`."""
     e = cfg.eval
     model, tok = load_chat_model(ev.path, device, dtype)
-    if texts:
+    if texts and processes.main:
         ev.lm = lm_metrics(model, tok, texts, max_tokens=e.lm_max_tokens, batch_size=max(1, e.batch_size // 4))
         ev.sweep = temperature_sweep(model, tok, prompt_ids(tok, sweep_prompt(texts)), seed=e.seed,
                                      max_new_tokens=min(e.max_new_tokens, context_length(model) - 16))
     ev.answers = answer(model, tok, prompts, sampling(cfg), name=ev.name, show_progress=True,
-                        logprobs=candidate is None)
+                        logprobs=candidate is None, processes=processes)
     if candidate is not None and ev.answers.vocab_key == candidate.answers.vocab_key:
-        ev.logprobs_of_candidate = logprobs_under(model, tok, candidate.answers, sampling(cfg))
+        ev.logprobs_of_candidate = logprobs_under(model, tok, candidate.answers, sampling(cfg), processes)
     del model
     release(device)
 
@@ -156,12 +162,15 @@ def training_curves(cfg) -> dict[str, list[dict]]:
     return curves
 
 
-def evaluate(cfg) -> Path:
+def evaluate(cfg) -> Path | None:
+    """The finished artifact (None on the processes of a launch other than the main one, which only answer)."""
     e = cfg.eval
+    processes = Processes.of_launch()
     # the lock and the key as every stage, before minutes of answering; nothing to resume: a fresh work directory
     writer = start_artifact(cfg.stage_dir("eval"), "eval", resume=False, key=stage_key(cfg, "eval"))
     seed_everything(e.seed)
     device = pick_device(cfg.run.device)
+    share_cpu_threads(device.type)
     dtype = model_dtype(cfg.run.dtype, device)
     refs = model_refs(cfg)
     skipped: list[str] = []
@@ -170,15 +179,18 @@ def evaluate(cfg) -> Path:
     rm_path, why = reward_model_path(cfg) if prompts else (None, "eval.prompts=none")
     if rm_path:
         require_score_head(rm_path)  # before minutes of answering, not after
-    texts, text_source = heldout_texts(cfg)
+    texts, text_source = heldout_texts(cfg) if processes.main else (None, "")
     if texts is None:
         skipped.append(f"language modelling: {text_source}")
 
     evaluated = [Evaluated(name, path, record) for name, path, record in refs]
     candidate = evaluated[-1]
     for ev in [candidate] + evaluated[:-1]:  # the candidate first: the others score its answers
-        print(f"eval: {ev.name} ({ev.path})")
-        run_model(ev, prompts, texts, cfg, device, dtype, None if ev is candidate else candidate)
+        if processes.main:
+            print(f"eval: {ev.name} ({ev.path})")
+        run_model(ev, prompts, texts, cfg, device, dtype, None if ev is candidate else candidate, processes)
+    if not processes.main:
+        return None  # the main process judges and writes
 
     baseline, bigram_sweep = bigram_baseline([ev.path for ev in evaluated], texts, e) if texts else (None, None)
     if texts and baseline is None:
@@ -240,6 +252,8 @@ def main(argv=None) -> None:
     if is_up_to_date(cfg, "eval"):
         return
     final = evaluate(cfg)
+    if final is None:
+        return
     report = json.loads((final / "report.json").read_text())
     print(f"\neval: wrote {final / 'report.md'}")
     for key, value in headline(report).items():

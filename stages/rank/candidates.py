@@ -4,7 +4,8 @@ of each: the material a labeler ranks.
 Sampled with the project's one loop (pipeline.lm.generation), in chunks of prompts saved one file each
 (written whole, then renamed), so a killed run keeps every finished chunk and resumes at the next.
 Each chunk and answer slot has its own seeded generator: a resumed run writes exactly what an
-uninterrupted one would have.
+uninterrupted one would have. Under `accelerate launch` the chunks are shared out, one per process at a
+time, and the main process writes each one's file: the same files, whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pipeline.artifacts.metrics import progress
 from pipeline.errors import UserError
 from pipeline.lm.chat_format import encode_chat
 from pipeline.lm.generation import context_length, eos_ids_of, generate
+from pipeline.runtime.processes import ONE, Processes
 
 SKIPPED = "fewer than 2 distinct answers"
 
@@ -49,29 +51,36 @@ def chunk_path(directory: Path, kind: str, index: int) -> Path:
 
 def generate_candidates(model, tokenizer, prompts: list[dict], *, kind: str, directory: Path, k: int,
                         temperatures: list[float], max_new_tokens: int, batch_size: int, chunk_prompts: int,
-                        seed: int, policy: str) -> list[dict]:
-    """Every prompt's record: candidates (distinct answers) or skipped ones (`"skipped": true`), in order.
+                        seed: int, policy: str, processes: Processes = ONE) -> list[dict]:
+    """Every prompt's record: candidates (distinct answers) or skipped ones (`"skipped": true`), in order
+    (on the main process; the others sample their share of the chunks and return []).
 
-    Chunks already in `directory` are read back instead of sampled again."""
+    Chunks already in `directory` are read back instead of sampled again. The processes take the missing
+    chunks `world` at a time; the main process writes them as they come."""
     chunks = [prompts[s:s + chunk_prompts] for s in range(0, len(prompts), chunk_prompts)]
     done = [c for c in range(len(chunks)) if chunk_path(directory, kind, c).is_file()]
-    if done:
+    if done and processes.main:
         print(f"rank: resuming {kind}: {len(done)} of {len(chunks)} chunks already sampled")
-    records: list[dict] = []
-    bar = progress(len(prompts), initial=sum(len(chunks[c]) for c in done), desc=f"rank {kind.split('-')[0]}")
-    for c, chunk in enumerate(chunks):
-        path = chunk_path(directory, kind, c)
-        if not path.is_file():
-            fresh = sample_chunk(model, tokenizer, chunk, k=k, temperatures=temperatures,
+    todo = [c for c in range(len(chunks)) if c not in done]
+    bar = progress(len(prompts), initial=sum(len(chunks[c]) for c in done), desc=f"rank {kind.split('-')[0]}",
+                   enabled=processes.main)
+    for start in range(0, len(todo), processes.world):
+        fresh = {c: sample_chunk(model, tokenizer, chunks[c], k=k, temperatures=temperatures,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed * 100_003 + c,
                                  policy=policy)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh))
-            os.replace(tmp, path)
-            bar.update(len(chunk))
-        records += [json.loads(line) for line in path.read_text().splitlines()]
+                 for c in processes.mine(todo[start:start + processes.world])}
+        fresh = processes.gather(fresh)
+        if processes.main:
+            for c, records in sorted(fresh.items()):
+                path = chunk_path(directory, kind, c)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                os.replace(tmp, path)
+                bar.update(len(chunks[c]))
     bar.close()
-    return records
+    if not processes.main:
+        return []
+    return [json.loads(line) for c in range(len(chunks)) for line in chunk_path(directory, kind, c).read_text().splitlines()]
 
 
 @torch.no_grad()

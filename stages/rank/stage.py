@@ -9,6 +9,8 @@ writes runs/<name>/rank/ (round 1) or runs/<name>/rank-rN/ (run.round=N: round N
 answers): candidates.jsonl, rankings.jsonl, heldout_candidates.jsonl + heldout_rankings.jsonl (own
 answers to the held-out reward prompts, ranked by gold without noise, for the reward stage's report;
 never trained on), report.md, report.json, manifest.json. Sampling is saved in chunks: a killed run resumes at the next chunk; labeling is redone.
+Under `accelerate launch` (make rank NPROC=2) the processes share out the chunks; the main process writes
+them, labels and commits, the same artifact as one process's (the others exit once sampling is done).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
+from pipeline.runtime.processes import Processes
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings
 from stages.rank.report import gold_by_position, gold_by_temperature, write_report
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank: {held_src} lacks gold answers; no held-out own-answer rankings")
         held_prompts = []
 
+    processes = Processes.of_launch()
     device = pick_device(cfg.run.device)
     share_cpu_threads(device.type)
     seed_everything(cfg.run.seed)
@@ -93,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     run_key = stage_key(cfg, "rank")
     writer = start_artifact(final, "rank", resume=r.resume, key={
         "config": run_key["config"], "inputs": {k: v for k, v in run_key["inputs"].items() if k != "labels"}})
+    processes.wait_for_main()  # the work dir is ready (locked, resumed or emptied) before anyone lists its chunks
     key = sampling_key(cfg, inputs)
     sampled = previous_samples(final, key) or sample_all(cfg, policy_src, device, prompts, held_prompts,
-                                                         writer.checkpoint_dir, key)
+                                                         writer.checkpoint_dir, key, processes)
+    if not processes.main:
+        return 0  # labeling (a person may take hours) and writing are the main process's
     sampling_s = time.time() - started
     cands = [c for c in sampled["candidates"] if not c.get("skipped")]
     held = [c for c in sampled["heldout"] if not c.get("skipped")]
@@ -168,7 +175,7 @@ def previous_samples(final, key: dict) -> dict | None:
 
 
 def sample_all(cfg, policy_src: str, device, prompts: list[dict], held_prompts: list[dict], directory,
-               key: dict) -> dict:
+               key: dict, processes: Processes) -> dict:
     """Every prompt's answers; chunk files carry a hash of the sampling settings, so unfinished work from
     other settings is never resumed."""
     import hashlib
@@ -187,7 +194,7 @@ def sample_all(cfg, policy_src: str, device, prompts: list[dict], held_prompts: 
         out[kind] = generate_candidates(
             model, tokenizer, records, kind=f"{kind}-{tag}", directory=directory, k=r.k, temperatures=r.temperatures,
             max_new_tokens=r.max_new_tokens, batch_size=r.batch_size, chunk_prompts=r.chunk_prompts,
-            seed=cfg.run.seed + (0 if kind == "candidates" else 1), policy=policy_src)
+            seed=cfg.run.seed + (0 if kind == "candidates" else 1), policy=policy_src, processes=processes)
     return out
 
 
