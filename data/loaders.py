@@ -10,7 +10,10 @@ A source is a local .jsonl/.json/.parquet/.csv/.txt file (optionally .gz), a fol
 such files, a dataset saved with `datasets.save_to_disk`, or a hub name `owner/name[:split]`
 (default split "train"; a slice such as `Anthropic/hh-rlhf:test[:50%]` takes part of one).
 Records are normalised by data.formats; a record that fits no format raises a UserError naming
-the file, the line and the accepted formats; usable-but-empty records are dropped and counted.
+the file, the line and the accepted formats; usable-but-empty records are dropped and counted, and
+so is a JSONL/.txt record over MAX_RECORD_BYTES, skipped while reading without ever being held whole.
+`normalized` gives the records one at a time (data.record_cache writes them to a memory-mapped Arrow
+file, so a 200 MB file never becomes Python objects all at once).
 
 Plain-text pretraining files (.txt) are split into documents at blank lines (one paragraph or
 block = one document), and at lines that are exactly `<|endoftext|>` (the TinyStories convention),
@@ -31,6 +34,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import formats
@@ -43,6 +47,11 @@ SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+(\[[\w%:+-]*\])?)?$")
 _DOC_SEPARATOR = "<|endoftext|>"
 MAX_DOCUMENT_CHARS = 1 << 20
+# A record (a JSONL or .txt line) over this many bytes is dropped and counted while it is read, in bounded
+# chunks, never held whole: tokenizing one 20 MB conversation takes gigabytes, and no max_length keeps
+# more than a sliver of it. Pretraining text is cut into pieces instead (iter_texts).
+MAX_RECORD_BYTES = 1 << 20
+TOO_LONG = f"longer than {MAX_RECORD_BYTES >> 20} MiB (a record this long is dropped unread)"
 _MAX_CSV_FIELD = 1 << 26
 
 
@@ -71,14 +80,29 @@ def _open_bytes(path: Path):
     return raw
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines of a (possibly gzipped) UTF-8 file; a line that is not UTF-8 is a UserError
-    naming it (each line is decoded on its own, so the number is exact)."""
+def _raw_lines(f, max_bytes: int | None) -> Iterator[bytes | None]:
+    """The byte lines of a binary stream; None for a line over max_bytes, whose rest is skipped in
+    chunks of at most 1 MiB (so memory stays bounded whatever the line's length)."""
+    while raw := f.readline() if max_bytes is None else f.readline(max_bytes + 1):
+        if max_bytes is not None and len(raw) > max_bytes:
+            while raw and not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+            yield None
+        else:
+            yield raw
+
+
+def _lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, str | None]]:
+    """Numbered lines of a (possibly gzipped) UTF-8 file (None for a line over max_bytes bytes); a line
+    that is not UTF-8 is a UserError naming it (each line is decoded on its own, so the number is exact)."""
     try:
         with _open_bytes(path) as f:
-            for n, raw in enumerate(f, 1):
+            for n, raw in enumerate(_raw_lines(f, max_bytes), 1):
+                if raw is None:
+                    yield n, None
+                    continue
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a BOM (Windows editors) is no text
                 except UnicodeDecodeError as e:
                     raise UserError(f"{path}, line {n}: not UTF-8 text (byte {raw[e.start]:#04x} at position "
                                     f"{e.start + 1} of the line). Convert the file to UTF-8.") from None
@@ -172,12 +196,16 @@ def _json_problem(e: Exception) -> str:
     return e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
 
 
-def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int, dict]]:
+def _file_records(path: Path, txt_field: str | None, max_bytes: int | None = None
+                  ) -> Iterator[tuple[str, int, dict | None]]:
+    """(where, line, record) of one file; the record is None for a line over max_bytes (.jsonl, .txt)."""
     kind, gz = _suffix(path)
     where = str(path)
     if kind == ".jsonl":
-        for n, line in _lines(path):
-            if line.strip():
+        for n, line in _lines(path, max_bytes):
+            if line is None:
+                yield where, n, None
+            elif line.strip():
                 try:
                     rec = json.loads(line)
                 except (json.JSONDecodeError, RecursionError) as e:
@@ -219,8 +247,10 @@ def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int,
         for i, rec in enumerate(table.to_pylist(), 1):
             yield f"{where} (row {i})", i, rec
     elif kind == ".txt" and txt_field:
-        for n, line in _lines(path):
-            if line.strip():
+        for n, line in _lines(path, max_bytes):
+            if line is None:
+                yield where, n, None
+            elif line.strip():
                 yield where, n, {txt_field: line.strip()}
     elif kind == ".txt":
         raise UserError(f"{where}: a .txt file holds plain text; this stage needs records "
@@ -229,56 +259,95 @@ def _file_records(path: Path, txt_field: str | None) -> Iterator[tuple[str, int,
         raise UserError(f"{where}: unsupported file type; use {', '.join(SUFFIXES)} (optionally .gz).")
 
 
-def read_records(source: str, txt_field: str | None = None) -> Iterator[tuple[str, int, dict]]:
-    """(where, line, raw record) for every record of a source, in order."""
+def read_records(source: str, txt_field: str | None = None, max_bytes: int | None = None
+                 ) -> Iterator[tuple[str, int, dict | None]]:
+    """(where, line, raw record) for every record of a source, in order; with max_bytes, a JSONL or
+    .txt line over that many bytes comes as None, unread."""
     resolved = resolve(source)
     if isinstance(resolved, str):
         yield from _hub_records(resolved)
         return
     for path in resolved:
-        yield from _file_records(path, txt_field)
+        yield from _file_records(path, txt_field, max_bytes)
 
 
-def _load(source: str, normalize: Callable, accepted: tuple[str, ...], what: str,
-          txt_field: str | None = None) -> list[dict]:
-    out: list[dict] = []
-    dropped: Counter = Counter()
-    seen = 0
-    for where, line, rec in read_records(source, txt_field):
-        seen += 1
+@dataclass(frozen=True)
+class Kind:
+    """What a loader makes of records: its normaliser (data.formats), accepted formats and name."""
+
+    normalize: Callable
+    accepted: tuple[str, ...]
+    what: str
+    txt_field: str | None = None
+
+
+SFT = Kind(formats.sft, formats.SFT_FORMATS, "SFT")
+PAIRS = Kind(formats.pairs, formats.PAIR_FORMATS, "preference")
+RANKINGS = Kind(formats.ranking, formats.RANKING_FORMATS, "ranking")
+PROMPTS = Kind(formats.prompt, formats.PROMPT_FORMATS, "prompt", txt_field="prompt")
+
+
+@dataclass
+class Tally:
+    """Records read, and dropped by reason, while a source is normalised."""
+
+    seen: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def close(self, source: str, kind: Kind, used: int) -> None:
+        """Refuse a source left with nothing usable; log what was dropped."""
+        reasons = ", ".join(f"{n} {why}" for why, n in self.dropped.most_common())
+        if not used:
+            raise UserError(f"{source}: no usable {kind.what} records ({self.seen} read"
+                            f"{'; dropped: ' + reasons if reasons else ''}).")
+        if self.dropped:
+            log.warning("%s: dropped %d of %d %s records (%s)", source, sum(self.dropped.values()), self.seen,
+                        kind.what, reasons)
+        log.info("%s: %d %s records from %d read", source, used, kind.what, self.seen)
+
+
+def normalized(source: str, kind: Kind, tally: Tally) -> Iterator[dict]:
+    """The source's records in the kind's canonical shape, one at a time: a record that fits no format
+    is a UserError naming file and line; unusable ones (and lines over MAX_RECORD_BYTES) are counted
+    in `tally` and skipped."""
+    for where, line, rec in read_records(source, kind.txt_field, MAX_RECORD_BYTES):
+        tally.seen += 1
         try:
+            if rec is None:
+                raise Drop(TOO_LONG)
             if not isinstance(rec, dict):
                 raise BadRecord(f"a record must be a JSON object, got {type(rec).__name__}")
-            result = normalize(rec)
+            result = kind.normalize(rec)
         except BadRecord as e:
-            raise UserError(f"{where}, line {line}: {e}. Accepted {what} formats: " + "; ".join(accepted)) from None
+            raise UserError(f"{where}, line {line}: {e}. Accepted {kind.what} formats: "
+                            + "; ".join(kind.accepted)) from None
         except Drop as e:
-            dropped[str(e)] += 1
+            tally.dropped[str(e)] += 1
             continue
-        out.extend(result if isinstance(result, list) else [result])
-    reasons = ", ".join(f"{n} {why}" for why, n in dropped.most_common())
-    if not out:
-        raise UserError(f"{source}: no usable {what} records ({seen} read{'; dropped: ' + reasons if reasons else ''}).")
-    if dropped:
-        log.warning("%s: dropped %d of %d %s records (%s)", source, sum(dropped.values()), seen, what, reasons)
-    log.info("%s: %d %s records from %d read", source, len(out), what, seen)
+        yield from result if isinstance(result, list) else [result]
+
+
+def _load(source: str, kind: Kind) -> list[dict]:
+    tally = Tally()
+    out = list(normalized(source, kind, tally))
+    tally.close(source, kind, len(out))
     return out
 
 
 def load_sft(source: str) -> list[dict]:
-    return _load(source, formats.sft, formats.SFT_FORMATS, "SFT")
+    return _load(source, SFT)
 
 
 def load_pairs(source: str) -> list[dict]:
-    return _load(source, formats.pairs, formats.PAIR_FORMATS, "preference")
+    return _load(source, PAIRS)
 
 
 def load_rankings(source: str) -> list[dict]:
-    return _load(source, formats.ranking, formats.RANKING_FORMATS, "ranking")
+    return _load(source, RANKINGS)
 
 
 def load_prompts(source: str) -> list[dict]:
-    return _load(source, formats.prompt, formats.PROMPT_FORMATS, "prompt", txt_field="prompt")
+    return _load(source, PROMPTS)
 
 
 class _Piece(str):

@@ -184,10 +184,11 @@ def _build_tokens(sources, tokenizer, root: Path, text_field: str, val_fraction:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def prune_cache(cache_root: str | Path, in_use: list[Path], keep_others: int = 1, log=print) -> list[Path]:
+def prune_cache(cache_root: str | Path, in_use: list[Path], keep_others: int = 1, log=print,
+                kinds: tuple[str, ...] = ("tokens-", "tokenizer-")) -> list[Path]:
     """Delete old cache entries so `runs/<name>/cache/` does not grow with every data or tokenizer change.
 
-    Per kind (`tokens-*`, `tokenizer-*`), the entries in use stay, and so do the `keep_others` most
+    Per kind (`tokens-*`, `tokenizer-*`; SFT's `records-*`), the entries in use stay, and so do the `keep_others` most
     recently used others (switching a setting back and forth stays cheap). Entries in use are touched,
     so "recently used" means used, not built. Returns the deleted paths."""
     import shutil
@@ -204,7 +205,7 @@ def prune_cache(cache_root: str | Path, in_use: list[Path], keep_others: int = 1
         pid = scratch.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(scratch, ignore_errors=True)
-    for kind in ("tokens-", "tokenizer-"):
+    for kind in kinds:
         others = sorted((p for p in root.glob(f"{kind}*") if p.is_dir() and p.resolve() not in in_use),
                         key=lambda p: p.stat().st_mtime, reverse=True)
         for old in others[keep_others:]:

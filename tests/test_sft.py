@@ -330,4 +330,4 @@ def test_without_val_data_a_seeded_share_of_the_data_is_held_out(tmp_path, chat_
     assert (len(train), len(val)) == (72, 8)
     assert not {json.dumps(r) for r in train} & {json.dumps(r) for r in val}
     assert inputs["val"] == {"split_of": "train", "fraction": 0.1, "seed": cfg.run.seed}
-    assert load_sft_splits(cfg)[1] == val  # the same split every time
+    assert list(load_sft_splits(cfg)[1]) == list(val)  # the same split every time

@@ -1,6 +1,10 @@
 """SFT data: load the conversations, split off a validation set, and screen them against the
 tokenizer and max_length before the trainer sees them.
 
+Conversations stay on disk: the records are a memory-mapped Arrow file (data.record_cache) and the
+screening a batched `Dataset.map` written beside it, so a 200 MB JSONL trains with bounded memory
+(benchmarks/data_memory.py measures it) and a rerun on unchanged data maps both files again.
+
 TRL's SFTTrainer truncates long conversations and drops ones left without assistant tokens
 without saying so; screening here first lets the stage count and report both, and turns
 "nothing usable" into a clear error instead of an empty run.
@@ -8,9 +12,17 @@ without saying so; screening here first lets the stage count and report both, an
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.lm.chat_format import (
@@ -21,6 +33,9 @@ from pipeline.lm.chat_format import (
     refusal,
 )
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 log = logging.getLogger(__name__)
 
 
@@ -28,15 +43,16 @@ log = logging.getLogger(__name__)
 class Screened:
     """The usable conversations and what happened to the rest."""
 
-    records: list[dict]  # {"messages": ...}
-    # per record {"input_ids"(, "assistant_masks")} as screened: what SFTTrainer trains on, so TRL never
-    # tokenizes a conversation itself (it would read special strings in the content as the template's tokens)
-    encoded: list[dict] = field(default_factory=list)
+    records: Dataset  # {"messages": ...}
+    # per record {"input_ids", "labels"} as screened, cut at max_length, -100 on what carries no loss: what
+    # SFTTrainer trains on, so TRL never tokenizes a conversation itself (it would read special strings in
+    # the content as the template's tokens)
+    encoded: Dataset
     total: int = 0
     no_assistant: int = 0  # conversations without any assistant turn: dropped
     truncated: int = 0  # longer than max_length: cut at max_length, kept
     dropped_too_long: int = 0  # no assistant token left within max_length: dropped
-    lengths: list[int] = field(default_factory=list)
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # tokens kept, screened ones
 
     def summary(self, name: str, max_length: int) -> str:
         parts = [f"{name}: {len(self.records)} of {self.total} conversations used"]
@@ -53,32 +69,31 @@ class Screened:
                 "truncated": self.truncated, "dropped_too_long": self.dropped_too_long}
 
 
-def _load(source: str) -> list[dict]:
-    from data.loaders import load_sft
-
-    return load_sft(source)
-
-
 def _source_record(source: str) -> dict:
     from pipeline.artifacts.store import source_fingerprint
 
     return {"path": source, "fingerprint": source_fingerprint(source)}
 
 
-def load_sft_splits(cfg) -> tuple[list[dict], list[dict], dict]:
-    """(train, validation, inputs-record) for cfg.sft: the demo set by default, else any file or
-    hub name data.loaders.load_sft reads; without val_data, a seeded val_fraction of the data."""
+def load_sft_splits(cfg) -> tuple[Dataset, Dataset, dict]:
+    """(train, validation, inputs-record) for cfg.sft: the demo set by default, else any file or hub name
+    data.loaders reads; without val_data, a seeded val_fraction of the data. The splits are memory-mapped
+    Arrow (data.record_cache, under the run's cache folder), so a big file never sits in memory whole."""
     from data.demo import input_path
+    from data.loaders import SFT
+    from data.record_cache import PREFIX, cached_records
+    from data.token_cache import prune_cache
     from pipeline.chain.table import inputs_of
 
     s = cfg.sft
+    cache = cfg.run_dir / "cache"
     inputs = inputs_of(cfg, "sft")  # as pipeline/chain/table.py declares them: the demo's sets, or the files named
     train_src = input_path(cfg, inputs["train"])
     val_src = input_path(cfg, inputs["val"]) if "val" in inputs else None
-    train = _load(train_src)
+    train = cached_records(train_src, SFT, cache)
     inputs = {"train": _source_record(train_src)}
     if val_src:
-        val = _load(val_src)
+        val = cached_records(val_src, SFT, cache)
         inputs["val"] = _source_record(val_src)
     else:
         if not 0 < s.val_fraction < 1:
@@ -87,50 +102,120 @@ def load_sft_splits(cfg) -> tuple[list[dict], list[dict], dict]:
         order = list(range(len(train)))
         random.Random(cfg.run.seed).shuffle(order)
         n_val = max(1, round(len(train) * s.val_fraction)) if len(train) > 1 else 0
-        val = [train[i] for i in order[:n_val]]
-        train = [train[i] for i in order[n_val:]]
+        # index maps over the one mapped file, kept in memory (4 bytes a record), never a copy of the records
+        val = train.select(order[:n_val], keep_in_memory=True)
+        train = train.select(order[n_val:], keep_in_memory=True)
         inputs["val"] = {"split_of": "train", "fraction": s.val_fraction, "seed": cfg.run.seed}
+    entries = {Path(f["filename"]).parent for d in (train, val) for f in d.cache_files}
+    prune_cache(cache, sorted(entries), kinds=(PREFIX,), log=log.info)
     return train, val, inputs
+
+
+# Screening outcome per conversation (the "status" column); used below TOO_LONG, dropped from it.
+KEPT, TRUNCATED, TOO_LONG, NO_ASSISTANT = 0, 1, 2, 3
+_LAYOUT = 1  # bump when the screened columns change: older cached screenings are then never read
+
+
+def _screen_batch(batch: dict, indices: list[int], tokenizer, max_length: int, assistant_only: bool,
+                  source: str) -> dict:
+    out = {"input_ids": [], "labels": [], "length": [], "status": []}
+    for messages, i in zip(batch["messages"], indices):
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        ids: list[int] = []
+        labels: list[int] = []
+        if not any(m["role"] == "assistant" and m["content"] for m in msgs):
+            status = NO_ASSISTANT
+        else:
+            if assistant_only:
+                try:
+                    ids, mask = assistant_mask(tokenizer, msgs)
+                except MaskError as e:
+                    raise UserError(refusal(f"{source}, conversation {i + 1}", str(e))) from None
+                labels = [t if m else -100 for t, m in zip(ids, mask)]
+            else:
+                ids = encode_chat(tokenizer, msgs)
+                labels = list(ids)
+            status = TRUNCATED if len(ids) > max_length else KEPT
+            ids, labels = ids[:max_length], labels[:max_length]
+        out["length"].append(len(ids))
+        if all(label == -100 for label in labels) and status != NO_ASSISTANT:
+            status, ids, labels = TOO_LONG, [], []  # nothing to learn within the window: not stored
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["status"].append(status)
+    return out
+
+
+def _screen_cache_file(records: Dataset, tokenizer, max_length: int, assistant_only: bool) -> tuple[str, str | None]:
+    """(fingerprint of the screening, the file to keep it in: beside the mapped records, None when they
+    are in memory). The records' fingerprint follows their file and selection; the tokenizer's covers its
+    vocabulary, EOS and chat template."""
+    from data.token_cache import tokenizer_fingerprint
+
+    template = json.dumps(tokenizer.chat_template, sort_keys=True)
+    key = hashlib.sha256(json.dumps([_LAYOUT, records._fingerprint, tokenizer_fingerprint(tokenizer), template,
+                                     max_length, assistant_only]).encode()).hexdigest()[:16]
+    files = records.cache_files
+    return key, str(Path(files[0]["filename"]).parent / f"screened-{key}.arrow") if files else None
+
+
+def screen(records, tokenizer, max_length: int, assistant_only: bool = True, source: str = "sft.data") -> Screened:
+    """Keep conversations that still teach something within max_length: count truncations,
+    drop those without an assistant turn or (assistant-only loss) with no assistant token inside
+    the window. Token ids and assistant masks come from the model's own chat template, each message's
+    content encoded as plain text (pipeline.lm.chat_format.encode_chat).
+
+    `records` is a Dataset of {"messages"} (load_sft_splits) or a list of them; the encoding is a batched
+    `Dataset.map` written to a file beside mapped records (reused by a rerun with the same tokenizer and
+    settings), on several processes for a big set."""
+    from datasets import Dataset, Features, List, Value
+
+    if not isinstance(records, Dataset):
+        records = Dataset.from_list([{"messages": _messages(r)} for r in records])
+    key, cache_file = _screen_cache_file(records, tokenizer, max_length, assistant_only)
+    features = Features({**records.features, "input_ids": List(Value("int32")), "labels": List(Value("int32")),
+                         "length": Value("int32"), "status": Value("int8")})
+    procs = min(os.cpu_count() or 1, 8) if len(records) >= _PARALLEL_FROM else 1
+    with _tokenizer_threads_off(procs > 1):
+        screened = records.map(
+            _screen_batch, batched=True, with_indices=True, features=features, cache_file_name=cache_file,
+            new_fingerprint=key, num_proc=procs if procs > 1 else None, desc="screening conversations",
+            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "assistant_only": assistant_only,
+                       "source": source})
+    status = np.asarray(screened.with_format("numpy")["status"])
+    kept = np.flatnonzero(status < TOO_LONG)
+    used = screened.select(kept, keep_in_memory=True)
+    lengths = np.asarray(screened.with_format("numpy")["length"])[status != NO_ASSISTANT]
+    return Screened(records=used.select_columns(["messages"]), encoded=used.select_columns(["input_ids", "labels"]),
+                    total=len(status), no_assistant=int((status == NO_ASSISTANT).sum()),
+                    truncated=int((status == TRUNCATED).sum()), dropped_too_long=int((status == TOO_LONG).sum()),
+                    lengths=lengths)
+
+
+_PARALLEL_FROM = 50_000  # conversations: below this, starting worker processes costs more than it saves
+
+
+@contextlib.contextmanager
+def _tokenizer_threads_off(forking: bool):
+    """While worker processes are forked, the Rust tokenizer's own threads off (each worker encodes one
+    conversation at a time; tokenizers warns at every fork otherwise)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    if forking:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if forking and before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        elif forking:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def _messages(record: dict) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
 
 
-def screen(records: list[dict], tokenizer, max_length: int, assistant_only: bool = True,
-           source: str = "sft.data") -> Screened:
-    """Keep conversations that still teach something within max_length: count truncations,
-    drop those without an assistant turn or (assistant-only loss) with no assistant token inside
-    the window. Token ids and assistant masks come from the model's own chat template, each message's
-    content encoded as plain text (pipeline.lm.chat_format.encode_chat)."""
-    out = Screened(records=[], total=len(records))
-    for n_rec, rec in enumerate(records, 1):
-        msgs = _messages(rec)
-        if not any(m["role"] == "assistant" and m["content"] for m in msgs):
-            out.no_assistant += 1
-            continue
-        if assistant_only:
-            try:
-                ids, mask = assistant_mask(tokenizer, msgs)
-            except MaskError as e:
-                raise UserError(refusal(f"{source}, conversation {n_rec}", str(e))) from None
-        else:
-            ids = encode_chat(tokenizer, msgs)
-            mask = [1] * len(ids)
-        n = len(ids)
-        out.lengths.append(min(n, max_length))
-        if not any(mask[:max_length]):
-            out.dropped_too_long += 1
-            continue
-        if n > max_length:
-            out.truncated += 1
-        out.records.append({"messages": msgs})
-        out.encoded.append({"input_ids": ids, "assistant_masks": mask} if assistant_only else {"input_ids": ids})
-    return out
-
-
-def screen_splits(train: list[dict], val: list[dict], tokenizer, max_length: int,
-                  assistant_only: bool = True) -> tuple[Screened, Screened]:
+def screen_splits(train, val, tokenizer, max_length: int, assistant_only: bool = True) -> tuple[Screened, Screened]:
     """Screen both splits, log what was dropped or cut, and fail on a split left empty (or, with
     assistant-only loss, on a chat template that cannot mark the assistant's tokens)."""
     if assistant_only:

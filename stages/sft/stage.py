@@ -67,7 +67,6 @@ def load_model(source: str, cfg, quant=None):
 
 def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer, callback, new_token_ids,
                   max_length=None):
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     s = cfg.sft
@@ -89,6 +88,9 @@ def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer,
         # Without packing, batches of similar lengths waste less compute on padding.
         train_sampling_strategy="random" if s.packing else "group_by_length",
         dataset_num_proc=None,
+        # The screening's rows are final (cut at max_length, labels built): TRL's per-row passes over them would
+        # take minutes on a big set. Packing still needs TRL's preparation (it packs the screened rows).
+        dataset_kwargs={"skip_prepare_dataset": not s.packing},
     )
     peft_config = None
     if s.lora.enabled:
@@ -98,7 +100,7 @@ def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer,
             peft_config.trainable_token_indices = {"embed_tokens": list(new_token_ids)}
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer,
-        train_dataset=Dataset.from_list(train.encoded), eval_dataset=Dataset.from_list(val.encoded),
+        train_dataset=train.encoded, eval_dataset=val.encoded,
         peft_config=peft_config, callbacks=[callback, RunGuard("sft")],
     )
     use_our_progress(trainer)
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("sft.max_length=%d is over the model's context of %d positions; using %d",
                     max_length, context, context)
         max_length = context
-    train_s, val_s = screen_splits(train_raw, val_raw, tokenizer, max_length, s.assistant_only_loss)
+    with PartialState().main_process_first():  # one process screens into the cache, the others map it
+        train_s, val_s = screen_splits(train_raw, val_raw, tokenizer, max_length, s.assistant_only_loss)
 
     with PartialState().main_process_first():
         writer = start_artifact(final_dir, "sft", resume=s.resume,
