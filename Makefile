@@ -1,6 +1,8 @@
 # The RLHF pipeline: make pretrain sft rank reward ppo eval chat
 #   CONFIG=configs/small.yaml    pick a preset (default configs/tiny.yaml)
-#   LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml"   wrap a stage in a launcher
+#   NPROC=2                      run the training stages on 2 local processes (CPU: gloo; CUDA: one per GPU);
+#                                the global batch stays the preset's, each process takes its share
+#   LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml"   wrap a stage in a launcher (any)
 #   any section.key=value        passed to the stage as a config override (e.g. ppo.kl_coef=0.05)
 SHELL := /bin/bash
 CONFIG ?= configs/tiny.yaml
@@ -9,7 +11,17 @@ OUT ?= runs
 RUN := $(OUT)/$(NAME)
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
-LAUNCH ?= $(PY)
+# NPROC=N: the launched (L) stages run under accelerate on N processes of this machine with the config for its
+# hardware (ACCELERATE_CONFIG: CUDA -> ddp.yaml, else cpu_ddp.yaml); LAUNCH=... given as well wins.
+NPROC ?=
+ifneq ($(NPROC),)
+ifeq ($(shell [[ '$(NPROC)' =~ ^[1-9][0-9]*$$ ]] && echo ok),)
+$(error NPROC=$(NPROC) is not a number of processes: give a whole number, e.g. NPROC=2)
+endif
+ACCELERATE_CONFIG ?= configs/accelerate/$(if $(filter True,$(shell $(PY) -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)),ddp,cpu_ddp).yaml
+ACCELERATE_CONFIG := $(ACCELERATE_CONFIG)
+endif
+LAUNCH ?= $(if $(NPROC),$(PY) -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) --num_machines 1,$(PY))
 # torch from your pip index (PyPI's Linux wheel is the CUDA build). CPU only: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # a given CUDA: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0

@@ -103,10 +103,15 @@ def _write_tokens(docs: Iterator[str], tokenizer, path: Path, dtype: str) -> tup
     tmp = path.with_name(path.name + ".tmp")
 
     def flush(batch: list[str], fh) -> int:
+        # A template's markers in raw text are text: "<|end|>" inside a document is not EOS, "<|user|>" no turn.
         if backend is not None:
-            ids = [e.ids for e in backend.encode_batch(batch, add_special_tokens=False)]
+            as_text, backend.encode_special_tokens = backend.encode_special_tokens, True
+            try:
+                ids = [e.ids for e in backend.encode_batch(batch, add_special_tokens=False)]
+            finally:
+                backend.encode_special_tokens = as_text
         else:
-            ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(batch, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         flat = np.fromiter((t for seq in ids for t in (*seq, eos)), dtype=dtype)
         flat.tofile(fh)
         return flat.size
@@ -133,7 +138,8 @@ def _write_tokens(docs: Iterator[str], tokenizer, path: Path, dtype: str) -> tup
 def build_token_cache(sources: list[tuple[str, str]], tokenizer, cache_root: str | Path, *, text_field: str = "text",
                       val_fraction: float = 0.05, min_val_tokens: int = 2) -> tuple[dict[str, TokenSplit], Path]:
     """Tokenize the train and val splits (or reuse the cache); returns the splits and the cache dir."""
-    key = cache_key(sources, text_field, val_fraction, tokenizer_fingerprint(tokenizer))
+    # "markers as text": caches from before special strings in documents were encoded as text are not reused
+    key = cache_key(sources, text_field, val_fraction, tokenizer_fingerprint(tokenizer) + ":markers as text")
     root = Path(cache_root) / f"tokens-{key}"
     meta_path = root / "meta.json"
     if not meta_path.is_file():

@@ -13,7 +13,7 @@ from stages.eval.stage import main as eval_main
 from stages.pretrain.stage import main as pretrain_main
 from tests.conftest import SHAKESPEARE, tiny_text
 
-SMALL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
+SMALL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8", "train.tokens_per_step=256",
          "train.max_steps=20", "train.warmup_steps=2", "train.eval_every=10", "train.checkpoint_every=10",
          "train.sample_tokens=16", "tokenizer.vocab_size=1024", "eval.lm_max_tokens=2000", "eval.max_new_tokens=16"]
 

@@ -206,6 +206,8 @@ class ArtifactWriter:
 
     def commit(self, *, config: dict, inputs: dict | None = None, metrics: dict | None = None,
                extra: dict | None = None) -> Path:
+        from pipeline.runtime.device import launch_facts
+
         bad = non_finite(metrics or {})
         if bad:
             raise NonFiniteError(f"{self.stage}: final metrics are not finite ({', '.join(bad[:3])}): the run "
@@ -223,6 +225,7 @@ class ArtifactWriter:
             "versions": package_versions(),
             "git_commit": git_commit(),
             "host": {"platform": platform.platform(), "argv": sys.argv},
+            "launch": launch_facts(),  # processes, machines, backend: how it ran (the same artifact whatever N)
             **(extra or {}),
         }
         check_replaceable(self.final_dir, self.stage)  # checked at start too; the folder may have appeared since

@@ -139,9 +139,10 @@ class TrainSection:
     text_field: str = setting("text", "the field that holds the text in .jsonl and .parquet records")
     val_fraction: float = setting(0.05, "share of documents held out for validation loss when the data has no "
                                   "validation split", range="[0, 1)")
-    batch_size: int = setting(12, "sequences per micro-batch on each process", range="> 0")
-    tokens_per_step: int | None = setting(None, "tokens per optimizer step over all processes (sets gradient "
-                                          "accumulation); null: one micro-batch each", range="> 0")
+    batch_size: int = setting(12, "most sequences per micro-batch on each process; accumulation makes up the "
+                              "step", range="> 0")
+    tokens_per_step: int | None = setting(None, "tokens per step over all processes (whatever their number), "
+                                          "whole sequences; null: batch_size sequences", range="> 0")
     max_steps: int = setting(1000, "optimizer steps", range="> 0")
     lr: float = setting(1e-3, "peak learning rate, reached after the warmup", range="> 0")
     min_lr: float = setting(1e-4, "the learning rate the cosine decay ends at, at max_steps", range=">= 0")
@@ -178,8 +179,12 @@ class SFTSection:
     lr: float = setting(5e-4, "peak learning rate (cosine decay after the warmup)", range="> 0")
     epochs: float = setting(3.0, "passes over the training conversations", range="> 0")
     max_steps: int = setting(-1, "optimizer steps; -1: as many as epochs take", range="> 0 | -1")
-    batch_size: int = setting(16, "conversations per micro-batch on each device", range="> 0")
-    grad_accum: int = setting(1, "micro-batches summed into one optimizer step", range="> 0")
+    sequences_per_step: int | None = setting(None, "conversations per step over all processes (whatever their "
+                                             "number); null: batch_size x grad_accum", range="> 0")
+    batch_size: int = setting(16, "most conversations per micro-batch on each process; accumulation makes up "
+                              "the step", range="> 0")
+    grad_accum: int = setting(1, "micro-batches per step when sequences_per_step is null (else derived)",
+                              range="> 0")
     warmup_ratio: float = setting(0.05, "share of the steps over which the learning rate rises from 0", range="[0, 1)")
     weight_decay: float = setting(0.0, "AdamW weight decay", range=">= 0")
     eval_every: int = setting(100, "steps between held-out loss evaluations", range="> 0")
@@ -251,8 +256,12 @@ class RewardSection:
     lr: float = setting(1e-4, "peak learning rate (cosine decay after the warmup)", range="> 0")
     epochs: float = setting(2.0, "passes over the training pairs", range="> 0")
     max_steps: int = setting(-1, "optimizer steps; -1: as many as epochs take", range="> 0 | -1")
-    batch_size: int = setting(16, "pairs per micro-batch on each device", range="> 0")
-    grad_accum: int = setting(1, "micro-batches summed into one optimizer step", range="> 0")
+    pairs_per_step: int | None = setting(None, "pairs per step over all processes (whatever their number); null: "
+                                         "batch_size x grad_accum", range="> 0")
+    batch_size: int = setting(16, "most pairs per micro-batch on each process; accumulation makes up the step",
+                              range="> 0")
+    grad_accum: int = setting(1, "micro-batches per step when pairs_per_step is null (else derived)",
+                              range="> 0")
     warmup_ratio: float = setting(0.05, "share of the steps over which the learning rate rises from 0", range="[0, 1)")
     weight_decay: float = setting(0.0, "AdamW weight decay", range=">= 0")
     use_margin: bool = setting(False, "ask for a larger score gap where the data has a margin (or a rank distance)")

@@ -34,8 +34,12 @@ class DPOSection:
     lr: float = setting(5e-6, "peak learning rate (cosine decay after the warmup)", range="> 0")
     epochs: float = setting(1.0, "passes over the training pairs", range="> 0")
     max_steps: int = setting(-1, "optimizer steps; -1: as many as epochs take", range="> 0 | -1")
-    batch_size: int = setting(8, "pairs per step on each device", range="> 0")
-    grad_accum: int = setting(1, "micro-batches summed into one optimizer step", range="> 0")
+    pairs_per_step: int | None = setting(None, "pairs per step over all processes (whatever their number); null: "
+                                         "batch_size x grad_accum", range="> 0")
+    batch_size: int = setting(8, "most pairs per micro-batch on each process; accumulation makes up the step",
+                              range="> 0")
+    grad_accum: int = setting(1, "micro-batches per step when pairs_per_step is null (else derived)",
+                              range="> 0")
     warmup_ratio: float = setting(0.05, "share of the steps over which the learning rate rises from 0", range="[0, 1)")
     weight_decay: float = setting(0.0, "AdamW weight decay", range=">= 0")
     eval_every: int = setting(100, "steps between held-out evaluations", range="> 0")
@@ -61,8 +65,12 @@ class OnlineRLSection:
     total_episodes: int | None = setting(None, "answers sampled in all; null: ppo.total_episodes (PPO's budget)",
                                          range="> 0")
     num_generations: int = setting(4, "answers per prompt: the group whose rewards make the baseline", range=">= 2")
-    batch_size: int = setting(16, "answers per optimizer step, a multiple of num_generations", range="> 0")
-    grad_accum: int = setting(1, "micro-batches summed into one optimizer step", range="> 0")
+    answers_per_step: int | None = setting(None, "answers per step over all processes, a multiple of "
+                                           "num_generations; null: batch_size x grad_accum", range="> 0")
+    batch_size: int = setting(16, "most answers per micro-batch on each process; accumulation makes up the step",
+                              range="> 0")
+    grad_accum: int = setting(1, "micro-batches per step when answers_per_step is null (else derived)",
+                              range="> 0")
     num_iterations: int = setting(1, "optimisation passes over each generated batch", range="> 0")
     lr: float = setting(3e-5, "peak learning rate (cosine decay after the warmup)", range="> 0")
     warmup_ratio: float = setting(0.0, "share of the steps over which the learning rate rises from 0", range="[0, 1)")
@@ -87,8 +95,11 @@ class OnlineRLSection:
 
     def validate(self) -> None:
         name = type(self).__name__[: -len("Section")].lower()
-        if self.batch_size % self.num_generations:
-            raise UserError(f"{name}.batch_size={self.batch_size} is not a multiple of {name}.num_generations="
+        per_step, key = ((self.answers_per_step, "answers_per_step") if self.answers_per_step is not None
+                         else (self.batch_size, "batch_size") if self.grad_accum == 1
+                         else (self.batch_size * self.grad_accum, "batch_size x grad_accum"))
+        if per_step % self.num_generations:
+            raise UserError(f"{name}.{key}={per_step} is not a multiple of {name}.num_generations="
                             f"{self.num_generations}: each step trains on whole groups of answers.")
 
 

@@ -33,6 +33,7 @@ from pipeline.artifacts.metrics import MetricsLogger, progress
 from pipeline.config.schema import LoraSection, RunSection
 from pipeline.errors import UserError
 from pipeline.lm.tokenizer import ensure_chat_ready
+from pipeline.runtime.batch import BatchSplit
 from pipeline.runtime.device import mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,13 @@ _NOISE = ("_runtime", "_per_second", "_preparation_time", "total_flos", "num_tok
 # --------------------------------------------------------------------------- arguments
 
 
-def trainer_kwargs(section, *, output_dir: str | Path, run: RunSection, eval: bool = True) -> dict:
+def trainer_kwargs(section, *, output_dir: str | Path, run: RunSection, eval: bool = True,
+                   batch: BatchSplit | None = None) -> dict:
     """TrainingArguments keyword arguments from a stage section with the usual fields
     (lr, epochs, max_steps, batch_size, grad_accum, warmup_ratio, weight_decay, eval_every,
-    log_every, save_every). Works for TrainingArguments, SFTConfig and RewardConfig alike."""
+    log_every, save_every). Works for TrainingArguments, SFTConfig and RewardConfig alike.
+    `batch`: the stage's global batch split over this launch's processes (pipeline.runtime.batch);
+    without it each process runs batch_size x grad_accum."""
     device = pick_device(run.device)
     precision = mixed_precision(run.dtype, device.type)
     kwargs = dict(
@@ -55,9 +59,9 @@ def trainer_kwargs(section, *, output_dir: str | Path, run: RunSection, eval: bo
         learning_rate=section.lr,
         num_train_epochs=section.epochs,
         max_steps=section.max_steps,
-        per_device_train_batch_size=section.batch_size,
+        per_device_train_batch_size=batch.micro if batch else section.batch_size,
         per_device_eval_batch_size=section.batch_size,
-        gradient_accumulation_steps=section.grad_accum,
+        gradient_accumulation_steps=batch.accum if batch else section.grad_accum,
         warmup_steps=section.warmup_ratio,  # a float below 1 is a share of the total steps
         weight_decay=section.weight_decay,
         lr_scheduler_type="cosine",

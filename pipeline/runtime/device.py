@@ -84,9 +84,43 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def is_main_process() -> bool:
-    """The one test for "this process writes the artifact": accelerate's view of the launch (the same
-    state Accelerator, Trainer and `accelerate launch` share), true when nothing was launched."""
+def accelerate_state():
+    """accelerate's state of this launch (the one Accelerator, Trainer and `accelerate launch` share; the
+    first call in a process decides it). On a machine without CUDA the launched processes are CPU processes
+    over gloo: accelerate's PartialState() without cpu=True would make each of them a lone process, and
+    every rank would then take the run's lock and write the artifact."""
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    """The one test for "this process writes the artifact": accelerate's view of the launch, true when
+    nothing was launched."""
+    return accelerate_state().is_main_process
+
+
+def launch_facts() -> dict:
+    """How this run was launched, for its manifest: processes, machines, the collective backend and
+    accelerate's distributed type and mixed precision. Read from accelerate's state when the stage made
+    one (every launched stage does), else from the launcher's environment; a plain `python -m` run
+    records 1 process, 1 machine, backend "none". Never starts a process group itself."""
+    import sys
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    facts = {"num_processes": world, "num_machines": max(1, world // max(1, local)), "backend": "none",
+             "distributed_type": "NO", "mixed_precision": "no"}
+    if "accelerate" not in sys.modules:  # a stage that never imported it (data, rank...) ran as one plain process
+        return facts
+    from accelerate.state import AcceleratorState, PartialState
+
+    if PartialState._shared_state:  # initialised by this stage (Accelerator, Trainer, is_main_process)
+        state = PartialState()
+        facts.update(num_processes=state.num_processes, backend=state.backend or "none",
+                     distributed_type=getattr(state.distributed_type, "value", str(state.distributed_type)))
+        if state.num_processes == 1:
+            facts["backend"] = "none"  # accelerate names a backend even when there is no process group
+    if AcceleratorState._shared_state:
+        facts["mixed_precision"] = str(AcceleratorState().mixed_precision)
+    return facts

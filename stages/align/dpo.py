@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pipeline.lm.chat_format import content_as_text
 from pipeline.lm.hf_glue import lora_config, trainer_kwargs, use_our_progress
+from pipeline.runtime.batch import announce, section_split
 
 
 def build_trainer(cfg, model, ref_model, tokenizer, train: list[dict], val: list[dict] | None, *, output_dir,
@@ -13,7 +14,8 @@ def build_trainer(cfg, model, ref_model, tokenizer, train: list[dict], val: list
     from trl import DPOConfig, DPOTrainer
 
     d = cfg.dpo
-    args = DPOConfig(**trainer_kwargs(d, output_dir=output_dir, run=cfg.run, eval=bool(val)),
+    batch = announce("dpo", section_split(d, "dpo", "pairs"))
+    args = DPOConfig(**trainer_kwargs(d, output_dir=output_dir, run=cfg.run, eval=bool(val), batch=batch),
                      beta=d.beta, loss_type=[d.loss_type], max_length=d.max_length,  # pairs are screened to fit
                      disable_dropout=True, dataset_num_proc=None)
     as_text = content_as_text(tokenizer)  # TRL tokenizes the pairs itself: each row's kwargs keep their text text

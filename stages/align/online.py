@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.judge.scoring import RewardFunction, as_prompt
 from pipeline.lm.chat_format import content_as_text, encode_chat
 from pipeline.lm.hf_glue import lora_config, trainer_kwargs, use_our_progress
+from pipeline.runtime.batch import announce, section_split
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,15 @@ def episodes(cfg, method: str) -> int:
     return s.total_episodes if s.total_episodes is not None else cfg.ppo.total_episodes
 
 
-def optimizer_steps(total_episodes: int, s, world_size: int = 1) -> int:
-    """Optimizer steps that sample `total_episodes` answers: each step trains on batch_size x grad_accum
-    answers per process, and each generated answer is trained on num_iterations times."""
-    per_step = s.batch_size * s.grad_accum * world_size
+def answers_per_step(s) -> int:
+    """The global batch: answers_per_step, or batch_size x grad_accum; the same whatever the processes."""
+    return s.answers_per_step if s.answers_per_step is not None else s.batch_size * s.grad_accum
+
+
+def optimizer_steps(total_episodes: int, s) -> int:
+    """Optimizer steps that sample `total_episodes` answers: each step trains on answers_per_step answers
+    over all processes, and each generated answer is trained on num_iterations times."""
+    per_step = answers_per_step(s)
     steps = total_episodes * s.num_iterations // per_step
     if steps < 1:
         raise UserError(f"total_episodes={total_episodes} is less than one step of {per_step} answers; "
@@ -35,8 +41,8 @@ def optimizer_steps(total_episodes: int, s, world_size: int = 1) -> int:
     return steps
 
 
-def answers_sampled(steps: int, s, world_size: int = 1) -> int:
-    return steps * s.batch_size * s.grad_accum * world_size // s.num_iterations
+def answers_sampled(steps: int, s) -> int:
+    return steps * answers_per_step(s) // s.num_iterations
 
 
 def prompt_dataset(prompts: list, tokenizer, max_prompt_length: int, name: str) -> tuple[list[dict], int]:
@@ -73,7 +79,8 @@ def build_trainer(method: str, cfg, model, tokenizer, prompts: list[dict], rewar
     s = getattr(cfg, method)
     # trainer_kwargs reads the usual section fields; the length of the run is the answer budget's
     fields = SimpleNamespace(**vars(s), epochs=1, max_steps=max_steps, eval_every=None)
-    kwargs = trainer_kwargs(fields, output_dir=output_dir, run=cfg.run, eval=False)
+    batch = announce(method, section_split(s, method, "answers"))
+    kwargs = trainer_kwargs(fields, output_dir=output_dir, run=cfg.run, eval=False, batch=batch)
     kwargs["include_num_input_tokens_seen"] = "no"  # TRL's batches carry no input_ids to count
     common = dict(num_generations=s.num_generations, max_completion_length=s.max_new_tokens, beta=s.beta,
                   epsilon=s.epsilon, num_iterations=s.num_iterations, temperature=s.temperature, top_k=s.top_k,

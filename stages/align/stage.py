@@ -33,7 +33,7 @@ from pipeline.judge.comparison import headline, summary_line
 from pipeline.judge.evaluate import RewardJudge, reward_max_length
 from pipeline.lm.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
 from pipeline.lm.model import load_causal_lm, set_generation_defaults
-from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
+from pipeline.runtime.device import accelerate_state, pick_device, seed_everything, share_cpu_threads
 from stages.align import dpo, online, preferences
 from stages.align import report as heldout
 
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if is_up_to_date(cfg, method):
         return 0
 
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = accelerate_state()
     writer = start_artifact(final, method, resume=s.resume,
                             key=key(cfg, method))
     state.wait_for_everyone()
@@ -149,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{f'; held out {len(held.records)}' if held else ''}; beta {s.beta}")
     else:
         budget = online.episodes(cfg, method)
-        steps = online.optimizer_steps(budget, s, state.num_processes)
+        steps = online.optimizer_steps(budget, s)
         extra["reward_fn"].model.to(device)
         trainer = online.build_trainer(method, cfg, model, tokenizer, train, extra["reward_fn"],
                                        output_dir=writer.checkpoint_dir, callback=callback, max_steps=steps)
-        print(f"{method}: {len(train)} prompts, {budget} sampled answers in {steps} steps of {s.batch_size} "
+        print(f"{method}: {len(train)} prompts, {budget} sampled answers in {steps} steps of {online.answers_per_step(s)} "
               f"({s.num_generations} per prompt); reward as PPO's (normalised, missing-EOS penalty "
               f"{cfg.ppo.missing_eos_penalty})")
     trainer.add_callback(clock)
@@ -193,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics.update(pairs=len(train.records), pairs_seen=dpo.pairs_seen(trainer),
                        **{f"train_{k}": v for k, v in train.counts().items()})
     else:
-        metrics.update(answers_sampled=online.answers_sampled(trainer.state.global_step, s, state.num_processes),
+        metrics.update(answers_sampled=online.answers_sampled(trainer.state.global_step, s),
                        prompts_dropped=extra["prompts_dropped"])
     (writer.out_dir / "report.json").write_text(json.dumps({**metrics, "heldout": report}, indent=2) + "\n")
     writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)

@@ -75,6 +75,10 @@ class PPOTrainer:
         self._check_batch_sizes()
         self.num_updates = cfg.total_episodes // cfg.batch_size
         self.local_batch = cfg.batch_size // self.world
+        self.acc.print(f"ppo: {cfg.batch_size} episodes per rollout ({self.local_batch} per process x {self.world} "
+                       f"processes); {cfg.num_minibatches} minibatches of {cfg.batch_size // cfg.num_minibatches}, "
+                       f"each {cfg.grad_accum} micro-batches of {self.local_batch // cfg.num_minibatches // cfg.grad_accum}"
+                       " per process")
         self.prompt_ids, dropped = encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
         if not self.prompt_ids:
             raise UserError(f"no PPO prompt fits ppo.max_prompt_length={cfg.max_prompt_length}; raise it.")

@@ -21,7 +21,9 @@ from pipeline.artifacts.checkpoint import LATEST, load_checkpoint, restore_rng, 
 from pipeline.artifacts.finite import check_finite, check_finite_params
 from pipeline.artifacts.metrics import MetricsLogger, progress
 from pipeline.config.schema import TrainSection
+from pipeline.errors import UserError
 from pipeline.lm.forward import NextTokenLoss
+from pipeline.runtime.batch import BatchSplit, split
 
 
 def lr_at(step: int, cfg: TrainSection) -> float:
@@ -102,10 +104,20 @@ def evaluate(loss_module: NextTokenLoss, tokens: np.ndarray, block: int, n_windo
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_bpb": loss / math.log(2) / bytes_per_token}
 
 
-def gradient_accumulation(cfg: TrainSection, block: int, world: int) -> int:
+def batch_split(cfg: TrainSection, block: int, world: int) -> BatchSplit:
+    """train.tokens_per_step (null: one micro-batch of batch_size sequences) over `world` processes: the same
+    sequences per step whatever the number of processes, in micro-batches of at most batch_size."""
     if not cfg.tokens_per_step:
-        return 1
-    return max(1, round(cfg.tokens_per_step / (block * cfg.batch_size * world)))
+        return split(cfg.batch_size, world, cfg.batch_size, key="train.batch_size", unit="sequences")
+    if cfg.tokens_per_step % block:
+        raise UserError(f"train.tokens_per_step={cfg.tokens_per_step} is not a whole number of sequences of "
+                        f"model.block_size={block} tokens: make it a multiple of {block}.")
+    return split(cfg.tokens_per_step // block, world, cfg.batch_size, key="train.tokens_per_step",
+                 unit="sequences")
+
+
+def gradient_accumulation(cfg: TrainSection, block: int, world: int) -> int:
+    return batch_split(cfg, block, world).accum
 
 
 def train_step(module, optimizer, micro_batches, *, lr: float, accum: int, grad_clip: float, accelerator):
@@ -132,10 +144,10 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
              compile_model: bool = False) -> dict:
     """Train `model` (an HF causal LM) in place; returns the final metrics."""
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    accum = gradient_accumulation(cfg, block, world)
-    batches = Batches(train_tokens, block, seed, cfg.batch_size, world, rank, accum)
+    parts = batch_split(cfg, block, world)
+    accum = parts.accum
+    batches = Batches(train_tokens, block, seed, parts.micro, world, rank, accum)
     if len(train_tokens) <= block + 1:
-        from pipeline.errors import UserError
         raise UserError(f"the training text has {len(train_tokens)} tokens, fewer than model.block_size+1="
                         f"{block + 1}; give it more text or lower model.block_size.")
     loss_module = NextTokenLoss(model).to(device)
@@ -156,7 +168,7 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
     ddp_module = accelerator.prepare(loss_module)
     tokens_per_step = batches.global_size * block
     accelerator.print(f"{batches.global_size} sequences x {block} tokens = {tokens_per_step} tokens per step "
-                      f"({cfg.batch_size} per micro-batch x {world} processes x {accum} accumulation steps)")
+                      f"({parts.micro} per micro-batch x {world} processes x {accum} accumulation steps)")
     logger = MetricsLogger(metrics_dir, enabled=accelerator.is_main_process, resume_step=start_step)
     bar = progress(cfg.max_steps, start_step, "pretrain", enabled=accelerator.is_main_process)
     stop_after = int(os.environ.get("RLHF_STOP_AFTER_STEP", 0))  # test hook: simulate a kill (Ctrl-C)

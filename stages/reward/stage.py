@@ -41,6 +41,7 @@ from pipeline.lm.hf_glue import (
     trainer_kwargs,
     use_our_progress,
 )
+from pipeline.runtime.batch import announce, section_split
 from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
 from stages.reward.dataset import (
     feedback_report,
@@ -141,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     per_prompt = data.counts["kept"] / max(1, data.counts["prompts"])
     print(f"reward data: {data.counts['kept']} pairs from {data.counts['prompts']} prompts ({per_prompt:.1f} per "
           f"prompt); held out: {len(heldout)} pairs ({len(heldout.rankings)} rankings) from {held_src or 'a split'}")
-    if r.group_by_prompt and (why := straddling_batches(data.groups, r.batch_size)):
+    batch = announce("reward", section_split(r, "reward", "pairs"))
+    if r.group_by_prompt and (why := straddling_batches(data.groups, batch.micro)):
         log.warning("reward.group_by_prompt: %s", why)
 
-    args = RewardConfig(**trainer_kwargs(r, output_dir=writer.checkpoint_dir, run=cfg.run, eval=False),
+    args = RewardConfig(**trainer_kwargs(r, output_dir=writer.checkpoint_dir, run=cfg.run, eval=False, batch=batch),
                         max_length=None,  # tokenize_pairs already dropped and counted over-long pairs
                         center_rewards_coefficient=r.center_rewards_coefficient, disable_dropout=True,
                         ddp_find_unused_parameters=False)  # every parameter takes part in the reward

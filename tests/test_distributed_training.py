@@ -1,0 +1,84 @@
+"""The trainer-based stages on 2 gloo processes train on the same batches as 1 process: SFT, reward and DPO
+with the same global batch give the same loss at every step and the same final metrics.
+
+What is allowed to differ, and why the tolerance is 1e-4 rather than 0: each process pads its own micro-batch
+(other padded shapes, so other kernels and summation orders), and the gradients are summed across processes
+by an all-reduce in another order than one process's backward sums them. Dropout is off in these models, so
+no per-process random numbers enter the loss. Each run below takes seconds on a quiet machine; with 2
+processes each starting torch and transformers, a pair takes 20-40 s on 2 shared cores (marked slow).
+"""
+
+import pytest
+
+from tests.launch_fixtures import launch, launch_record, logged
+from tests.test_align import argv as align_argv
+from tests.test_align import run_dir  # noqa: F401  (the fixture: an SFT model, a reward model, pairs, prompts)
+from tests.test_reward_train import _lines, _rankings, _write_jsonl
+from tests.test_sft import chat_files  # noqa: F401  (the fixture: 80 training and 8 held-out chats)
+
+TOL = 1e-4
+
+
+def same_trajectory(one, two, key: str):
+    a, b = logged(one, key), logged(two, key)
+    assert len(a) >= 2 and [s for s, _ in a] == [s for s, _ in b], key
+    assert [v for _, v in b] == pytest.approx([v for _, v in a], abs=TOL), key
+
+
+def ran_on(artifact, processes: int):
+    record = launch_record(artifact)
+    assert record["num_processes"] == processes and record["num_machines"] == 1
+    assert record["backend"] == ("gloo" if processes > 1 else "none")
+
+
+@pytest.mark.slow
+def test_sft_on_two_processes_matches_one(tmp_path, tiny_lm_dir, chat_files):  # noqa: F811
+    from stages.sft.stage import main
+
+    train, val = chat_files
+    args = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path}", f"sft.init_from={tiny_lm_dir}",
+            f"sft.data={train}", f"sft.val_data={val}", "sft.max_steps=8", "sft.sequences_per_step=8",
+            "sft.batch_size=8", "sft.eval_every=4", "sft.log_every=1", "sft.save_every=100", "sft.gold_prompts=0",
+            "sft.num_samples=0", "sft.lr=0.003", "sft.warmup_ratio=0"]
+    assert main([*args, "run.name=one"]) == 0
+    proc = launch("stages.sft", [*args, "run.name=two"])
+    assert "8 conversations per step (4 per micro-batch x 2 processes x 1 accumulation steps)" in proc.stdout
+    one, two = tmp_path / "one" / "sft", tmp_path / "two" / "sft"
+    for key in ("loss", "grad_norm", "eval_loss"):  # grad_norm: the processes' gradients were averaged
+        same_trajectory(one, two, key)
+    ran_on(one, 1), ran_on(two, 2)
+
+
+@pytest.mark.slow
+def test_reward_on_two_processes_matches_one(tmp_path, tiny_lm_dir):
+    from stages.reward.stage import main
+
+    train = _write_jsonl(tmp_path / "rank_train.jsonl", _rankings(24, 1))
+    held = _write_jsonl(tmp_path / "rank_held.jsonl", _rankings(8, 2))
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": q} for q in _lines(6, 3)])
+    # K=3 rankings give 3 pairs per prompt: 6 pairs per step are two whole prompts, one per process.
+    args = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path}", f"reward.init_from={tiny_lm_dir}",
+            f"reward.data={train}", f"reward.val_data={held}", f"ppo.data={prompts}", "reward.max_length=96",
+            "reward.max_steps=8", "reward.pairs_per_step=6", "reward.batch_size=6", "reward.lr=0.003",
+            "reward.eval_every=4", "reward.log_every=1", "reward.save_every=100", "reward.warmup_ratio=0.0"]
+    assert main([*args, "run.name=one"]) == 0
+    proc = launch("stages.reward", [*args, "run.name=two"])
+    assert "6 pairs per step (3 per micro-batch x 2 processes x 1 accumulation steps)" in proc.stdout
+    one, two = tmp_path / "one" / "reward", tmp_path / "two" / "reward"
+    for key in ("loss", "grad_norm", "heldout_accuracy"):
+        same_trajectory(one, two, key)
+    ran_on(one, 1), ran_on(two, 2)
+
+
+@pytest.mark.slow
+def test_dpo_on_two_processes_matches_one(run_dir):  # noqa: F811
+    from stages.align.stage import main
+
+    extra = [f"dpo.policy={run_dir / 'runs' / 't' / 'sft'}", "dpo.max_steps=6", "dpo.pairs_per_step=4", "dpo.batch_size=4", "dpo.eval_every=3", "dpo.log_every=1",
+             "dpo.save_every=100", "dpo.lr=0.001", "dpo.warmup_ratio=0", "dpo.report_prompts=2"]
+    assert main(align_argv(run_dir, "dpo", "run.name=one", *extra)) == 0
+    launch("stages.align", align_argv(run_dir, "dpo", "run.name=two", *extra))
+    one, two = run_dir / "runs" / "one" / "dpo", run_dir / "runs" / "two" / "dpo"
+    for key in ("loss", "grad_norm", "eval_loss"):
+        same_trajectory(one, two, key)
+    ran_on(one, 1), ran_on(two, 2)
