@@ -91,6 +91,12 @@ class OnlineRLSection:
     resume: bool = setting(True, "continue an unfinished run made with the same settings from its last checkpoint")
     report_prompts: int = setting(64, "held-out prompts answered (against SFT) for samples.md and report.json",
                                   range="> 0")
+    sample_every: int = setting(5, "optimizer steps between development evaluations (the "
+                                "over-optimisation curve), as ppo.sample_every", range="> 0")
+    keep: Literal["last", "best"] = setting("last", "the policy committed: the last step's, or the development "
+                                            "evaluation's with the best gold (ties: lower KL)")
+    early_stop_patience: int = setting(0, "stop after this many development evaluations without a better "
+                                       "gold; 0: never", range=">= 0")
     lora: LoraSection = field(default_factory=LoraSection)
 
     def validate(self) -> None:

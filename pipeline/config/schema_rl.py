@@ -75,8 +75,12 @@ class PPOSection:
     forward_batch_size: int = setting(32, "sequences per no-grad forward (reference, reward, value)", range="> 0")
     generation_batch_size: int | None = setting(None, "prompts sampled together; null: the whole rollout batch",
                                                 range="> 0")
-    sample_every: int = setting(5, "rollouts between samples.md entries and development evaluations",
-                                range="> 0")
+    sample_every: int = setting(5, "rollouts between development evaluations (the over-optimisation curve) and "
+                                "samples.md entries", range="> 0")
+    keep: Literal["last", "best"] = setting("last", "the policy committed: the last update's, or the development "
+                                            "evaluation's with the best gold (ties: lower KL)")
+    early_stop_patience: int = setting(0, "stop after this many development evaluations without a better "
+                                       "gold; 0: never", range=">= 0")
     log_every: int = setting(1, "rollouts between logged metrics", range="> 0")
     save_every: int = setting(10, "rollouts between checkpoints (what a killed run resumes from)", range="> 0")
     resume: bool = setting(True, "continue an unfinished run made with the same settings from its last checkpoint")

@@ -9,8 +9,9 @@ Both are linear in (alpha, beta), so the fit is ordinary least squares on the fe
 score of an over-optimised run rises, peaks and falls (beta > 0); a proxy (the reward model itself) usually keeps
 rising, and a fit without a positive beta has no peak (None).
 
-Also the rule that keeps the best point of a run (`better`): the higher development score wins, a tie goes to
-the lower KL. PPO (stages/ppo) and GRPO/RLOO (stages/align) both use this module.
+Also the curve of one run (`Curve`: a point per development evaluation, SFT's per-prompt scores for the win
+rates, the best point and its weights, early stop) and the rule that keeps the best point (`better`): the higher
+development score wins, a tie goes to the lower KL. PPO (stages/ppo) and GRPO/RLOO (stages/align) both use it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from pipeline.judge.stats import mean_std, win_rate
 
 FORMS = ("rl", "bon")
 TIE = 1e-9  # scores closer than this are a tie (the same answers scored twice)
@@ -108,3 +111,99 @@ def better(score: float, kl: float, best_score: float | None, best_kl: float | N
     if score > best_score + TIE:
         return True
     return abs(score - best_score) <= TIE and kl < (best_kl if best_kl is not None else math.inf)
+
+
+def _win(candidate: list, baseline: list) -> float | None:
+    pairs = [(c, b) for c, b in zip(candidate, baseline) if c is not None and b is not None]
+    return win_rate([c for c, _ in pairs], [b for _, b in pairs])["win_rate"] if pairs else None
+
+
+class Curve:
+    """The points of one run, SFT's per-prompt scores, and the best point so far."""
+
+    def __init__(self, keep: str = "last", patience: int = 0, section: str = "ppo", every: str = "sample_every"):
+        self.keep, self.patience, self.section, self.every = keep, patience, section, every
+        self.points: list[dict] = []
+        self.baseline: dict | None = None  # SFT's per-prompt {"proxy": [...], "gold": [...]}, from update 0
+        self.best: dict | None = None  # the best point (by gold, else the proxy) and why
+        self.best_weights: dict | None = None  # keep=best: its trainable tensors, on the CPU
+        self.since_best = 0  # evaluations since the best point
+        self.stopped_at: int | None = None  # the update early stop ended training at
+        self.judge = "demo"  # the held-out judge behind gold (judge.gold)
+
+    def add(self, step: int, *, proxy: list[float], gold: list[float | None], kl: dict, length: float,
+            model=None) -> dict:
+        """Record one evaluation (per-prompt scores, the KL measures) and return its point; with `model` (the
+        unwrapped PolicyAndValue) a new best point's weights are kept when keep=best."""
+        if self.baseline is None:  # update 0 (or a run that starts evaluating later): the reference answers
+            self.baseline = {"proxy": list(proxy), "gold": list(gold)}
+        gold_known = [g for g in gold if g is not None]
+        point = {"step": step, "proxy": mean_std(proxy)[0], "gold": mean_std(gold_known)[0] if gold_known else None,
+                 "win_rate_proxy": _win(proxy, self.baseline["proxy"]),
+                 "win_rate_gold": _win(gold, self.baseline["gold"]), **kl, "length": length}
+        self.points.append(point)
+        self._consider(point, model)
+        return point
+
+    @property
+    def judged_by(self) -> str:
+        return "gold" if self.points and self.points[0]["gold"] is not None else "proxy"
+
+    def _consider(self, point: dict, model) -> None:
+        by = self.judged_by
+        best = self.best
+        if better(point[by], point["kl_k1"], best and best[by], best and best["kl_k1"]):
+            self.best, self.since_best = dict(point), 0
+            if self.keep == "best" and model is not None:
+                self.best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                                     if p.requires_grad}
+        else:
+            self.since_best += 1
+            if self.patience and self.since_best >= self.patience:
+                self.stopped_at = point["step"]
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None
+
+    def restore_best(self, model) -> None:
+        """keep=best: put the best point's weights back into `model` (the unwrapped PolicyAndValue)."""
+        if self.best_weights is None:
+            return
+        missing = set(self.best_weights) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise ValueError(f"the kept weights name parameters the model lacks: {sorted(missing)[:3]}")
+        model.load_state_dict(self.best_weights, strict=False)
+
+    def summary(self) -> dict:
+        """What the manifest and the report say: which update was kept and why, the best and last points and
+        the fits of Gao et al.'s forms."""
+        if not self.points:
+            return {}
+        last = self.points[-1]
+        kept = self.best if self.keep == "best" and self.best else last
+        by = self.judged_by
+        if self.keep == "best":
+            why = (f"the best development {by} ({kept[by]:.4f}) of {len(self.points)} evaluations every "
+                   f"{self.section}.{self.every} updates; ties go to the lower KL")
+        else:
+            why = f"{self.section}.keep=last: the last update"
+        if self.stopped:
+            why += (f"; training stopped early at update {self.stopped_at}, {self.patience} evaluations without a "
+                    "better development score")
+        return {"keep": self.keep, "kept_step": kept["step"], "kept_why": why, "judged_by": by,
+                "prompts": len(self.baseline["proxy"]), "judge": self.judge,
+                "best": self.best, "last": last, "stopped_at": self.stopped_at,
+                "fits": curve_fits(self.points), "points": self.points}
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        return {"points": self.points, "baseline": self.baseline, "best": self.best, "best_weights": self.best_weights,
+                "since_best": self.since_best, "stopped_at": self.stopped_at}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if not state:
+            return
+        self.points, self.baseline, self.best = state["points"], state["baseline"], state["best"]
+        self.best_weights, self.since_best = state["best_weights"], state["since_best"]
+        self.stopped_at = state["stopped_at"]

@@ -9,6 +9,7 @@ from data.gold import gold_score
 from data.report_prompts import ReportPrompts
 from pipeline.judge.answering import Sampling
 from pipeline.judge.comparison import ModelAnswers, summary_line
+from pipeline.judge.curve_report import render_curve
 from pipeline.judge.evaluate import RewardJudge, judge_pair
 
 
@@ -40,7 +41,9 @@ def _shown(a: ModelAnswers, i: int) -> dict:
     return {"name": a.name, "text": a.answers[i], "rm": a.rm_scores[i] if a.rm_scores else None}
 
 
-def write_samples(path, method: str, report: dict, rows: list[dict], why_none: str, shown: int = 8) -> None:
+def write_samples(path, method: str, report: dict, rows: list[dict], why_none: str, shown: int = 8, *,
+                  curve: dict | None = None, plot: str | None = None) -> None:
+    """samples.md: the comparison with SFT, the over-optimisation curve (GRPO/RLOO) and answers side by side."""
     lines = [f"# {method.upper()} samples on the development prompts", ""]
     if report:
         lines += [summary_line(report, "development prompts"), ""]
@@ -48,6 +51,7 @@ def write_samples(path, method: str, report: dict, rows: list[dict], why_none: s
             lines += [f"**Verdict:** {report['quality_bar']['verdict']}", ""]
     else:
         lines += [f"No report: {why_none}.", ""]
+    lines += render_curve(curve or {}, plot)
     for i, row in enumerate(rows[:shown]):
         lines += [f"## {i + 1}. {row['prompt'].splitlines()[0][:100]}", ""]
         if row.get("gold"):

@@ -30,12 +30,14 @@ from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.judge.comparison import headline, summary_line
+from pipeline.judge.curve_report import curve_headline, plot_curve
 from pipeline.judge.evaluate import RewardJudge, reward_max_length
 from pipeline.lm.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
 from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.runtime.device import accelerate_state, pick_device, seed_everything, share_cpu_threads
 from stages.align import dpo, online, preferences
 from stages.align import report as heldout
+from stages.align.curve import curve_prompts, dev_curve
 
 log = logging.getLogger("stages.align")
 ELAPSED = "elapsed.json"  # training seconds so far, saved with each checkpoint: wall time survives a resume
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(cfg.run.seed)
     inputs, model, tokenizer, train, held, extra = prepare(cfg, method, policy_src)
     inputs["policy"] = policy_rec
+    if method != "dpo":
+        curve_prompts(cfg, method)  # keep=best / early stop without gold to choose by: refused before any work
     if is_up_to_date(cfg, method):
         return 0
 
@@ -155,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({s.num_generations} per prompt); reward as PPO's (normalised, missing-EOS penalty "
               f"{cfg.ppo.missing_eos_penalty})")
     trainer.add_callback(clock)
+    curve = None if method == "dpo" else dev_curve(cfg, method, policy_src, tokenizer, extra["reward_fn"],
+                                                   callback.logger, checkpoint, device)
+    if curve:  # before RunGuard: a checkpoint is complete only with the curve in it
+        trainer.add_callback(curve)
     if checkpoint:
         print(f"resuming from {checkpoint}")
     trainer.add_callback(RunGuard(method))  # finite losses, and only complete checkpoints are resumed
@@ -163,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     callback.close()
 
     policy = trainer.accelerator.unwrap_model(trainer.model)
+    if curve:
+        curve.restore_best(policy)  # keep=best: the best development point's weights, not the last step's
     if not s.lora.enabled:
         trainer.save_model(str(writer.out_dir))  # gathers FSDP/ZeRO-3 shards; writes on the main process
     trainer.accelerator.wait_for_everyone()
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     set_generation_defaults(policy, tokenizer)
     policy.generation_config.save_pretrained(writer.out_dir)
 
-    sft = load_causal_lm(policy_src).to(policy.device)
+    sft = curve.sft if curve else load_causal_lm(policy_src).to(policy.device)
     chosen = report_prompts(cfg, method)
     reward_fn = extra.get("reward_fn")  # DPO has none: its report has no RM scores
     reward = None if reward_fn is None else RewardJudge(reward_fn.model, reward_fn.tokenizer, extra["reward_max_length"],
@@ -183,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     report, rows = heldout.heldout_report(policy, sft, tokenizer, chosen, heldout.sampling(cfg, method), method=method,
                                           reward=reward, gold=held_out_judge(cfg, policy.device),
                                           kl_budget=cfg.ppo.kl_budget)
-    heldout.write_samples(writer.out_dir / "samples.md", method, report, rows, chosen.source)
+    summary = curve.curve.summary() if curve else {}
+    heldout.write_samples(writer.out_dir / "samples.md", method, report, rows, chosen.source, curve=summary,
+                          plot=plot_curve(summary, writer.out_dir))
     metrics = {k: v for k, v in callback.last.items() if isinstance(v, (int, float))}
     metrics.update(headline(report, "heldout_") if report else {})
+    metrics.update(curve_headline(summary))
     metrics.update(steps=trainer.state.global_step, train_wall_time_s=round(train_seconds, 1))
     if method == "dpo":
         metrics.update(pairs=len(train.records), pairs_seen=dpo.pairs_seen(trainer),
@@ -193,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         metrics.update(answers_sampled=online.answers_sampled(trainer.state.global_step, s),
                        prompts_dropped=extra["prompts_dropped"])
-    (writer.out_dir / "report.json").write_text(json.dumps({**metrics, "heldout": report}, indent=2) + "\n")
+    (writer.out_dir / "report.json").write_text(json.dumps({**metrics, "heldout": report, "curve": summary}, indent=2)
+                                                + "\n")
     writer.commit(config=to_dict(cfg), inputs=inputs, metrics=metrics)
     print_summary(method, final, metrics, report)
     return 0

@@ -1,10 +1,11 @@
 """Evaluation of a PPO policy on development prompts (never trained on).
 
 Two things, for two moments:
-  - while training, `SampleWriter`: every few updates the same development prompts are answered with the
-    trainer's own rollout machinery (its sampler, its reward function, PPO's normalisation) into
-    samples.md and metrics.jsonl (eval/score, eval/gold): a cheap monitor of the numbers PPO optimises,
-    under a forked RNG so training is unchanged;
+  - while training, `SampleWriter`: every `ppo.sample_every` updates the same development prompts are answered
+    with the trainer's own rollout machinery (its sampler, its reward function, PPO's normalisation, its
+    reference for the KL) into samples.md and metrics.jsonl: a point of the over-optimisation curve
+    (stages/ppo/curve.py: eval/score the proxy, eval/gold, win rates over SFT, eval/kl_k1 and k3 per answer
+    and per token, the length), under a forked RNG so training is unchanged;
   - at the end, `development_report`: PPO against SFT by the judge every report uses (pipeline/judge),
     on the prompts the one rule chooses (data/report_prompts.py), with the quality-bar verdict.
 """
@@ -21,15 +22,9 @@ from data.report_prompts import ReportPrompts
 from pipeline.artifacts.atomic import write_text
 from pipeline.judge.answering import Sampling
 from pipeline.judge.evaluate import RewardJudge, judge_pair
-from pipeline.judge.stats import mean_std
-from stages.ppo.rollout import (
-    RolloutBatch,
-    encode_prompts,
-    generate,
-    left_pad,
-    micro_batched,
-    sequence_scores,
-)
+from pipeline.judge.overoptimisation import Curve
+from stages.ppo.curve import kl_measures
+from stages.ppo.rollout import RolloutBatch, encode_prompts, generate, left_pad
 
 
 @torch.no_grad()
@@ -45,12 +40,6 @@ def answer(policy, tokenizer, prompt_ids: list[list[int]], gen_config, batch_siz
     return RolloutBatch(q.to(device), m.to(device), resp, mask, eos)
 
 
-@torch.no_grad()
-def rm_scores(reward_model, b: RolloutBatch, batch_size: int) -> torch.Tensor:
-    ids, attn = b.input_ids, b.attention_mask
-    return micro_batched(lambda s: sequence_scores(reward_model, ids[s], attn[s]), len(b), batch_size)
-
-
 def texts(tokenizer, b: RolloutBatch) -> list[str]:
     return [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(b.response_ids, b.response_mask)]
 
@@ -59,36 +48,49 @@ def gold_scores(answers: list[str], golds: list[str | None]) -> list[float | Non
     return [gold_score(a, g) if g else None for a, g in zip(answers, golds)]
 
 
-def gold_mean(answers: list[str], golds: list[str | None]) -> float | None:
-    return mean_std([s for s in gold_scores(answers, golds) if s is not None])[0]
+class DemoGold:
+    """The demo's gold metric as a held-out judge (score(prompts, answers, golds)): the curve's gold when the
+    stage names no other judge."""
+
+    name = "demo"
+
+    def score(self, prompts, answers, golds):
+        return gold_scores(answers, golds)
 
 
 class SampleWriter:
-    """Every few updates: answers to the same development prompts into samples.md, and their scores."""
+    """Every few updates: answers to the same development prompts into samples.md, and a point of the curve."""
 
     def __init__(self, out_dir, tokenizer, prompts: list, golds: list | None, *, enabled: bool = True,
-                 resume_step: int | None = None, seed: int = 1234, shown: int = 4):
+                 resume_step: int | None = None, seed: int = 1234, shown: int = 4, curve: Curve | None = None,
+                 gold_judge=None):
         self.path = Path(out_dir) / "samples.md"
         self.enabled, self.seed, self.shown = enabled, seed, shown
         self.prompt_ids, _ = encode_prompts(tokenizer, prompts, 10**9)
+        self.messages = list(prompts)
         self.prompts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
         self.golds = golds or [None] * len(prompts)
+        self.curve = curve if curve is not None else Curve()
+        self.gold_judge = gold_judge or DemoGold()
+        self.curve.judge = self.gold_judge.name
         if enabled:
             _drop_sections_after(self.path, resume_step)
 
     def write(self, step: int, trainer) -> dict:
-        policy = trainer.acc.unwrap_model(trainer.model).policy
+        wrapped = trainer.acc.unwrap_model(trainer.model)
         fb = trainer.cfg.forward_batch_size
-        b = answer(policy, trainer.tok, self.prompt_ids, trainer.gen_config, fb, self.seed, trainer.acc.device)
+        b = answer(wrapped.policy, trainer.tok, self.prompt_ids, trainer.gen_config, fb, self.seed, trainer.acc.device)
         answers = texts(trainer.tok, b)
-        if trainer.reward_fn is not None:
-            scores = torch.as_tensor(trainer.reward_fn(b), dtype=torch.float32)
-        else:
-            scores = (rm_scores(trainer.rm, b, fb) - trainer.score_mean) / trainer.score_std
-        metrics = {"eval/score": scores.mean().item(), "eval/response_length": b.response_mask.sum(1).float().mean().item()}
-        gold = gold_mean(answers, self.golds)
-        if gold is not None:
-            metrics["eval/gold"] = gold
+        trainer.score_rollout(b)  # log-probabilities under the policy and SFT, the reward model's scores
+        # the proxy in PPO's units, before its clip and missing-EOS penalty (a programmatic reward as it is)
+        scores = (b.raw_scores.float().cpu() - trainer.score_mean) / trainer.score_std
+        length = b.response_mask.sum(1).float().mean().item()
+        point = self.curve.add(step, proxy=scores.tolist(), gold=self.gold_judge.score(self.messages, answers, self.golds),
+                               kl=kl_measures(b.logprobs, b.ref_logprobs, b.response_mask), length=length,
+                               model=wrapped)
+        metrics = {"eval/score": point["proxy"], "eval/response_length": length}
+        metrics.update({f"eval/{k}": point[k] for k in ("gold", "win_rate_proxy", "win_rate_gold", "kl_k1", "kl_k3",
+                                                         "kl_k1_token", "kl_k3_token") if point[k] is not None})
         if trainer.logger:
             trainer.logger.log(step, **metrics)
         if self.enabled:

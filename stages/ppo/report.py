@@ -1,11 +1,13 @@
 """The PPO stage's report on its development prompts: report.md, and the numbers its manifest carries.
 
 These are the numbers to tune PPO on (kl_coef, episodes, learning rate): the development prompts are
-never trained on, and evaluation's prompts (the test set) stay unseen until the final report."""
+never trained on, and evaluation's prompts (the test set) stay unseen until the final report. The report also
+draws the over-optimisation curve (stages/ppo/curve.py) and says which update the stage kept."""
 
 from __future__ import annotations
 
 from pipeline.judge.comparison import headline
+from pipeline.judge.curve_report import render_curve
 
 
 def dev_headline(r: dict) -> dict:
@@ -18,7 +20,7 @@ def _interval(d: dict, fmt: str = ".2f") -> str:
     return f"{d['ci_low']:{fmt}} to {d['ci_high']:{fmt}}"
 
 
-def render_report(r: dict) -> str:
+def render_report(r: dict, plot: str | None = None) -> str:
     lines = ["# PPO vs SFT on the development prompts", "",
              f"{r['prompts']} development prompts from `{r['prompts_source']}` (never trained on; the place to "
              f"tune PPO), {r['answers_per_prompt']} sampled answers per prompt and model ({r['answers']} pairs). "
@@ -43,4 +45,5 @@ def render_report(r: dict) -> str:
     lines += ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows] + [""]
     if "quality_bar" in r:
         lines += [f"**Verdict:** {r['quality_bar']['verdict']}", ""]
+    lines += render_curve(r.get("curve") or {}, plot)
     return "\n".join(lines)

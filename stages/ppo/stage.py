@@ -30,6 +30,7 @@ from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.graph.rounds import current_round, make_command, round_dir
 from pipeline.judge.comparison import summary_line
+from pipeline.judge.curve_report import curve_headline, plot_curve
 from pipeline.judge.evaluate import reward_max_length
 from pipeline.lm.model import model_dtype
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
@@ -68,6 +69,22 @@ def load_prompt_sets(cfg):
     return [r["prompt"] for r in train], [r["prompt"] for r in dev], [r.get("gold") for r in dev], eval_src
 
 
+def check_keep(p, judge: str, curve_golds: list) -> None:
+    """keep=best and early stop choose by the held-out judge's score of the development answers: refused, before
+    any work, where the demo's judge has no gold answers to judge by (the proxy would choose, and it keeps rising
+    while gold falls)."""
+    if p.keep == "last" and not p.early_stop_patience:
+        return
+    if p.num_eval_prompts == 0:
+        raise UserError(f"ppo.keep={p.keep} ppo.early_stop_patience={p.early_stop_patience} need development "
+                        "evaluations: set ppo.num_eval_prompts > 0, or ppo.keep=last ppo.early_stop_patience=0.")
+    if judge == "demo" and not any(curve_golds):
+        raise UserError(f"ppo.keep={p.keep} ppo.early_stop_patience={p.early_stop_patience} choose by the gold of "
+                        "the development prompts, and the first ppo.num_eval_prompts of them have no gold answer: "
+                        "give ppo.eval_data with gold answers, another judge (judge.gold), or ppo.keep=last "
+                        "ppo.early_stop_patience=0.")
+
+
 def read_score_stats(cfg, ppo_cfg) -> tuple[float, float]:
     """The mean/std of the reward model's scores of the policy's answers (the reward-stats step, current)."""
     mean, std, stats = reward_stats(cfg)
@@ -93,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # bad input before a work directory exists: the prompts, then the statistics (built by make reward-stats)
     prompts, dev_prompts, dev_golds, dev_source = load_prompt_sets(cfg)  # builds a missing demo first
+    check_keep(p, cfg.judge.gold, dev_golds[: p.num_eval_prompts])
     score_stats = read_score_stats(cfg, p)
 
     device = pick_device(cfg.run.device)
@@ -113,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
               f"from {dev_source}; {p.total_episodes} episodes "
               f"in {p.total_episodes // p.batch_size} rollouts of {p.batch_size}; reward normalised with "
               f"mean {score_stats[0]:.3f} std {score_stats[1]:.3f}")
+    gold = held_out_judge(cfg, acc.device, batch_size=p.forward_batch_size)  # the curve's and the report's
     trainer = PPOTrainer(p, models.policy, models.ref, models.reward, models.value, models.tokenizer, prompts,
                          reward_stats=score_stats, eval_prompts=eval_prompts, eval_golds=eval_golds,
                          out_dir=writer.out_dir, checkpoint_dir=writer.checkpoint_dir, seed=cfg.run.seed,
-                         accelerator=acc)
+                         accelerator=acc, gold_judge=gold)
     if trainer.step_no:
         print(f"ppo: resuming after rollout {trainer.step_no} from {writer.checkpoint_dir}")
     history = trainer.train()
@@ -124,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     if not acc.is_main_process:
         return 0
 
+    curve = trainer.curve.summary()
+    if p.keep == "best":  # the development evaluation with the best gold, not the last update
+        trainer.curve.restore_best(acc.unwrap_model(trainer.model))
+    if curve:
+        print(f"ppo: kept update {curve['kept_step']}: {curve['kept_why']}")
     policy = acc.unwrap_model(trainer.model).policy
     value = acc.unwrap_model(trainer.model).value
     ref = models.ref
@@ -140,16 +164,18 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     report = development_report(policy, ref, models.reward, models.tokenizer, chosen, ppo_cfg=p, seed=cfg.run.seed,
                                 score_stats=score_stats, reward_max_length=reward_max_length(reward_src),
-                                gold=held_out_judge(cfg, acc.device, batch_size=p.forward_batch_size))
+                                gold=gold)
     if not p.lora.enabled:
         policy.save_pretrained(writer.out_dir)
     models.tokenizer.save_pretrained(writer.out_dir)
     save_value(value, writer.out_dir)
+    report["curve"] = curve
     (writer.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (writer.out_dir / "report.md").write_text(render_report(report))
+    (writer.out_dir / "report.md").write_text(render_report(report, plot_curve(curve, writer.out_dir)))
     last = history[-1] if history else {}
     summary = {k: last[k] for k in ("score", "kl", "response_length", "eos_fraction") if k in last}
     summary.update(dev_headline(report))
+    summary.update(curve_headline(curve))
     if trainer.logger:
         trainer.logger.close()
     writer.commit(config=to_dict(cfg), inputs=inputs, metrics=summary)

@@ -29,6 +29,7 @@ import torch
 from pipeline.artifacts.finite import check_finite, check_finite_params
 from pipeline.artifacts.metrics import MetricsLogger, progress
 from pipeline.errors import UserError
+from pipeline.judge.overoptimisation import Curve
 from pipeline.judge.scoring import process_scores
 from pipeline.lm.forward import checkpoint_layers
 from pipeline.runtime.device import reuse_freed_cpu_memory
@@ -62,7 +63,8 @@ from stages.ppo.value import PolicyAndValue
 class PPOTrainer:
     def __init__(self, cfg, policy, ref_policy, reward_model, value_model, tokenizer, prompts, *,
                  reward_fn=None, reward_stats=(0.0, 1.0), eval_prompts=None, eval_golds=None,
-                 out_dir=None, checkpoint_dir=None, seed: int = 0, accelerator=None, show_progress=True):
+                 out_dir=None, checkpoint_dir=None, seed: int = 0, accelerator=None, show_progress=True,
+                 gold_judge=None):
         from accelerate import Accelerator
 
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -113,6 +115,7 @@ class PPOTrainer:
         self.order, self.cursor, self.step_no = torch.randperm(len(self.prompt_ids), generator=self.sampler), 0, 0
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.history: list[dict] = []
+        self.curve = Curve(getattr(cfg, "keep", "last"), getattr(cfg, "early_stop_patience", 0))
         resumed = checkpointing.exists(self.checkpoint_dir)
         if resumed:
             self._load()
@@ -121,8 +124,8 @@ class PPOTrainer:
         since = self.step_no if resumed else None
         main = self.acc.is_main_process
         self.logger = MetricsLogger(out_dir, enabled=main, resume_step=since) if out_dir else None
-        self.samples = (SampleWriter(out_dir, tokenizer, eval_prompts, eval_golds, enabled=main,
-                                     resume_step=since) if out_dir and eval_prompts else None)
+        self.samples = (SampleWriter(out_dir, tokenizer, eval_prompts, eval_golds, enabled=main, resume_step=since,
+                                     curve=self.curve, gold_judge=gold_judge) if out_dir and eval_prompts else None)
         self.show_progress = show_progress and main
 
     # ---------------------------------------------------------------- the loop
@@ -132,14 +135,15 @@ class PPOTrainer:
         bar = progress(self.num_updates, initial=self.step_no, desc="ppo", enabled=self.show_progress)
         if self.samples and self.step_no == 0:
             self.samples.write(0, self)  # the SFT policy's answers: the baseline to read the rest against
-        while self.step_no < end:
+        while self.step_no < end and not self.curve.stopped:  # early stop (stages/ppo/curve.py)
             m = self.step()
             bar.update(1)
             bar.set_postfix(score=f"{m['score']:.3f}", kl=f"{m['kl']:.2f}", loss=f"{m['loss/policy']:.3f}",
                             tok_s=f"{m['tokens_per_s']:.0f}")
             if self.samples and (self.step_no % self.cfg.sample_every == 0 or self.step_no == self.num_updates):
                 self.samples.write(self.step_no, self)
-            if self.checkpoint_dir and (self.step_no % self.cfg.save_every == 0 or self.step_no == self.num_updates):
+            if self.checkpoint_dir and (self.step_no % self.cfg.save_every == 0 or self.step_no == self.num_updates
+                                        or self.curve.stopped):
                 self._save()
         bar.close()
         return self.history
@@ -335,7 +339,7 @@ class PPOTrainer:
         check_finite_params("ppo", self.acc.unwrap_model(self.model), step=self.step_no, last_good=self._last_good())
         state = {"step": self.step_no, "kl_ctl": self.kl_ctl.state_dict(), "sampler": self.sampler.get_state(),
                  "order": self.order, "cursor": self.cursor,
-                 "last_metrics": self.history[-1] if self.history else None}
+                 "last_metrics": self.history[-1] if self.history else None, "curve": self.curve.state_dict()}
         checkpointing.save(self.checkpoint_dir, rank=self.rank, is_main=self.acc.is_main_process,
                            barrier=self.acc.wait_for_everyone, models=self._ckpt_models(), trainer_state=state)
 
@@ -346,6 +350,7 @@ class PPOTrainer:
             self.history = [state["last_metrics"]]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.sampler.set_state(state["sampler"])
+        self.curve.load_state_dict(state.get("curve"))
 
 
 def make_adamw(params: list, **kw) -> torch.optim.Optimizer:
