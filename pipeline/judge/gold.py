@@ -10,7 +10,7 @@ chosen by `judge.gold`. One protocol, four kinds:
                     question and, where the prompt has one, its reference answer (so the LM grades against
                     the reference rather than its own taste).
 
-    judge = build_gold(kind, path, metric=gold_score, rankings=records, device=device)
+    judge = build_gold("rankings:held.jsonl", metric=gold_score, rankings=load_rankings, device=device)
     scores = judge.score(prompts, answers, golds)     # one float per answer, None where it cannot judge
 
 A judge never trains anything and nothing trains on it: it is the check on whether "the reward went up"
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.config.schema_rl import parse_gold  # noqa: F401 (the judge's readers import it from here)
+from pipeline.config.schema_rl import parse_gold
 from pipeline.errors import UserError
 
 TextMetric = Callable[[str, str], float]  # (answer, reference) -> similarity in [0, 1]
