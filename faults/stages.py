@@ -17,20 +17,22 @@ class Stage:
     diverge: str | None  # an override that makes training non-finite (None: the stage trains nothing)
     checkpoint: str  # glob (under <name>.partial/checkpoints) that exists once a checkpoint is complete
     tolerance: float = 0.0  # 0: a resumed run's metrics must equal an uninterrupted run's bit for bit
-    summary_row: str | None = None  # a metrics row holding this key is a per-process summary: not compared
     disk_limit: int = 64 << 10  # the file-size limit (bytes) of the disk-full check: below what the stage writes
     kill: bool = True  # a target of the kill trials (False: a step of seconds that keeps no checkpoint)
 
 
 STAGES = [
     Stage("pretrain", "train.resume", "train.lr=0.002", "train.lr=1e6", "latest.pt"),
-    # The Trainer's end-of-training `train_loss` averages the steps run in this process only.
-    Stage("sft", "sft.resume", "sft.lr=0.0002", "sft.lr=1e30", "checkpoint-*/complete.json", summary_row="train_loss"),
+    Stage("sft", "sft.resume", "sft.lr=0.0002", "sft.lr=1e30", "checkpoint-*/complete.json"),
     # rank trains nothing (no divergence to inject); its sampled chunks are its checkpoints.
     Stage("rank", "rank.resume", "rank.noise=0.2", None, "candidates-*.jsonl", disk_limit=2 << 10),
-    Stage("reward", "reward.resume", "reward.lr=0.0002", "reward.lr=1e30", "checkpoint-*/complete.json",
-          summary_row="train_loss"),
+    Stage("reward", "reward.resume", "reward.lr=0.0002", "reward.lr=1e30", "checkpoint-*/complete.json"),
     # the reward statistics: seconds of sampling, nothing to resume; run in the chain, never killed
     Stage("reward-stats", "reward.resume", "ppo.temperature=0.9", None, "", kill=False),
     Stage("ppo", "ppo.resume", "ppo.kl_coef=0.05", "ppo.lr=1e6", "ckpt/trainer.pt"),
+    # beside PPO on TRL's trainers (python -m stages.align align.method=...): DPO on the reward model's pairs,
+    # GRPO and RLOO rewarded by the reward model with its statistics
+    Stage("dpo", "dpo.resume", "dpo.beta=0.2", "dpo.lr=1e30", "checkpoint-*/complete.json"),
+    Stage("grpo", "grpo.resume", "grpo.beta=0.1", "grpo.lr=1e30", "checkpoint-*/complete.json"),
+    Stage("rloo", "rloo.resume", "rloo.beta=0.1", "rloo.lr=1e30", "checkpoint-*/complete.json"),
 ]

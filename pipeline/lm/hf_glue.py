@@ -156,6 +156,18 @@ def step_of(checkpoint: str | None) -> int | None:
 # --------------------------------------------------------------------------- metrics + progress
 
 
+def mean_train_loss(log_history: list[dict], steps: int, fallback: float) -> float:
+    """The mean loss per step of the whole run, from the logged interval means (each weighted by its
+    steps): the history survives a resume in the checkpoint's trainer state, the Trainer's running sum
+    does not. `fallback` where the history does not reach the last step."""
+    total, last = 0.0, 0
+    for row in log_history:
+        if "loss" in row and row.get("step", 0) > last:
+            total += row["loss"] * (row["step"] - last)
+            last = row["step"]
+    return total / last if last == steps and last > 0 else fallback
+
+
 class MetricsCallback(TrainerCallback):
     """Feeds the Trainer's logs to our MetricsLogger (metrics.jsonl + TensorBoard) and drives our
     progress bar (loss and tokens/s). Adds `eval_ppl` = exp(eval_loss) to every evaluation.
@@ -181,24 +193,38 @@ class MetricsCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.enabled = self.enabled and state.is_world_process_zero
+        for logged in state.log_history:  # a resumed run: what was logged before its checkpoint
+            self.last.update(self._clean({k: v for k, v in logged.items()
+                                          if k not in ("step", "num_input_tokens_seen")}))
         self.bar = progress(total=state.max_steps, initial=state.global_step, desc=self.desc, enabled=self.enabled)
         self._tokens = (time.time(), state.num_input_tokens_seen)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
+        # Log at every checkpoint and at the last step, so a resumed run's logged intervals (and the losses
+        # they average) are an uninterrupted run's, and every step's loss is in the history train_loss reads.
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+    def _clean(self, logs: dict) -> dict:
+        for k in [k for k in logs if k.endswith(_NOISE)]:
+            logs.pop(k)  # per-call timings and cumulative counters: noise in the metrics file
+        eval_loss = logs.get(f"{self.prefix_eval}loss")
+        if eval_loss is not None and math.isfinite(eval_loss):
+            logs[f"{self.prefix_eval}ppl"] = math.exp(min(eval_loss, 50.0))
+        return logs
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
         if not logs:
             return
-        for k in [k for k in logs if k.endswith(_NOISE)]:
-            logs.pop(k)  # per-call timings and cumulative counters: noise in the metrics file
-        eval_loss = logs.get(f"{self.prefix_eval}loss")
-        if eval_loss is not None:
+        if "train_loss" in logs:  # the Trainer's mean covers only the steps this process ran
+            logs["train_loss"] = mean_train_loss(state.log_history, state.global_step, logs["train_loss"])
+        logs = self._clean(logs)
+        if f"{self.prefix_eval}loss" in logs:
             self.last_eval_step = state.global_step
-            if math.isfinite(eval_loss):
-                logs[f"{self.prefix_eval}ppl"] = math.exp(min(eval_loss, 50.0))
         if "loss" in logs and self._tokens is not None:
             now, seen = time.time(), state.num_input_tokens_seen
             t0, s0 = self._tokens
