@@ -74,6 +74,7 @@ def test_every_answer_is_its_own_prompts_whatever_shares_its_batch(policy):
     assert other.answer_ids != together.answer_ids  # the seed decides
 
 
+@pytest.mark.slow  # a launch of two processes (torch, transformers): ~35 s on busy cores
 def test_rank_on_two_processes_writes_the_candidates_and_rankings_of_one(policy, tmp_path, one_thread):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"What does f{i} do?", "gold": f"Return item {i}."}) + "\n"
@@ -101,6 +102,7 @@ def test_rank_on_two_processes_writes_the_candidates_and_rankings_of_one(policy,
     assert not (tmp_path / "two" / "rank.partial").exists()
 
 
+@pytest.mark.slow  # a launch of two processes (torch, transformers): ~35 s on busy cores
 def test_eval_on_two_processes_writes_the_answers_and_report_of_one(tiny_lm_dir, tmp_path, one_thread):
     runs = fake_run(tmp_path, tiny_lm_dir)
     shutil.copytree(runs, tmp_path / "runs-two")  # the same models: this process keeps the first run's lock
