@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 
 SFT_FORMATS = ('{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}',
@@ -163,9 +164,12 @@ def _number(rec: dict, key: str):
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise BadRecord(f'"{key}" must be a number, got {value!r}') from None
+    if not math.isfinite(number):  # JSON's NaN/Infinity: a margin or score nobody gave
+        raise BadRecord(f'"{key}" must be a finite number, got {value!r}')
+    return number
 
 
 def pairs(rec: dict) -> list[dict]:

@@ -11,16 +11,12 @@ Run alone with `make faults` or `pytest tests/test_bad_inputs.py`.
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
-import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tiny_text
+from tests.bad_input_files import build_world
+from tests.conftest import ROOT
 from tests.stage_fixtures import fixed_reward_stats
 
 # case stage -> (the command a user types after `python -m`, the module whose main(argv) runs it
@@ -41,9 +37,10 @@ ENTRY = {
     "own-answers": ("stages.reward.own_answers", "stages.reward.own_answers", None),
     "summary": ("stages.eval.summary", "stages.eval.summary", None),
     "clean": ("pipeline.chain.clean", "pipeline.chain.clean", None),
+    "feedback-sim": ("apps.serve.feedback_sim", "apps.serve.feedback_sim", None),
 }
 # Commands that take no config overrides of a stage: their arguments are their own.
-OWN_ARGUMENTS = {"chat", "serve", "own-answers"}
+OWN_ARGUMENTS = {"chat", "serve", "own-answers", "feedback-sim"}
 # Runnable modules that are not a user's command, and why they are not in the corpus.
 NOT_USER_COMMANDS = {
     "pipeline.chain.plan": "make's helper: with a bad config it still prints the plan (exit 0) and the stage make "
@@ -79,6 +76,8 @@ VALID = {
     "own-answers": ["--batch-size", "2"],
     "summary": [],
     "clean": [],
+    # port 1: nothing listens there, so a case that failed to fail would be refused a connection, never hang
+    "feedback-sim": ["--url", "http://127.0.0.1:1", "--prompts", "{d}/prompts.jsonl", "--rankings", "1"],
 }
 
 # (case id, stage, arguments after the valid ones, words the error line must contain)
@@ -196,6 +195,7 @@ CASES = [
     ("clean-run-name-escapes", "clean", ["run.name=../outside"], ["run.name", "one folder name"]),
     ("clean-run-name-absolute", "clean", ["run.name=/tmp"], ["run.name"]),
     ("clean-out-dir-empty", "clean", ["run.out_dir="], ["run.out_dir is empty"]),
+    ("clean-run-name-empty", "clean", ["run.name="], ["run.name"]),
     ("ppo-policy-is-a-reward-model", "ppo", ["ppo.policy={rm}"], ["{rm}", "not a language model"]),
     ("sft-init-is-a-reward-model", "sft", ["sft.init_from={rm}"], ["{rm}", "not a language model"]),
     ("eval-model-is-a-reward-model", "eval", ["eval.models=[{rm}]"], ["{rm}", "not a language model"]),
@@ -227,102 +227,110 @@ CASES = [
     ("serve-compare-missing-folder", "serve", ["--compare", "{bad}/nothing_here"], ["nothing_here", "does not exist"]),
     ("own-answers-not-a-rank-artifact", "own-answers", ["{rm}", "{d}"], ["heldout_candidates.jsonl", "make rank"]),
     ("own-answers-reward-model-truncated", "own-answers", ["{bad}/rm_truncated", "{d}/rank"], ["model.safetensors"]),
+    ("feedback-sim-one-answer-per-prompt", "feedback-sim", ["--k", "1"], ["--k at least 2"]),
+    ("feedback-sim-prompts-missing", "feedback-sim", ["--prompts", "{d}/missing.jsonl"], ["missing.jsonl"]),
+    ("feedback-sim-prompts-without-gold", "feedback-sim", ["--prompts", "{d}/two_prompts.jsonl"],
+     ["two_prompts.jsonl", "gold"]),
+    ("feedback-sim-no-server", "feedback-sim", [], ["cannot reach", "127.0.0.1:1"]),
+    # ==== issue 25, item 9: what a careful attacker tries
+    # ---- names and the run folder: nothing outside run.out_dir is written, truncated or deleted
+    ("run-name-dotdot", "pretrain", ["run.name=../../outside"], ["run.name", "one folder name"]),
+    ("run-name-dot", "sft", ["run.name=."], ["run.name"]),
+    ("run-name-empty", "reward", ["run.name="], ["run.name"]),
+    ("run-name-absolute", "ppo", ["run.name=/tmp/elsewhere"], ["run.name"]),
+    ("run-name-nul", "pretrain", ["run.name=a\x00b"], ["run.name"]),
+    ("run-name-a-tab", "sft", ["run.name=a\tb"], ["run.name"]),
+    ("run-out-dir-nul", "eval", ["run.out_dir={d}/x\x00y"], ["run.out_dir"]),
+    ("lock-links-to-a-users-file", "pretrain", ["run.out_dir={d}/linked_runs", "run.name=lock-links-out"],
+     ["pretrain.lock", "link"]),
+    ("work-folder-links-out", "sft", ["run.out_dir={d}/linked_runs", "run.name=partial-links-out"],
+     ["sft.partial", "link"]),
+    ("artifact-links-out", "pretrain", ["run.out_dir={d}/linked_runs", "run.name=artifact-links-out"],
+     ["pretrain", "link"]),
+    ("cache-links-out", "pretrain", ["run.out_dir={d}/linked_runs", "run.name=cache-links-out"], ["cache", "link"]),
+    # ---- data sources that are not files
+    ("sft-data-symlink-loop", "sft", ["sft.data={d}/loop"], ["loop"]),
+    ("reward-data-dangling-symlink", "reward", ["reward.data={d}/dangling.jsonl"], ["dangling.jsonl"]),
+    ("ppo-data-a-folder-named-jsonl", "ppo", ["ppo.data={d}/folder.jsonl"], ["folder.jsonl", "without data files"]),
+    ("sft-data-dev-zero", "sft", ["sft.data=/dev/zero"], ["/dev/zero", "not a regular file"]),
+    ("pretrain-data-dev-urandom", "pretrain", ["train.data=/dev/urandom"], ["/dev/urandom", "not a regular file"]),
+    ("eval-prompts-a-folder-without-data", "eval", ["eval.prompts={d}/thesis"], ["thesis", "without data files"]),
+    ("rank-prompts-a-fifo", "rank", ["rank.prompts={d}/a_fifo"], ["a_fifo", "not a regular file"]),
+    # ---- numbers: huge, negative, infinite
+    ("run-seed-negative", "sft", ["run.seed=-1"], ["run.seed"]),
+    ("run-seed-over-32-bits", "pretrain", ["run.seed=99999999999"], ["run.seed"]),
+    ("train-lr-inf", "pretrain", ["train.lr=inf"], ["train.lr", "finite"]),
+    ("ppo-kl-coef-overflows", "ppo", ["ppo.kl_coef=1e400"], ["ppo.kl_coef", "finite"]),
+    ("model-n-embd-a-terabyte", "pretrain", ["model.n_embd=1099511627776", "model.n_head=1"], ["model"]),
+    ("train-warmup-negative", "pretrain", ["train.warmup_steps=-1"], ["train.warmup_steps"]),
+    ("sft-max-length-negative", "sft", ["sft.max_length=-1"], ["sft.max_length"]),
+    ("ppo-total-episodes-negative", "ppo", ["ppo.total_episodes=-32"], ["ppo.total_episodes"]),
+    ("rank-num-prompts-zero", "rank", ["rank.num_prompts=0"], ["rank.num_prompts", "> 0"]),
+    ("eval-max-new-tokens-negative", "eval", ["eval.max_new_tokens=-1"], ["eval.max_new_tokens"]),
+    ("serve-max-tokens-negative", "serve", ["--max-tokens", "-1"], ["--max-tokens"]),
+    ("grpo-one-generation-per-prompt", "align", ["align.method=grpo", "grpo.num_generations=1"],
+     ["grpo.num_generations"]),
+    # ---- keys: unicode, NUL, empty parts, values where sections are
+    ("key-unicode", "pretrain", ["tr\u00e1in.lr=1"], ["tr\u00e1in", "unknown"]),
+    ("key-nul", "sft", ["sft.lr\x00=1"], ["unknown"]),
+    ("key-empty-part", "pretrain", ["train..lr=1"], ["train..lr"]),
+    ("key-empty", "reward", ["=5"], ["unknown key", "'=5'"]),
+    ("key-below-a-value", "pretrain", ["train.lr.x=1"], ["train.lr", "a value, not a section"]),
+    ("value-a-mapping-for-a-number", "pretrain", ["train.lr={{a: 1}}"], ["train.lr", "number"]),
+    ("value-a-list-for-a-path", "sft", ["sft.data=[a, b]"], ["sft.data"]),
+    ("section-set-to-a-value", "pretrain", ["train=5"], ["train"]),
+    # ---- presets: YAML's tricks
+    ("preset-duplicate-keys", "pretrain", ["--config", "{d}/duplicate_keys.yaml"],
+     ["duplicate_keys.yaml", "line 4", "lr", "twice"]),
+    ("preset-billion-laughs", "pretrain", ["--config", "{d}/billion_laughs.yaml"], ["billion_laughs.yaml", "alias"]),
+    ("preset-anchors", "sft", ["--config", "{d}/anchors.yaml"], ["anchors.yaml", "alias"]),
+    ("preset-python-tag", "reward", ["--config", "{d}/python_tag.yaml"], ["python_tag.yaml", "not valid YAML"]),
+    ("preset-a-5000-digit-number", "pretrain", ["--config", "{d}/huge_int.yaml"], ["huge_int.yaml"]),
+    ("preset-base-is-a-data-file", "eval", ["--config", "{d}/base_is_data.yaml"], ["sft.jsonl"]),
+    ("preset-a-folder", "sft", ["--config", "{d}/thesis"], ["thesis", "folder"]),
+    ("preset-dev-zero", "pretrain", ["--config", "/dev/zero"], ["/dev/zero", "not a regular file"]),
+    ("preset-a-fifo", "ppo", ["--config", "{d}/a_fifo"], ["a_fifo", "not a regular file"]),
+    # ---- records: JSON's NaN, rankings that are no ranking, roles and shapes
+    ("ppo-prompts-nan", "ppo", ["ppo.data={d}/nan_prompts.jsonl"], ["nan_prompts.jsonl", "line 1"]),
+    ("reward-ranking-nan", "reward", ["reward.data={d}/nan_ranking.jsonl"], ["nan_ranking.jsonl", "line 1"]),
+    ("reward-margin-nan", "reward", ["reward.data={d}/nan_margin.jsonl"], ["nan_margin.jsonl", "margin"]),
+    ("reward-rank-out-of-range", "reward", ["reward.data={d}/rank_out_of_range.jsonl"],
+     ["rank_out_of_range.jsonl", "line 1", "ranking"]),
+    ("reward-rank-negative", "reward", ["reward.data={d}/rank_negative.jsonl"], ["rank_negative.jsonl", "ranking"]),
+    ("dpo-rank-booleans", "align", ["dpo.data={d}/rank_bools.jsonl"], ["rank_bools.jsonl", "ranking"]),
+    ("reward-rank-floats", "reward", ["reward.data={d}/rank_floats.jsonl"], ["rank_floats.jsonl", "ranking"]),
+    ("reward-rank-one-response", "reward", ["reward.data={d}/rank_one_response.jsonl"], ["rank_one_response.jsonl"]),
+    ("sft-unknown-role", "sft", ["sft.data={d}/messages_bad_role.jsonl"], ["messages_bad_role.jsonl", "role"]),
+    ("sft-no-assistant-turn", "sft", ["sft.data={d}/messages_no_assistant.jsonl"], ["messages_no_assistant.jsonl"]),
+    ("sft-a-list-per-line", "sft", ["sft.data={d}/a_list_per_line.jsonl"], ["a_list_per_line.jsonl", "line 1"]),
+    ("ppo-json-object-not-a-list", "ppo", ["ppo.data={d}/json_object.json"], ["json_object.json", "list"]),
+    ("eval-prompts-utf16", "eval", ["eval.prompts={d}/utf16.jsonl"], ["utf16.jsonl"]),
+    ("sft-csv-unclosed-quote", "sft", ["sft.data={d}/unclosed_quote.csv"], ["unclosed_quote.csv"]),
+    ("ppo-prompts-gzip-bomb", "ppo", ["ppo.data={d}/bomb.jsonl.gz"], ["bomb.jsonl.gz"]),
+    ("reward-gz-that-is-not-gzip", "reward", ["reward.data={d}/not_gzip.jsonl.gz"], ["not_gzip.jsonl.gz", "gzip"]),
+    ("eval-prompts-gzip-cut-short", "eval", ["eval.prompts={d}/cut.jsonl.gz"], ["cut.jsonl.gz", "gzip"]),
+    ("ppo-fewer-prompts-than-a-batch", "ppo", ["ppo.data={d}/two_prompts.jsonl"], ["ppo.batch_size"]),
+    ("ppo-development-prompts-all-blank", "ppo", ["ppo.eval_data={d}/blank_prompts.jsonl"], ["blank_prompts.jsonl"]),
+    # ---- model folders that lie
+    ("pretrain-init-from-a-reward-model", "pretrain", ["model.init_from={rm}"], ["{rm}", "not a language model"]),
+    ("sft-init-config-a-terabyte-wide", "sft", ["sft.init_from={bad}/huge_hidden"], ["huge_hidden"]),
+    ("eval-model-negative-vocab", "eval", ["eval.models=[{bad}/negative_vocab]"], ["negative_vocab"]),
+    ("chat-model-zero-layers", "chat", ["--model", "{bad}/zero_layers"], ["zero_layers"]),
+    ("ppo-policy-config-of-another-architecture", "ppo", ["ppo.policy={bad}/other_architecture"],
+     ["other_architecture"]),
+    ("rank-policy-unknown-model-type", "rank", ["rank.policy={bad}/unknown_model_type"], ["gpt9000"]),
+    ("serve-weights-header-claims-exabytes", "serve", ["--model", "{bad}/huge_header"], ["model.safetensors"]),
+    ("dpo-tokenizer-json-not-a-tokenizer", "align", ["dpo.policy={bad}/tokenizer_not_a_tokenizer"],
+     ["tokenizer.json"]),
+    ("chat-template-does-not-compile", "chat", ["--model", "{bad}/template_broken"], ["template"]),
+    ("sft-tokenizer-config-corrupt", "sft", ["sft.init_from={bad}/tokenizer_config_corrupt"],
+     ["tokenizer_config.json"]),
 ]
-
-
-def _save_model_copies(lm: Path, bad: Path) -> Path:
-    """Broken copies of a working model folder, and a tiny reward model (one with a trained score head)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    def copy(name: str) -> Path:
-        return Path(shutil.copytree(lm, bad / name))
-
-    weights = (lm / "model.safetensors").read_bytes()
-    (copy("truncated") / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-    (copy("empty_weights") / "model.safetensors").write_bytes(b"")
-    (copy("no_config") / "config.json").unlink()
-    (copy("corrupt_config") / "config.json").write_text('{"model_type": "llama", "hidden')
-    (copy("no_tokenizer") / "tokenizer.json").unlink()
-    (copy("corrupt_tokenizer") / "tokenizer.json").write_text('{"version": "1.0", "model": {"ty')
-    (copy("corrupt_manifest") / "manifest.json").write_text('{"stage": "sft", "status": ')
-    torch.manual_seed(0)
-    rm_dir = bad.parent / "reward_model"
-    rm = AutoModelForSequenceClassification.from_pretrained(lm, num_labels=1)
-    rm.save_pretrained(rm_dir)
-    AutoTokenizer.from_pretrained(lm).save_pretrained(rm_dir)
-    shutil.copytree(rm_dir, bad / "rm_truncated")
-    rm_weights = (rm_dir / "model.safetensors").read_bytes()
-    (bad / "rm_truncated" / "model.safetensors").write_bytes(rm_weights[:100])
-    return rm_dir
-
-
-def _write_data(d: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def jsonl(name: str, records) -> None:
-        (d / name).write_text("".join(json.dumps(r) + "\n" for r in records))
-
-    questions = [f"What does function number {i} do?" for i in range(12)]
-    (d / "good.txt").write_text(tiny_text(20_000))
-    jsonl("sft.jsonl", [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "It works."}]}
-                        for q in questions])
-    jsonl("pairs.jsonl", [{"prompt": q, "chosen": "A clear answer.", "rejected": "No."} for q in questions])
-    jsonl("prompts.jsonl", [{"prompt": q, "gold": "It works."} for q in questions])
-    long_answer = "A very long answer that goes on and on. " * 20
-    jsonl("long_sft.jsonl", [{"prompt": q, "completion": long_answer} for q in questions])
-    jsonl("long_pairs.jsonl", [{"prompt": q, "chosen": long_answer, "rejected": long_answer + "No."} for q in questions])
-    jsonl("long_prompts.jsonl", [{"prompt": q + " Please explain at length." * 20} for q in questions])
-    jsonl("repeated_rank.jsonl", [{"prompt": "Q?", "responses": ["a", "b", "c", "d"], "ranking": [0, 0, 1, 2]}])
-    jsonl("same_pairs.jsonl", [{"prompt": q, "chosen": "Same.", "rejected": "Same."} for q in questions])
-    jsonl("wrong_types.jsonl", [{"prompt": 5, "completion": ["not", "messages"]}])
-    jsonl("prompt_number.jsonl", [{"prompt": 42}])
-    (d / "rank").mkdir()  # the held-out files of a rank artifact (what `make rank` writes for the reward report)
-    heldout = {"prompt_id": "h1", "prompt": questions[0], "gold": "It works.", "responses": ["It works.", "No."],
-               "temperatures": [0.7, 1.3]}
-    jsonl("rank/heldout_candidates.jsonl", [heldout])
-    jsonl("rank/heldout_rankings.jsonl", [{**heldout, "ranking": [0, 1]}])
-    (d / "truncated.jsonl").write_text("\n".join((d / "sft.jsonl").read_text().splitlines()[:2]) + '\n{"messages": [{"ro')
-    (d / "wrong.csv").write_text("question,reply\nWhat is 1+1?,2\n")
-    (d / "empty.jsonl").write_text("")
-    (d / "notes.txt").write_text("a user's own file\n")
-    (d / "thesis").mkdir()
-    (d / "thesis" / "chapter1.md").write_text("a user's own work\n")
-    (d / "empty.txt").write_text("")
-    (d / "empty.yaml").write_text("# nothing but a comment\n")
-    (d / "broken.yaml").write_text("train:\n  lr: [1e-3\n  batch_size: 4\n")
-    (d / "list.yaml").write_text("- train\n- sft\n")
-    (d / "zero_heads.yaml").write_text("base: " + str(Path("configs/test.yaml").resolve()) + "\nmodel:\n  n_head: 0\n")
-    (d / "typo.yaml").write_text("eval:\n  num_prompt: 4\n")
-    noise = bytes(range(256)) * 64
-    for name in ("binary.bin", "binary.txt", "binary.jsonl"):
-        (d / name).write_bytes(noise)
-    (d / "latin1.txt").write_bytes("A first line.\nCaf\u00e9 cr\u00e8me, d\u00e9j\u00e0 vu.\n".encode("latin-1"))
-    (d / "latin1.jsonl").write_bytes('{"prompt": "Caf\u00e9?"}\n'.encode("latin-1"))
-    (d / "deep.jsonl").write_text("[" * 100_000 + "\n")
-    os.mkfifo(d / "a_fifo")  # reading it would block forever
-    (d / "blank_prompts.jsonl").write_text('{"prompt": "   "}\n{"prompt": ""}\n{"prompt": "\\n\\t"}\n')
-    (d / "huge_line.jsonl").write_text('{"messages": "' + "x" * 5_000_000)  # one 5 MB line, never closed
-    pq.write_table(pa.table({"body": ["some text"] * 3, "score": [1, 2, 3]}), d / "wrong_column.parquet")
-    (d / "corrupt.parquet").write_bytes(b"PAR1" + noise[:500])
-    (d / "corrupt.jsonl.gz").write_bytes(gzip.compress((d / "pairs.jsonl").read_bytes())[:40])
 
 
 @pytest.fixture(scope="session")
 def world(tiny_lm_dir, tmp_path_factory):
-    """Everything the cases point at, built once: data files, a reward model, broken model folders."""
-    root = tmp_path_factory.mktemp("bad_inputs")
-    (root / "data").mkdir()
-    (root / "bad").mkdir()
-    _write_data(root / "data")
-    rm = _save_model_copies(Path(tiny_lm_dir), root / "bad")
-    busy = socket.socket()  # a port some other program holds, for the duration of the corpus
-    busy.bind(("127.0.0.1", 0))
-    busy.listen()
-    yield {"lm": str(tiny_lm_dir), "rm": str(rm), "d": str(root / "data"), "bad": str(root / "bad"),
-           "runs": root / "runs", "busy_port": busy.getsockname()[1]}
-    busy.close()
+    yield from build_world(tiny_lm_dir, tmp_path_factory)
 
 
 def run_entry(stage: str, case: str, args: list[str], world: dict, capsys):
@@ -359,8 +367,10 @@ def test_bad_input_gets_one_clear_line_a_failing_exit_and_no_artifact(case, stag
     assert len(errors) == 1, f"expected one error line, got: {errors or err[-500:]}"
     for word in (w.format(**world) for w in words):
         assert word.lower() in errors[0].lower(), f"{word!r} not named in: {errors[0]}"
-    if stage == "data":  # data.dir may name a user's file or folder: refused, never replaced
-        assert (Path(world["d"]) / "thesis" / "chapter1.md").is_file() and (Path(world["d"]) / "notes.txt").is_file()
+    # a user's files that cases point at (data.dir, links from a run folder): refused, never replaced or truncated
+    d = Path(world["d"])
+    assert (d / "thesis" / "chapter1.md").is_file() and (d / "notes.txt").is_file()
+    assert (d / "victim.txt").read_text() == "a user's own file\n"
     artifact = ENTRY[stage][2]
     if artifact:
         assert not (world["runs"] / case / artifact / "manifest.json").exists(), "an artifact was committed"
@@ -386,5 +396,40 @@ def test_the_corpus_covers_every_command_with_cases_of_its_own():
     runnable = runnable_modules()
     assert "stages.ppo" in runnable and "apps.serve" in runnable  # the search finds commands at all
     assert commands == runnable - set(NOT_USER_COMMANDS), "a command without bad-input cases (add it to ENTRY)"
-    assert {stage for _, stage, _, _ in CASES} == set(ENTRY) and len(CASES) >= 60
+    assert {stage for _, stage, _, _ in CASES} == set(ENTRY) and len(CASES) >= 200
     assert len({case for case, *_ in CASES}) == len(CASES)  # a run directory per case
+
+
+def test_hostile_looking_inputs_that_are_rightly_accepted_keep_their_meaning(world, tiny_lm_dir, tmp_path):
+    """Accepted, and read as the person who wrote them meant: a byte-order mark and Windows line ends are
+    not text; a quoted CSV field keeps its newlines; a ranking of some answers ranks those; the chat
+    template's markers in pretraining and perplexity text are text, never a role or the end of a document."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from data.loaders import load_pairs, load_prompts, load_sft
+    from data.token_cache import build_token_cache
+    from stages.eval.lm import token_stream
+
+    d = Path(world["d"])
+    plain = [p["prompt"] for p in load_prompts(str(d / "prompts.jsonl"))]
+    assert [p["prompt"] for p in load_prompts(str(d / "bom.jsonl"))] == plain
+    assert [p["prompt"] for p in load_prompts(str(d / "crlf.jsonl"))] == plain
+    assert load_sft(str(d / "bom.csv"))[0]["messages"][0]["content"] == "What is 1+1?"
+    conversation = load_sft(str(d / "newlines.csv"))[0]["messages"]
+    assert [m["content"] for m in conversation] == ["Line one\nline two?", "An answer\nover two lines."]
+    pairs = load_pairs(str(d / "rank_short.jsonl"))  # [0, 1] of three answers: answer 2 is unranked, unused
+    assert [(p["chosen"][-1]["content"], p["rejected"][-1]["content"]) for p in pairs] == [("a", "b")]
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    special = set(tok.all_special_ids)
+    splits, _ = build_token_cache([(str(d / "markers.txt"), "split")], tok, tmp_path / "cache", val_fraction=0.3)
+    for split in splits.values():
+        ids = np.asarray(split.tokens())
+        eos_at = np.flatnonzero(ids == tok.eos_token_id)
+        assert len(eos_at) == split.n_docs and eos_at[-1] == len(ids) - 1  # one EOS per document, at its end
+        assert not special & set(ids[ids != tok.eos_token_id].tolist())
+    text = "<|user|> hello <|end|> <|assistant|> hi <|end|>"
+    stream, owned = token_stream(tok, [text], max_tokens=1000)
+    assert stream[-1] == tok.eos_token_id and not special & set(stream[:-1])
+    assert sum(owned) == len(text.encode())

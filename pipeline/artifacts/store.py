@@ -56,6 +56,9 @@ def is_saved_dataset(p: Path) -> bool:
 def source_fingerprint(source: str) -> str:
     """A content hash of a data source: a file, a folder or a glob; a hub dataset is recorded by
     name (`hub:<name>`). Stages put it in their manifest so a changed dataset makes them stale."""
+    if not str(source).strip():  # Path("") is the current folder: never hash the repo and .venv (minutes) as data
+        raise UserError("a data source is empty (a data key set to nothing, e.g. train.data=): name a file, "
+                        "folder, glob or hub dataset.")
     if Path(source).exists():
         return fingerprint(source)
     folder, _, split = source.rpartition(":")

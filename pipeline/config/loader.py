@@ -53,32 +53,32 @@ def _coerce(value: Any, tp, where: str) -> Any:
                 return _coerce(value, arg, where)
             except UserError as e:
                 errors.append(e)
-        raise errors[0] if errors else UserError(f"{where}: expected {_type_label(tp)}, got {value!r}.")
+        raise errors[0] if errors else UserError(f"{where}: expected {_type_label(tp)}, got {_shown(value)}.")
     if origin is typing.Literal:
         if value not in args:
-            raise UserError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}.")
+            raise UserError(f"{where}: must be one of {', '.join(map(repr, args))}, got {_shown(value)}.")
         return value
     if origin in (list, tuple):
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # `train.data=file.txt` on the command line means a one-element list
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}.")
+            raise UserError(f"{where}: expected a list, got {_shown(value)}.")
         inner = args[0] if args else Any
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}.")
+            raise UserError(f"{where}: expected a mapping, got {_shown(value)}.")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a section (a mapping of keys), got {value!r}.")
+            raise UserError(f"{where}: expected a section (a mapping of keys), got {_shown(value)}.")
         return _build(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{where}: expected true or false, got {value!r}.")
+        raise UserError(f"{where}: expected true or false, got {_shown(value)}.")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -87,17 +87,17 @@ def _coerce(value: Any, tp, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise UserError(f"{where}: expected a number, got {value!r}.")
+        raise UserError(f"{where}: expected a number, got {_shown(value)}.")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)  # 1e6 in YAML is a float
-        raise UserError(f"{where}: expected an integer, got {value!r}.")
+        raise UserError(f"{where}: expected an integer, got {_shown(value)}.")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{where}: expected a string, got {value!r}.")
+        raise UserError(f"{where}: expected a string, got {_shown(value)}.")
     return value
 
 
@@ -121,11 +121,45 @@ def _build(cls, data: dict, where: str):
     return obj
 
 
+def _shown(value, limit: int = 80) -> str:
+    """A value as an error line quotes it: a 5000-digit number or a pasted file is cut, the line stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+class _PresetLoader(yaml.SafeLoader):
+    """YAML as presets need it: a key given twice in one mapping is refused (YAML keeps the last silently, so
+    `lr: 1e-3` above a forgotten `lr: 100` would train with 100), and so are anchors and aliases (`&a`, `*a`):
+    presets share settings through `base:`, and nested aliases are how a few lines expand to billions of values."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.MarkedYAMLError(problem="an alias (*name); presets share settings through `base:`, not "
+                                       "YAML anchors and aliases", problem_mark=mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own check names it
+                continue
+            if repeated:
+                raise yaml.MarkedYAMLError(problem=f"the key '{key}' is given twice in one mapping",
+                                           problem_mark=key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, _bases: tuple[Path, ...] = ()) -> dict:
     """A preset as a dict, merged over the preset its `base:` names (and so on up). `_bases`: the files
     whose `base:` led here, so a loop (a.yaml -> b.yaml -> a.yaml) is refused instead of recursing forever."""
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        what = ("is a folder, not a file" if path.is_dir() else
+                "is not a regular file (a pipe, socket or device)" if path.exists() else "does not exist")
         raise UserError(f"config file {path} {what}. Presets live in configs/ (e.g. configs/tiny.yaml).")
     try:
         text = path.read_bytes().decode("utf-8")
@@ -135,7 +169,9 @@ def read_yaml(path: Path, _bases: tuple[Path, ...] = ()) -> dict:
         raise UserError(f"config file {path} is not a text file (binary or not UTF-8); --config needs a YAML "
                         "preset such as configs/tiny.yaml.")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_PresetLoader)  # noqa: S506 - a SafeLoader
+    except ValueError as e:  # a number past Python's 4300-digit limit
+        raise UserError(f"config file {path}: a number too long to read ({str(e).split(';')[0]}).") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark else ""
@@ -174,7 +210,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: a number past Python's 4300-digit limit
         value = raw
     return key.strip().split("."), value
 

@@ -9,6 +9,7 @@ docs/config.md is generated from these declarations: `python -m pipeline.config.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ class RunSection:
 
     name: str = setting("run", "the run's folder, runs/<name>/...; a preset's own file name unless set")
     out_dir: str = setting("runs", "the folder that holds the runs")
-    seed: int = setting(1337, "random seed of every stage (initialisation, shuffling, sampling)")
+    seed: int = setting(1337, "random seed of every stage (initialisation, shuffling, sampling)",
+                        range="[0, 4294967295]")  # what numpy's generator takes
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to compute; auto: CUDA, else MPS, else CPU")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "compute precision; auto: bfloat16 on GPUs that have it, float32 on the CPU")
@@ -43,11 +45,28 @@ class RunSection:
         check_run_name(self.name)
         if not str(self.out_dir).strip():
             raise UserError("run.out_dir is empty: name the folder that holds the runs (default: runs).")
+        if "\x00" in str(self.out_dir):
+            raise UserError(f"run.out_dir={self.out_dir!r} holds a NUL character, which no path can: name a folder.")
+        check_no_links(Path(self.out_dir) / self.name)
         if Path(self.out_dir).is_file():
             raise UserError(f"run.out_dir={self.out_dir}: an existing file; the runs go in a folder there.")
         if (Path(self.out_dir) / self.name).is_file():
             raise UserError(f"run.name={self.name}: {Path(self.out_dir) / self.name} (run.out_dir/run.name) is an "
                             "existing file; the run goes in a folder there.")
+
+
+def check_no_links(run_dir: Path) -> None:
+    """Everything in a run folder is the pipeline's own: a symbolic link there (a lock, a work folder, an
+    artifact, the cache; from an unpacked archive, say) would have a run write, truncate or delete what it
+    points at, outside run.out_dir. (run.out_dir itself, or the run folder, may be a link: a bigger disk.)"""
+    try:
+        links = sorted(p for p in run_dir.iterdir() if p.is_symlink()) if run_dir.is_dir() else []
+    except OSError:
+        return  # unreadable: the stage's own write reports it (pipeline.errors.os_error_line)
+    if links:
+        raise UserError(f"{links[0]} is a symbolic link (to {os.readlink(links[0])}); a run writes only into files "
+                        f"and folders it makes in {run_dir}: remove the link (and move what it points to there "
+                        "if it is this run's).")
 
 
 def check_run_name(name: str) -> None:
@@ -210,7 +229,7 @@ class RankSection:
                            "(and gold)")
     heldout_prompts: str = setting("demo", "prompts ranked by gold for the reward report, never trained on: demo, "
                                    "a file, or none")
-    num_prompts: int | None = setting(None, "labeling prompts used (the first N); null: all", range=">= 0")
+    num_prompts: int | None = setting(None, "labeling prompts used (the first N); null: all", range="> 0")
     num_heldout_prompts: int | None = setting(None, "held-out prompts used (the first N); null: all", range=">= 0")
     k: int = setting(4, "answers sampled per prompt (identical ones are merged)", range="[2, 16]")
     temperatures: list[float] = setting([0.7, 0.9, 1.1, 1.3], "sampling temperatures: answer j uses "

@@ -82,7 +82,33 @@ def check_tokenizer_dir(path: str | Path) -> None:
                         "the model with tokenizer.save_pretrained, or re-run the stage that wrote the folder.")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (d / name).is_file():
-            _json_file(d / name, name)
+            data = _json_file(d / name, name)
+            if name == "tokenizer.json" and "model" not in data:  # JSON, but no tokenizer's: the library's KeyError
+                raise UserError(f"{d / name} is not a tokenizer (no \"model\" entry); {_REBUILD}.")
+    _check_chat_templates(d)
+
+
+def _check_chat_templates(d: Path) -> None:
+    """A chat template that does not compile fails at the first message, as a Jinja traceback: name it now."""
+    from jinja2 import TemplateSyntaxError
+
+    try:  # the library's own compiler: its extensions ({% generation %}) are part of the language it renders
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # another version: the template is checked where it is first rendered
+        return
+    found = [(d / "chat_template.jinja", (d / "chat_template.jinja").read_text(errors="replace"))] \
+        if (d / "chat_template.jinja").is_file() else []
+    config = _json_file(d / "tokenizer_config.json", "tokenizer_config.json") \
+        if (d / "tokenizer_config.json").is_file() else {}
+    inline = config.get("chat_template")
+    for t in inline if isinstance(inline, list) else [{"template": inline}] if inline else []:
+        found.append((d / "tokenizer_config.json", t.get("template") if isinstance(t, dict) else t))
+    for where, text in found:
+        try:
+            _compile_jinja_template(str(text))
+        except TemplateSyntaxError as e:
+            raise UserError(f"{where}: the chat template does not compile (line {e.lineno}: {e.message}); fix it "
+                            "or remove it to use the pipeline's own.") from None
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:

@@ -64,10 +64,11 @@ def load_causal_lm(name_or_path: str, *, dtype=None, attn_implementation: str | 
             trust_remote_code=trust_remote_code, quantization_config=quantization_config, output_loading_info=True,
         )
     missing = [k for k in info.get("missing_keys", ()) if not k.startswith("lm_head")]  # a tied head is fine
-    if missing or info.get("mismatched_keys"):
-        bad = missing or [str(m[0]) for m in info["mismatched_keys"]]
-        raise UserError(f"{name_or_path}: its weights do not fit its config.json ({len(bad)} parameters missing or "
-                        f"of another shape, e.g. {bad[0]}), so the model would start from random weights: "
+    unused = sorted(info.get("unexpected_keys", ()))  # e.g. config.json says fewer layers than the weights hold
+    if missing or info.get("mismatched_keys") or unused:
+        bad = missing or [str(m[0]) for m in info.get("mismatched_keys", ())] or unused
+        raise UserError(f"{name_or_path}: its weights do not fit its config.json ({len(bad)} parameters missing, unused "
+                        f"or of another shape, e.g. {bad[0]}), so the model would not be the one saved: "
                         "point it at the folder a stage wrote, or fix config.json.")
     return model
 

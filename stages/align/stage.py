@@ -33,6 +33,7 @@ from pipeline.judge.comparison import headline, summary_line
 from pipeline.judge.curve_report import curve_headline, plot_curve
 from pipeline.judge.evaluate import RewardJudge, reward_max_length
 from pipeline.lm.hf_glue import MetricsCallback, RunGuard, resume_checkpoint, save_lora, step_of
+from pipeline.lm.loading import loading
 from pipeline.lm.model import load_causal_lm, set_generation_defaults
 from pipeline.runtime.device import accelerate_state, pick_device, seed_everything, share_cpu_threads
 from stages.align import dpo, online, preferences
@@ -65,10 +66,8 @@ def load_policy(source: str):
     from transformers import AutoTokenizer
 
     model = load_causal_lm(source)
-    try:
+    with loading(source, "tokenizer", model=False, tokenizer=True):
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load the tokenizer of '{source}': {e}") from None
     if not tokenizer.chat_template or tokenizer.pad_token_id in (None, tokenizer.eos_token_id):
         raise UserError(f"{source} is not a chat model with a PAD token distinct from EOS: align an SFT model "
                         "(`make sft`, or point policy at one).")

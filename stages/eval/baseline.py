@@ -40,4 +40,4 @@ def sweep_prompt(texts: list[str] | None, n_words: int = 8) -> str | None:
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """EOS (a document starts) + the prompt's tokens, as pretraining saw documents."""
-    return [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+    return [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False, split_special_tokens=True)["input_ids"]]

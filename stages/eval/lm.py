@@ -50,14 +50,14 @@ def token_stream(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[int
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for text in texts:
         if tokenizer.is_fast:
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            enc = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
             done = 0
             for _, end in enc["offset_mapping"]:
                 owned.append(len(text[done:max(done, end)].encode("utf-8")))
                 done = max(done, end)
             rest = len(text[done:].encode("utf-8"))
         else:
-            enc = tokenizer(text, add_special_tokens=False)
+            enc = tokenizer(text, add_special_tokens=False, split_special_tokens=True)  # markers in text are text
             share, rest = divmod(len(text.encode("utf-8")), max(len(enc["input_ids"]), 1))
             owned += [share] * len(enc["input_ids"])
         stream += enc["input_ids"] + eos
