@@ -8,10 +8,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from faults.distributed import check_distributed
 from faults.stages import STAGES
 from faults.suite import Report, Suite, format_table
 
-CHECKS = ("kills", "change", "diverge", "disk", "twice")
+CHECKS = ("kills", "change", "diverge", "disk", "twice", "distributed")
+# The stages the distributed checks launch on 2 processes (faults/distributed.py): a training loop of our own,
+# the sampling stage, and PPO.
+LAUNCHED = ("pretrain", "rank", "ppo")
 
 
 def run_suite(out: Path, *, stages=tuple(s for s in STAGES if s.kill), kills: int = 20, per_trial: int = 2, checks=CHECKS, seed: int = 0,
@@ -32,6 +36,8 @@ def run_suite(out: Path, *, stages=tuple(s for s in STAGES if s.kill), kills: in
             suite.check_disk_full(stage, rep)
         if "twice" in checks:
             suite.check_twice(stage, rep)
+        if "distributed" in checks and stage.name in LAUNCHED:
+            check_distributed(suite, stage, rep, log=log)
         log(f"{stage.name}: {rep.kills} kills in {rep.trials} trials, {time.perf_counter() - t0:.0f}s, "
             f"{len(rep.failures)} failure(s) {rep.checks}")
         for f in rep.failures:
@@ -57,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                         checks=tuple(args.checks.split(",")), seed=args.seed)
     print(f"\nfault injection on {out} ({time.perf_counter() - t0:.0f}s):\n")
     print(format_table(reports))
+    for r in reports:  # the 2-process checks (faults/distributed.py), beside the table's columns
+        if "kill-rank" in r.checks:
+            print(f"2 processes, {r.stage}: kill -9 of one rank {r.checks['kill-rank']}, "
+                  f"two launches {r.checks.get('two-launches', '-')}")
     tolerances = ", ".join(f"{s.name} {'bit-identical' if s.tolerance == 0 else f'within {s.tolerance:g}'}"
                            for s in stages)
     print(f"\nrequired: {tolerances}")
