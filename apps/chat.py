@@ -122,19 +122,6 @@ class Chat:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.history[:-1]
 
-    def sample_alternatives(self, k: int) -> list[str]:
-        """k answers to the conversation the last answer replies to, sampled together with the settings."""
-        last, self.history = self.history, self.history[:-1]
-        try:
-            ids, budget = self.prompt_ids()
-        finally:
-            self.history = last
-        s = self.sampling
-        answers = generate(self.model, [ids] * k, max_new_tokens=budget, eos_ids=self.eos_ids,
-                           pad_id=self.tok.pad_token_id, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                           generator=self.generator)
-        return [self.tok.decode([t for t in a if t not in self.eos_ids], skip_special_tokens=True) for a in answers]
-
     def _render(self, messages: list[dict]) -> list[int]:
         return encode_chat(self.tok, messages, add_generation_prompt=True)
 

@@ -12,8 +12,23 @@ from pathlib import Path
 
 from data.feedback import FeedbackStore, ranking_record, rating_record
 from data.labels import ORDER_HELP, BadRanking, format_order, parse_order
+from pipeline.lm.generation import generate
 
 MAX_ALTERNATIVES = 9  # one keystroke each; more do not fit a terminal side by side anyway
+
+
+def sample_alternatives(chat, k: int) -> list[str]:
+    """k answers to the conversation the chat's last answer replies to, sampled together with its settings."""
+    last, chat.history = chat.history, chat.history[:-1]
+    try:
+        ids, budget = chat.prompt_ids()
+    finally:
+        chat.history = last
+    s = chat.sampling
+    answers = generate(chat.model, [ids] * k, max_new_tokens=budget, eos_ids=chat.eos_ids,
+                       pad_id=chat.tok.pad_token_id, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                       generator=chat.generator)
+    return [chat.tok.decode([t for t in a if t not in chat.eos_ids], skip_special_tokens=True) for a in answers]
 
 
 class ChatFeedback:
@@ -57,7 +72,7 @@ class ChatFeedback:
             return
         if not self._ready(chat, err):
             return
-        texts = chat.sample_alternatives(k)
+        texts = sample_alternatives(chat, k)
         for n, text in enumerate(texts, 1):
             out.write(f"\n[{n}]\n{textwrap.indent(text or '(empty answer)', '    ')}\n")
         out.flush()

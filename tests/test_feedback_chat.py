@@ -3,6 +3,7 @@ last message and stores the ranking typed as in the rank stage's terminal labele
 store a rating of the last answer; a bad order is refused and asked again; --no-feedback stores nothing.
 A model from a run stores into the run's feedback folder."""
 
+import io
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from eval_fixtures import lively_copy
 
-from data.feedback import STORE_FILE, read_store
+from data.feedback import read_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,10 +52,12 @@ def test_alt_good_and_bad_through_stdin_are_stored_in_the_runs_feedback_folder(t
                for n, text in enumerate(ranked["responses"], 1))
 
 
-def test_no_feedback_stores_nothing_and_says_so(tiny_lm_dir, tmp_path):
+def test_no_feedback_stores_nothing_and_says_so(tiny_lm_dir, tmp_path, monkeypatch, capsys):
+    from apps.chat import main
+
     model = lively_copy(tiny_lm_dir, tmp_path / "tiny" / "sft", seed=5)
     (model / "manifest.json").write_text(json.dumps({"stage": "sft", "status": "complete", "fingerprint": "f" * 16}))
-    res = run_chat(model, "--no-feedback", stdin="hello\n/good\n/alt 2\n")
-    assert res.returncode == 0, res.stderr
-    assert res.stderr.count("feedback: off (--no-feedback)") == 3  # the banner, then each command
-    assert not (tmp_path / "tiny" / "feedback" / STORE_FILE).exists()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n/good\n/alt 2\n"))  # piped input, in this process
+    main(["--model", str(model), "--max-new-tokens", "4", "--no-feedback"])
+    assert capsys.readouterr().err.count("feedback: off (--no-feedback)") == 3  # the banner, then each command
+    assert not (tmp_path / "tiny" / "feedback").exists()
