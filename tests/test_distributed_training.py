@@ -8,11 +8,17 @@ no per-process random numbers enter the loss. Each run below takes seconds on a 
 processes each starting torch and transformers, a pair takes 20-40 s on 2 shared cores (marked slow).
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 
+from tests.conftest import ROOT
 from tests.launch_fixtures import launch, launch_record, logged
 from tests.test_align import argv as align_argv
 from tests.test_align import run_dir  # noqa: F401  (the fixture: an SFT model, a reward model, pairs, prompts)
+from tests.test_pretrain import corpus, uninterrupted  # noqa: F401  (fixtures: a text, a 1-process pretraining)
 from tests.test_reward_train import _lines, _rankings, _write_jsonl
 from tests.test_sft import chat_files  # noqa: F401  (the fixture: 80 training and 8 held-out chats)
 
@@ -82,3 +88,20 @@ def test_dpo_on_two_processes_matches_one(run_dir):  # noqa: F811
     for key in ("loss", "grad_norm", "eval_loss"):
         same_trajectory(one, two, key)
     ran_on(one, 1), ran_on(two, 2)
+
+
+@pytest.mark.slow
+def test_a_pretraining_run_killed_on_one_process_resumes_on_two(tmp_path, uninterrupted, corpus):  # noqa: F811
+    """The global batch of a step depends on (seed, step) only, so the process count may change at a resume:
+    killed after step 14 on one process, resumed on two from its step-10 checkpoint, it ends where an
+    uninterrupted one-process run ends."""
+    from tests.test_pretrain import ARGS, val_losses
+
+    args = [*ARGS, f"run.out_dir={tmp_path}", "run.name=moved", f"train.data={corpus}"]
+    killed = subprocess.run([sys.executable, "-m", "stages.pretrain", *args], cwd=ROOT, capture_output=True,
+                            env={**os.environ, "RLHF_STOP_AFTER_STEP": "14", "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert killed.returncode == 130
+    launch("stages.pretrain", args)
+    final = tmp_path / "moved" / "pretrain"
+    assert val_losses(final) == pytest.approx(val_losses(uninterrupted), abs=TOL)
+    ran_on(final, 2)

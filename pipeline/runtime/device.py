@@ -26,12 +26,35 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("run.device=mps, but this machine has no Apple GPU (MPS): set run.device=auto or cpu.")
     if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        device = torch.device(name)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+    refuse_sharding_without_gpus(device.type)
+    return device
+
+
+# accelerate's launch variables for the sharded backends, and the config files that set them
+_SHARDED = (("ACCELERATE_USE_FSDP", "FSDP", "configs/accelerate/fsdp.yaml"),
+            ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed", "configs/accelerate/deepspeed_zero*.yaml"))
+
+
+def refuse_sharding_without_gpus(device_type: str) -> None:
+    """A launch that asks for FSDP or DeepSpeed on a machine without CUDA is refused: accelerate (1.15) turns
+    its FSDP plugin on only for accelerator process groups and DeepSpeed only off the CPU, so the run would
+    otherwise train plain data-parallel while its config says sharded."""
+    if device_type == "cuda":
+        return
+    from pipeline.errors import UserError
+
+    for variable, backend, config in _SHARDED:
+        if os.environ.get(variable, "").lower() == "true":
+            raise UserError(f"this launch asks for {backend} ({config}), which accelerate runs only on CUDA GPUs; "
+                            f"here ({device_type}) it would train unsharded: launch with "
+                            "configs/accelerate/cpu_ddp.yaml (make <stage> NPROC=N) instead.")
 
 
 def mixed_precision(run_dtype: str, device_type: str) -> str:
