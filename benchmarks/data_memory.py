@@ -7,7 +7,8 @@ one of preference pairs and one of 40 short conversations around a single 20 MB 
 each stage's real data path in a fresh child process and prints the child's peak resident memory
 (ru_maxrss) and its times:
 - sft: the stage's load_sft_splits, screen_splits, build_trainer on the tiny preset's model shape and
-  trainer.train up to the end of the first optimizer step (the time printed as "first step");
+  trainer.train up to the end of the first optimizer step (the time printed as "first step"), then
+  again in the same run folder ("rerun": the cached records and screening are mapped, not rebuilt);
 - reward: load_training_pairs, split_by_group, tokenize_pairs and the trainer's Dataset;
 - prompts: PPO's load_prompt_sets (ppo.data = the conversations: each one's prompt and gold answer);
 - huge: sft on the file with the 20 MB record.
@@ -210,9 +211,11 @@ def old_tree(root: Path, rev: str) -> Path:
     return tree
 
 
-def measure(case: str, data: Path, model_dir: Path, root: Path, tree: Path, timeout: int) -> dict | str:
-    work = root / f"work-{case}-{tree.name}-{time.time_ns()}"
-    work.mkdir(parents=True)
+def measure(case: str, data: Path, model_dir: Path, root: Path, tree: Path, timeout: int,
+            work: Path | None = None) -> dict | str:
+    """One child's result; `work` (its run folder) given again: a rerun that finds the first run's caches."""
+    work = work or root / f"work-{case}-{tree.name}-{time.time_ns()}"
+    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_CACHE": str(work / "hf")}
     # this file runs as a script; the code it measures is imported from `tree` (PYTHONPATH comes first)
@@ -234,7 +237,7 @@ def describe(result: dict | str) -> str:
     what = "first step" if "first_step_s" in result else "data ready"
     extra = f", {result['dropped']} dropped" if result.get("dropped") else ""
     workers = result.get("workers_peak_rss_mb", 0)
-    workers = f" (worker processes: {workers:,.0f} MB each at most)" if workers > 1 else ""
+    workers = f" (child processes: {workers:,.0f} MB at most)" if workers > 1 else ""
     cpu = f", {result['cpu_s']:.0f} CPU-s" if "cpu_s" in result else ""
     return (f"peak RSS {result['peak_rss_mb']:,.0f} MB{workers}, {what} after {t:.0f} s{cpu} "
             f"({result['records']:,} records{extra})")
@@ -262,8 +265,12 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores (possibly shared); peak RSS of a fresh process per case")
     for case in args.only.split(","):
         for name, tree in trees:
-            result = measure(case, data[case], files["model"], root, tree, args.timeout)
+            work = root / f"work-{case}-{tree.name}-{time.time_ns()}"
+            result = measure(case, data[case], files["model"], root, tree, args.timeout, work)
             print(f"{case:8s} {name:14s} {data[case].name}: {describe(result)}", flush=True)
+            if case == "sft" and tree == ROOT and isinstance(result, dict):  # a rerun maps the cached records
+                result = measure(case, data[case], files["model"], root, tree, args.timeout, work)
+                print(f"{case:8s} {'new, rerun':14s} {data[case].name}: {describe(result)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -182,10 +182,11 @@ def screen(records, tokenizer, max_length: int, assistant_only: bool = True, sou
             new_fingerprint=key, num_proc=procs if procs > 1 else None, desc="screening conversations",
             fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "assistant_only": assistant_only,
                        "source": source})
-    status = np.asarray(screened.with_format("numpy")["status"])
+    columns = screened.with_format("numpy", columns=["status", "length"])[:]  # whole columns at once, not per row
+    status, lengths = columns["status"], columns["length"]
     kept = np.flatnonzero(status < TOO_LONG)
     used = screened.select(kept, keep_in_memory=True)
-    lengths = np.asarray(screened.with_format("numpy")["length"])[status != NO_ASSISTANT]
+    lengths = lengths[status != NO_ASSISTANT]
     return Screened(records=used.select_columns(["messages"]), encoded=used.select_columns(["input_ids", "labels"]),
                     total=len(status), no_assistant=int((status == NO_ASSISTANT).sum()),
                     truncated=int((status == TRUNCATED).sum()), dropped_too_long=int((status == TOO_LONG).sum()),
