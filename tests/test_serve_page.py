@@ -59,3 +59,26 @@ def test_page_streams_both_models_side_by_side_and_shows_probabilities(tiny_lm_d
         urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(server.url) for u in urls), urls
     assert "Traceback" not in server.stderr
+
+
+def test_the_page_asks_for_no_more_tokens_than_a_server_started_with_a_small_max_tokens_allows(
+        tiny_lm_dir, tmp_path, browser):
+    # The page's default is 120 new tokens; a server started with --max-tokens 40 answers any request for more
+    # with a 400, so the page must learn the limit (GET /v1/models) and every message must get an answer.
+    sft, _ = served_models(tiny_lm_dir, tmp_path)
+    with running_server("--model", str(sft), "--max-tokens", "40") as server:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+        field = browser.find_element(By.ID, "max-tokens")
+        assert (field.get_attribute("value"), field.get_attribute("max")) == ("40", "40")
+        field.clear()
+        field.send_keys("300")  # typed past the bound: still asks for at most 40
+        browser.execute_script("document.getElementById('temperature').value = '0';")
+        browser.find_element(By.ID, "message").send_keys("Tell me everything.")
+        browser.find_element(By.ID, "send").click()
+        meta = lambda d: d.find_element(By.CSS_SELECTOR, ".message.assistant .meta").text  # noqa: E731
+        wait.until(lambda d: "tokens in" in meta(d))
+        assert not browser.find_elements(By.CSS_SELECTOR, ".message.assistant.error")
+        assert int(meta(browser).split(" tokens")[0]) <= 40
+    assert "Traceback" not in server.stderr

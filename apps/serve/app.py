@@ -178,7 +178,10 @@ def create_app(served: list[Served], limits: Limits | None = None, api_key: str 
     @app.get("/v1/models", dependencies=[Depends(require_key)])
     async def list_models():
         return {"object": "list", "data": [{"id": s.name, "object": "model", "created": 0, "owned_by": "local",
-                                            "root": s.path, "context_length": s.context} for s in served]}
+                                            "root": s.path, "context_length": s.context,
+                                            # the largest max_tokens a request may ask (--max-tokens): the chat
+                                            # page asks for no more, so a smaller limit never answers it 400
+                                            "max_tokens": limits.max_tokens} for s in served]}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request):

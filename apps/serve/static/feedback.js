@@ -144,7 +144,8 @@ async function sample(record, temperature, items) {
     const response = await api("/v1/chat/completions", {
       method: "POST", signal: controller.signal,
       body: JSON.stringify({ model: record.model, messages: record.messages, n: items.length, stream: true, temperature,
-                             top_p: RANK_SAMPLING.top_p, max_tokens: RANK_SAMPLING.max_tokens }),
+                             top_p: RANK_SAMPLING.top_p,
+                             max_tokens: Math.min(RANK_SAMPLING.max_tokens, state.maxTokens) }),
     });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));

@@ -5,7 +5,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], columns: [], controllers: [], key: sessionStorage.getItem("apiKey") || "" };
+// maxTokens: the largest max_tokens this server takes (/v1/models says; a request above it is a 400).
+const state = { models: [], columns: [], controllers: [], key: sessionStorage.getItem("apiKey") || "",
+                maxTokens: Infinity };
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -145,7 +147,7 @@ async function send(event) {
   const settings = {
     temperature: parseFloat($("temperature").value),
     top_p: parseFloat($("top-p").value),
-    max_tokens: parseInt($("max-tokens").value, 10) || 1,
+    max_tokens: Math.min(parseInt($("max-tokens").value, 10) || 1, state.maxTokens),
   };
   $("send").disabled = true;
   $("stop").disabled = false;
@@ -168,6 +170,16 @@ function bindRange(id) {
   input.addEventListener("input", () => { out.textContent = input.value; });
 }
 
+// The server's --max-tokens may be below the page's default: the field's bound and value follow it.
+function learnTokenLimit(models) {
+  const limits = models.map((m) => m.max_tokens).filter((n) => Number.isInteger(n) && n > 0);
+  if (!limits.length) return;
+  state.maxTokens = Math.min(...limits);
+  const field = $("max-tokens");
+  field.max = String(state.maxTokens);
+  if ((parseInt(field.value, 10) || 1) > state.maxTokens) field.value = String(state.maxTokens);
+}
+
 async function start() {
   bindRange("temperature");
   bindRange("top-p");
@@ -188,6 +200,7 @@ async function start() {
   if (!response.ok) { $("status").textContent = "could not list the models: HTTP " + response.status; return; }
   const models = (await response.json()).data;
   models.forEach((m) => addColumn(m.id));
+  learnTokenLimit(models);
   await startFeedback();
   $("status").textContent = models.length > 1
     ? "Each message goes to every model; their answers stream side by side."
