@@ -1,5 +1,6 @@
 """Ranking labels on disk, shared by the rank stage and the feedback store (data/feedback.py): check a
-ranking, append a record safely, read the winning records back, measure agreement between people.
+ranking, append a record safely, read the winning records back, measure agreement between people (Kendall's
+tau-b and pairwise agreement).
 
 A labels file is the whole state of a labeling session. Each submission is one JSON line appended under a
 file lock and fsync'ed before the person is told "saved", so a closed browser or a killed server loses
@@ -189,26 +190,55 @@ def kendall_tau(groups_a: list[list[int]], groups_b: list[list[int]]) -> float |
     return stats_kendall_tau([-place_a[i] for i in answers], [-place_b[i] for i in answers])
 
 
+def pair_agreement(groups_a: list[list[int]], groups_b: list[list[int]]) -> float:
+    """The fraction of answer pairs two rankings of the same answers order the same way, ties counted as
+    stated: a pair both tie agrees, a pair one ties and the other orders disagrees. Defined even where
+    Kendall's tau is not (a ranking that ties everything)."""
+    place_a = {i: p for p, g in enumerate(groups_a) for i in g}
+    place_b = {i: p for p, g in enumerate(groups_b) for i in g}
+
+    def side(place, i, j):
+        return (place[i] > place[j]) - (place[i] < place[j])
+
+    pairs = list(combinations(sorted(place_a), 2))
+    return sum(side(place_a, i, j) == side(place_b, i, j) for i, j in pairs) / len(pairs)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
 def agreement(records: list[dict]) -> dict:
     """How much labelers agree on prompts ranked by more than one of them (the same answers): Kendall's tau-b
-    per pair of labelers, averaged per prompt, then over prompts (prompts are the independent units)."""
+    and pairwise agreement (pair_agreement) per pair of labelers, averaged per prompt, then over prompts
+    (prompts are the independent units). `prompts` counts the prompts with a tau; `pair_prompts` those with a
+    pairwise agreement (also those where a ranking ties everything, where tau is undefined)."""
     by_prompt = defaultdict(list)
     for rec in records:
         by_prompt[(rec["prompt_id"], tuple(rec["responses"]))].append(rec)
-    per_prompt, per_pair = [], defaultdict(list)
+    per_prompt, per_prompt_pairs = [], []
+    per_pair: dict[str, dict[str, list]] = defaultdict(lambda: {"tau": [], "pairs": []})
     for recs in by_prompt.values():
-        taus = []
+        taus, fractions = [], []
         for a, b in combinations(sorted(recs, key=lambda r: r["labeler"]), 2):
             k = len(a["responses"])
-            tau = kendall_tau(ranking_groups(a["ranking"], k), ranking_groups(b["ranking"], k))
+            ga, gb = ranking_groups(a["ranking"], k), ranking_groups(b["ranking"], k)
+            both = per_pair[f"{a['labeler']}~{b['labeler']}"]
+            fractions.append(pair_agreement(ga, gb))
+            both["pairs"].append(fractions[-1])
+            tau = kendall_tau(ga, gb)
             if tau is not None:
                 taus.append(tau)
-                per_pair[f"{a['labeler']}~{b['labeler']}"].append(tau)
+                both["tau"].append(tau)
         if taus:
             per_prompt.append(sum(taus) / len(taus))
+        if fractions:
+            per_prompt_pairs.append(sum(fractions) / len(fractions))
     # a one-sample interval is the paired difference from 0: the same t interval, the same code
     summary = paired_difference(per_prompt, [0.0] * len(per_prompt))
     one = len(per_prompt) < 2  # an interval from one prompt would claim a spread nobody measured
     return {"prompts": len(per_prompt), "mean_tau": summary["mean"],
             "ci_low": None if one else summary["ci_low"], "ci_high": None if one else summary["ci_high"],
-            "by_pair": {pair: {"prompts": len(t), "mean_tau": sum(t) / len(t)} for pair, t in sorted(per_pair.items())}}
+            "pair_prompts": len(per_prompt_pairs), "pair_agreement": _mean(per_prompt_pairs),
+            "by_pair": {pair: {"prompts": len(v["tau"]), "mean_tau": _mean(v["tau"]),
+                               "pair_agreement": _mean(v["pairs"])} for pair, v in sorted(per_pair.items())}}

@@ -105,7 +105,8 @@ def test_two_people_who_ranked_the_same_answers_shown_in_different_orders_are_co
     store.append(ranking_record(question(2), answers("x", "y"), [[1], [0]], labeler="bob@serve"))  # disagrees
     agreement = feedback_data(tmp_path).counts["agreement"]
     assert agreement["prompts"] == 2 and agreement["mean_tau"] == 0.0
-    assert agreement["by_pair"] == {"ada@serve~bob@serve": {"prompts": 2, "mean_tau": 0.0}}
+    assert agreement["pair_agreement"] == 0.5  # 3 of 3 pairs the same way, then 0 of 1
+    assert agreement["by_pair"] == {"ada@serve~bob@serve": {"prompts": 2, "mean_tau": 0.0, "pair_agreement": 0.5}}
     assert feedback_data(tmp_path).counts["people"] == ["ada@serve", "bob@serve"]
 
 

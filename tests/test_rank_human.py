@@ -102,8 +102,10 @@ def test_kendall_tau_and_agreement_between_labelers_on_prompts_ranked_by_more_th
     assert result["prompts"] == 3
     assert result["mean_tau"] == pytest.approx((1 - 1 + 4 / 6) / 3)
     assert result["ci_low"] < result["mean_tau"] < result["ci_high"]
-    assert result["by_pair"] == {"alice~bob": {"prompts": 2, "mean_tau": 0.0},
-                                 "alice~carol": {"prompts": 1, "mean_tau": pytest.approx(4 / 6)}}
+    assert result["pair_prompts"] == 3 and result["pair_agreement"] == pytest.approx((1 + 0 + 5 / 6) / 3)
+    assert result["by_pair"] == {"alice~bob": {"prompts": 2, "mean_tau": 0.0, "pair_agreement": 0.5},
+                                 "alice~carol": {"prompts": 1, "mean_tau": pytest.approx(4 / 6),
+                                                 "pair_agreement": pytest.approx(5 / 6)}}
 
 
 def test_answers_show_in_a_random_order_fixed_per_seed_and_prompt():

@@ -66,7 +66,9 @@ def write_report(out_dir: Path, summary: dict) -> None:
         people = ag.get("people") or {}
         lines += [f"People: {', '.join(s.get('people') or []) or 'none yet'}. Agreement between people on "
                   f"{people.get('prompts', 0)} prompts ranked by more than one: mean Kendall tau "
-                  f"{_f(people.get('mean_tau'))} (per prompt, then over prompts). Agreement with the gold "
+                  f"{_f(people.get('mean_tau'))}, pairwise agreement {_f(people.get('pair_agreement'))} "
+                  "(the share of answer pairs two people order the same way, a tie agreeing only with a tie; "
+                  "per prompt, then over prompts). Agreement with the gold "
                   f"order: Kendall tau {_f(ag.get('kendall_tau'))}.", ""]
     for title, key in (("Gold score by rank position", "gold_by_position"),
                        ("Gold score by sampling temperature", "gold_by_temperature")):

@@ -83,7 +83,8 @@ def feedback_md(fb: dict | None) -> list[str]:
     ag = fb.get("agreement") or {}
     lines += ["", f"People: {', '.join(fb.get('people') or []) or 'none'}. Agreement between people on "
                   f"{ag.get('prompts', 0)} conversations whose same answers more than one of them ranked: mean Kendall "
-                  f"tau {_fmt(ag.get('mean_tau'))}.", ""]
+                  f"tau {_fmt(ag.get('mean_tau'))}, pairwise agreement {_fmt(ag.get('pair_agreement'))} (the share "
+                  "of answer pairs two people order the same way, a tie agreeing only with a tie).", ""]
     return lines
 
 
