@@ -57,7 +57,7 @@ stage_cmd = $(if $(filter L,$(word 1,$(call run_parts,$(1)))),$(LAUNCH),$(PY)) -
 ARGS_eval = $(if $(MODELS),eval.models="[$(subst $(space),$(comma),$(strip $(MODELS)))]")
 # chat and serve: the PPO model of the newest finished round up to run.rounds, else the SFT model
 MODEL ?= $(or $(call word_of,model),$(RUN)/sft)
-NOT_STAGES := help setup lock test lint bench faults chat serve clean
+NOT_STAGES := help setup lock test lint bench gpu-check faults chat serve clean
 ifneq ($(filter-out $(NOT_STAGES),$(MAKECMDGOALS)),)
 ifeq ($(STAGES),)
 $(error $(PY) cannot read the stage graph: run `make setup` first (or set PY=your python))
@@ -92,11 +92,15 @@ test:  ## run the test suite (offline)
 lint:  ## ruff
 	$(VENV)/bin/ruff check pipeline stages data apps faults tests benchmarks
 
-bench:  ## benchmarks: pretrain loop vs nanoGPT, reward step vs TRL's, PPO vs TRL 1.12 (side by side, same run), serving
+bench:  ## benchmarks: pretrain loop vs nanoGPT, reward step vs TRL's, PPO vs TRL 1.12 (side by side, same run), serving, 1 vs 2 processes
 	$(PY) -m benchmarks.pretrain
 	$(PY) -m benchmarks.reward
 	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
 	$(PY) -m benchmarks.serve
+	$(PY) -m benchmarks.scaling
+
+gpu-check:  ## on a CUDA machine: the chain in bf16, QLoRA SFT, LoRA and full PPO, FSDP on every GPU; speed, MFU, memory vs estimate
+	$(PY) -m benchmarks.gpu $(GPU_ARGS)
 
 faults:  ## fault injection: the bad-input suite (one clear line each), then per stage kill -9 x20, config change, NaN, disk full, two runs (tens of minutes)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/test_bad_inputs.py -q
