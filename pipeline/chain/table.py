@@ -100,10 +100,33 @@ def sft_inputs(cfg) -> dict:
     return out
 
 
+def from_feedback(cfg, round_no: int | None = None) -> bool:
+    """Whether a round (default: this command's) takes its rankings from the feedback store
+    (rank.feedback_from_round) rather than sampling answers for rank.labeler."""
+    first = cfg.rank.feedback_from_round
+    return first is not None and (round_no or current_round(cfg)) >= first
+
+
+def feedback_store(cfg) -> Path:
+    """What people ranked in make serve / make chat of this run's models (data/feedback.py's store)."""
+    return cfg.run_dir / "feedback"
+
+
+def rank_config(cfg) -> dict:
+    """A round from feedback is decided by the store's content and the model it ranks (its inputs) alone;
+    feedback_from_round itself is in no key, so naming a later round leaves the earlier ones current."""
+    if from_feedback(cfg):
+        return {"rank": {"labeler": "feedback"}}
+    return {"rank": section(cfg, "rank", RANK_NO_EFFECT + ("feedback_from_round",)), "run": {"seed": cfg.run.seed}}
+
+
 def rank_inputs(cfg) -> dict:
     r = cfg.rank
     first = current_round(cfg) == 1
-    out = {"policy": Artifact("sft", "rank.policy") if first else Artifact("ppo", "rank.policy", round_offset=-1),
+    policy = Artifact("sft", "rank.policy") if first else Artifact("ppo", "rank.policy", round_offset=-1)
+    if from_feedback(cfg):  # the store's rankings of that model's answers; new feedback makes the round stale
+        return {"policy": policy, "feedback": Source(str(feedback_store(cfg)), "rank.feedback_from_round")}
+    out = {"policy": policy,
            "prompts": demo(cfg, r.prompts, "rank_prompts.jsonl", "rank.prompts"),
            "heldout": None if r.heldout_prompts == "none"
            else demo(cfg, r.heldout_prompts, "rank_heldout_prompts.jsonl", "rank.heldout_prompts")}
@@ -116,7 +139,7 @@ def rank_labels(cfg) -> dict:
     """The labels people wrote (rank.labeler=human): they decide the artifact."""
     from pipeline.artifacts.store import fingerprint
 
-    if cfg.rank.labeler != "human":
+    if cfg.rank.labeler != "human" or from_feedback(cfg):
         return {}
     d = labels_dir(cfg)
     return {"labels": fingerprint(d) if d.is_dir() else None}
@@ -145,7 +168,7 @@ def reward_data_inputs(cfg, prefix: str = "") -> dict:
         elif RANK_PART.fullmatch(part):
             out[f"{prefix}{part}"] = rank_part(part)
         elif part == "feedback":  # what people ranked in make serve / make chat: data/feedback.py's store
-            out[f"{prefix}feedback"] = Source(str(cfg.run_dir / "feedback"), "reward.data")
+            out[f"{prefix}feedback"] = Source(str(feedback_store(cfg)), "reward.data")
         else:
             out[f"{prefix}data{n}"] = Source(part, "reward.data")
     if cfg.reward.val_data:
@@ -315,9 +338,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("sft", "instruction tuning (TRL SFTTrainer)", "stages.sft",
           _with_demo(lambda cfg: {"sft": section(cfg, "sft"), "run": seed_dtype(cfg)}, sft_inputs),
           sft_inputs, launch=True),
-    Stage("rank", "the SFT model's own answers, ranked (rank.labeler=gold|human|judge)", "stages.rank",
-          _with_demo(lambda cfg: {"rank": section(cfg, "rank", RANK_NO_EFFECT), "run": {"seed": cfg.run.seed}},
-                     rank_inputs),
+    Stage("rank", "the SFT model's own answers, ranked (rank.labeler=gold|human|judge; rank.feedback_from_round=N: "
+          "round N on from feedback)", "stages.rank", _with_demo(rank_config, rank_inputs),
           rank_inputs, launch=True, loop=True, extra=rank_labels,  # launched: the processes share the sampling
           finished=lambda m: (m.get("metrics") or {}).get("remaining", 0) == 0),
     Stage("reward", "reward model on rankings (TRL RewardTrainer)", "stages.reward",

@@ -240,6 +240,8 @@ class RankSection:
     chunk_prompts: int = setting(128, "prompts per saved chunk of answers (what a killed run keeps)", range="> 0")
     labeler: Literal["gold", "human", "judge"] = setting("gold", "who ranks: gold (a simulated person: the gold "
                                                          "metric + noise), human (you), judge (a model)")
+    feedback_from_round: int | None = setting(None, "from this round on, rankings are people's feedback (make serve, make chat) "
+                                              "on the model the round starts from", range=">= 1")
     noise: float = setting(0.07, "gold labeler's Plackett-Luce temperature on gold scores; 0: the exact gold order, "
                            "0.07: ~84% of pairs", range=">= 0")
     judge: str | None = setting(None, "labeler=judge: a reward model folder, or a causal LM (the answer's mean "

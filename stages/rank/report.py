@@ -37,9 +37,39 @@ def _f(v, fmt: str = ".3f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def people_line(people: dict) -> str:
+    return (f"mean Kendall tau {_f(people.get('mean_tau'))}, pairwise agreement {_f(people.get('pair_agreement'))} "
+            "(the share of answer pairs two people order the same way, a tie agreeing only with a tie; per prompt, "
+            "then over prompts)")
+
+
+def feedback_lines(s: dict) -> list[str]:
+    """A round whose rankings came from the feedback store (rank.feedback_from_round): nothing was sampled."""
+    c = s["feedback"]
+    people = (s.get("agreement") or {}).get("people") or {}
+    return [f"# Rank: {s['run']} round {s['round']}, from feedback", "",
+            f"What people ranked in `make serve` / `make chat` of `{s['policy']}`'s answers, read from `{s['store']}` "
+            "(rankings of other models' answers are left out: this round learns where its policy is).", "",
+            "| | count |", "|---|---:|",
+            f"| rankings in the store | {c['store_rankings']} |",
+            f"| of other models' answers (left out) | {c['other_models']} |",
+            f"| every answer tied (no preference) | {c['all_tied']} |",
+            f"| held out (heldout_rankings.jsonl, never trained on) | {c['heldout']} |",
+            f"| ranked (rankings.jsonl records) | {s['ranked']} |",
+            f"| conversations | {s['conversations']} |",
+            f"| ratings (not rankings: left out) | {c['ratings_left_out']} |",
+            f"| unreadable lines skipped | {c['unreadable_lines']} |", "",
+            f"People: {', '.join(s.get('people') or []) or 'none'}. Agreement between people on "
+            f"{people.get('pair_prompts', 0)} conversations whose same answers more than one of them ranked: "
+            f"{people_line(people)}.", "", f"Wall time {s['wall_time_s']:.0f} s.", ""]
+
+
 def write_report(out_dir: Path, summary: dict) -> None:
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     s = summary
+    if s["labeler"] == "feedback":
+        (out_dir / "report.md").write_text("\n".join(feedback_lines(s)))
+        return
     lines = [f"# Rank: {s['run']} round {s['round']}", "",
              f"The policy `{s['policy']}` answered {s['prompts']} prompts {s['k']} times each (temperatures "
              f"{', '.join(str(t) for t in s['temperatures'])}); identical answers were merged. "
@@ -65,10 +95,8 @@ def write_report(out_dir: Path, summary: dict) -> None:
     else:
         people = ag.get("people") or {}
         lines += [f"People: {', '.join(s.get('people') or []) or 'none yet'}. Agreement between people on "
-                  f"{people.get('prompts', 0)} prompts ranked by more than one: mean Kendall tau "
-                  f"{_f(people.get('mean_tau'))}, pairwise agreement {_f(people.get('pair_agreement'))} "
-                  "(the share of answer pairs two people order the same way, a tie agreeing only with a tie; "
-                  "per prompt, then over prompts). Agreement with the gold "
+                  f"{people.get('prompts', 0)} prompts ranked by more than one: {people_line(people)}. "
+                  "Agreement with the gold "
                   f"order: Kendall tau {_f(ag.get('kendall_tau'))}.", ""]
     for title, key in (("Gold score by rank position", "gold_by_position"),
                        ("Gold score by sampling temperature", "gold_by_temperature")):

@@ -2,6 +2,7 @@
 the reward model (InstructGPT's comparison data).
 
     python -m stages.rank --config configs/tiny.yaml [rank.labeler=gold|human|judge rank.noise=0.05 ...]
+    python -m stages.rank --config configs/tiny.yaml run.round=2 rank.feedback_from_round=2   (from feedback)
 
 Reads the policy (runs/<name>/sft by default) and the labeling prompts (the demo's rank_prompts.jsonl:
 the reward training prompts, disjoint from PPO's, evaluation's and the held-out reward prompts);
@@ -11,6 +12,8 @@ answers to the held-out reward prompts, ranked by gold without noise, for the re
 never trained on), report.md, report.json, manifest.json. Sampling is saved in chunks: a killed run resumes at the next chunk; labeling is redone.
 Under `accelerate launch` (make rank NPROC=2) the processes share out the chunks; the main process writes
 them, labels and commits, the same artifact as one process's (the others exit once sampling is done).
+A round from feedback (rank.feedback_from_round, stages/rank/feedback.py) samples nothing: its rankings are
+people's, from the run's feedback store, of the answers of the model the round starts from.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pipeline.artifacts.store import (
     source_fingerprint,
     start_artifact,
 )
-from pipeline.chain.table import inputs_of, is_up_to_date, labels_dir
+from pipeline.chain.table import from_feedback, inputs_of, is_up_to_date, labels_dir
 from pipeline.chain.table import key as stage_key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     round_no = current_round(cfg)
     final = round_dir(cfg, "rank", round_no)
     policy_src, policy_rec = resolve_model_source(r.policy, *default_policy(cfg, round_no))
+    if from_feedback(cfg, round_no):
+        return rank_from_feedback(cfg, round_no, final, policy_src, policy_rec)
     train_src, held_src = prompt_sources(cfg)
     inputs = {"policy": policy_rec, "prompts": {train_src: source_fingerprint(train_src)},
               "heldout": {held_src: source_fingerprint(held_src)} if held_src else {}}
@@ -149,6 +154,39 @@ def main(argv: list[str] | None = None) -> int:
           f"than 2 distinct answers, {summary['all_tied']} all tied)"
           + (f"; Kendall tau to the gold order {tau:.3f}" if tau is not None else "")
           + f"; {len(held_rankings)} held-out rankings -> {final}")
+    return 0
+
+
+def rank_from_feedback(cfg, round_no: int, final: Path, policy_src: str, policy_rec: dict) -> int:
+    """Round `round_no`'s rankings from the feedback store (stages/rank/feedback.py): nothing is sampled."""
+    from stages.rank import feedback
+
+    if is_up_to_date(cfg, "rank") or not Processes.of_launch().main:
+        return 0  # under a launch the main process alone reads the store and writes
+    started = time.time()
+    store = Path(inputs_of(cfg, "rank")["feedback"].path)
+    run_key = stage_key(cfg, "rank")  # before reading: feedback appended meanwhile makes the artifact stale
+    found = feedback.select(store, policy_rec.get("fingerprint"))
+    feedback.require_enough(found, store, policy_src, round_no)
+    writer = start_artifact(final, "rank", resume=False, key=run_key)
+    out = writer.out_dir
+    write_jsonl(out / "candidates.jsonl", feedback.candidates(found, policy_src))
+    write_jsonl(out / "rankings.jsonl", [ranking_record(x) for x in found.rankings])
+    if found.heldout:
+        write_jsonl(out / "heldout_rankings.jsonl", [ranking_record(x) for x in found.heldout])
+    c = found.counts
+    summary = {"run": cfg.run.name, "round": round_no, "policy": policy_src, "labeler": "feedback",
+               "store": str(store / feedback.STORE_FILE), "ranked": len(found.rankings), "all_tied": c["all_tied"],
+               "conversations": len({x["prompt_id"] for x in found.rankings}), "feedback": c,
+               "people": sorted({x["labeler"] for x in found.rankings}), "agreement": {"people": c["agreement"]},
+               "wall_time_s": round(time.time() - started, 1)}
+    write_report(out, summary)
+    metrics = {k: summary[k] for k in ("ranked", "all_tied", "conversations", "wall_time_s")}
+    metrics.update(heldout=c["heldout"], other_models=c["other_models"])
+    writer.commit(config=to_dict(cfg), inputs={"policy": policy_rec, **run_key["inputs"]}, metrics=metrics)
+    print(f"rank: round {round_no} from feedback: {len(found.rankings)} rankings of {policy_src}'s answers "
+          f"({c['other_models']} of other models' answers left out, {c['all_tied']} all tied, {c['heldout']} held "
+          f"out) -> {final}")
     return 0
 
 
