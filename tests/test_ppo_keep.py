@@ -100,6 +100,7 @@ def test_the_stage_commits_the_kept_update_and_says_which_and_why(run_dir):
     assert set(curve["fits"]) == {"proxy", "gold"} and set(curve["fits"]["gold"]) == {"rl", "bon"}
     metrics = read_manifest(out)["metrics"]
     assert metrics["kept_step"] == curve["kept_step"] and metrics["last_step"] == 3
+    assert metrics["kept_why"] == curve["kept_why"] and metrics["keep"] == "best"
     md = (out / "report.md").read_text()
     assert f"**Kept: update {curve['kept_step']}**" in md and "![proxy and gold against d](curve.png)" in md
     assert (out / "curve.png").stat().st_size > 0

@@ -17,7 +17,8 @@ def curve_headline(c: dict) -> dict:
     the fitted gold peaks (KL per answer, nats) and whether training stopped early."""
     if not c:
         return {}
-    out = {"kept_step": c["kept_step"], "best_step": c["best"]["step"], "last_step": c["last"]["step"]}
+    out = {"keep": c["keep"], "kept_step": c["kept_step"], "kept_why": c["kept_why"], "best_step": c["best"]["step"],
+           "last_step": c["last"]["step"]}
     for name in ("best", "last"):
         for k in ("gold", "proxy", "kl_k3"):
             if c[name].get(k) is not None:
