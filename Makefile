@@ -97,6 +97,7 @@ bench:  ## benchmarks: pretrain loop vs nanoGPT, reward step vs TRL's, PPO vs TR
 	$(PY) -m benchmarks.reward
 	$(PY) -m benchmarks.ppo $(if $(wildcard $(RUN)/reward/manifest.json),--also-run $(RUN))
 	$(PY) -m benchmarks.serve
+	$(PY) -m benchmarks.data_memory
 	$(PY) -m benchmarks.scaling
 
 gpu-check:  ## on a CUDA machine: the chain in bf16, QLoRA SFT, LoRA and full PPO, FSDP on every GPU; speed, MFU, memory vs estimate

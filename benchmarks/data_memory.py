@@ -237,9 +237,9 @@ def describe(result: dict | str) -> str:
     what = "first step" if "first_step_s" in result else "data ready"
     extra = f", {result['dropped']} dropped" if result.get("dropped") else ""
     workers = result.get("workers_peak_rss_mb", 0)
-    workers = f" (child processes: {workers:,.0f} MB at most)" if workers > 1 else ""
+    workers = f" (child processes: {workers:,.0f} MiB at most)" if workers > 1 else ""
     cpu = f", {result['cpu_s']:.0f} CPU-s" if "cpu_s" in result else ""
-    return (f"peak RSS {result['peak_rss_mb']:,.0f} MB{workers}, {what} after {t:.0f} s{cpu} "
+    return (f"peak RSS {result['peak_rss_mb']:,.0f} MiB{workers}, {what} after {t:.0f} s{cpu} "
             f"({result['records']:,} records{extra})")
 
 
