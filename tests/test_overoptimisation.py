@@ -54,8 +54,8 @@ def test_too_few_points_or_one_distance_give_no_fit():
 
 
 def test_curve_fits_measure_gains_from_the_first_point_and_skip_a_missing_score():
-    points = [{"kl_k3": 0.0, "proxy": 1.0, "gold": 0.1}]
-    points += [{"kl_k3": d * d, "proxy": 1.0 + 0.5 * d, "gold": 0.1 + d * (0.05 - 0.03 * math.log(d))}
+    points = [{"kl_k1": 0.0, "proxy": 1.0, "gold": 0.1}]
+    points += [{"kl_k1": d * d, "proxy": 1.0 + 0.5 * d, "gold": 0.1 + d * (0.05 - 0.03 * math.log(d))}
                for d in (0.5, 1.0, 1.5, 2.0)]
     fits = curve_fits(points)
     assert fits["gold"]["rl"]["alpha"] == pytest.approx(0.05) and fits["gold"]["rl"]["beta"] == pytest.approx(0.03)

@@ -20,7 +20,7 @@ def curve_headline(c: dict) -> dict:
     out = {"keep": c["keep"], "kept_step": c["kept_step"], "kept_why": c["kept_why"], "best_step": c["best"]["step"],
            "last_step": c["last"]["step"]}
     for name in ("best", "last"):
-        for k in ("gold", "proxy", "kl_k3"):
+        for k in ("gold", "proxy", "kl_k1"):
             if c[name].get(k) is not None:
                 out[f"curve_{name}_{k}"] = c[name][k]
     rl = (c["fits"].get("gold") or {}).get("rl")
@@ -43,7 +43,7 @@ def plot_curve(c: dict, out_dir: Path) -> str | None:
 
     names = [n for n in ("proxy", "gold") if n in c["fits"]]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-    d = [distance(pt["kl_k3"]) for pt in c["points"]]
+    d = [distance(pt["kl_k1"]) for pt in c["points"]]
     top = max(d) * 1.3 or 1.0
     grid = [top * i / 100 for i in range(101)]
     for ax, name in zip(axes[0], names):
@@ -55,8 +55,8 @@ def plot_curve(c: dict, out_dir: Path) -> str | None:
                 fit = Fit(form, f["alpha"], f["beta"], f["points"], f["rmse"])
                 ax.plot(grid, [fit.gain(x) for x in grid], style, label=_form_label(form))
         kept = next(pt for pt in c["points"] if pt["step"] == c["kept_step"])
-        ax.axvline(distance(kept["kl_k3"]), color="grey", linestyle=":", label=f"kept (update {c['kept_step']})")
-        ax.set_xlabel("d = sqrt(KL to SFT per answer, k3)")
+        ax.axvline(distance(kept["kl_k1"]), color="grey", linestyle=":", label=f"kept (update {c['kept_step']})")
+        ax.set_xlabel("d = sqrt(KL to SFT per answer, k1)")
         ax.set_ylabel(f"{name} gain over SFT")
         ax.set_title(name)
         ax.legend(fontsize=7)
@@ -83,7 +83,8 @@ def render_curve(c: dict, plot: str | None) -> list[str]:
              f"Every point answers the same {c['prompts']} development prompts under one seed; "
              f"gold is the held-out judge's score (judge.gold={c.get('judge', 'demo')}); "
              "win rates are over SFT's answers to them (update 0), ties count half; KL(policy ‖ SFT) is measured on "
-             "these answers, k1 and k3 per answer (summed over its tokens) and k3 per token; d = √(k3 per answer). "
+             "these answers, k1 and k3 per answer (summed over its tokens) and k3 per token; d = √(k1 per answer), the "
+             "KL every report quotes (its mean over 64 answers is not pushed below 0 by noise once the policy has moved). "
              "The kept point was chosen on these prompts, so the development report below is not a fresh measure "
              "of it: evaluation's test prompts are.", ""]
     if plot:
@@ -92,7 +93,7 @@ def render_curve(c: dict, plot: str | None) -> list[str]:
               "| length (tokens) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pt in c["points"]:
         mark = " **(kept)**" if pt["step"] == c["kept_step"] else ""
-        lines.append(f"| {pt['step']}{mark} | {distance(pt['kl_k3']):.2f} | {_num(pt['proxy'])} | {_num(pt['gold'])} "
+        lines.append(f"| {pt['step']}{mark} | {distance(pt['kl_k1']):.2f} | {_num(pt['proxy'])} | {_num(pt['gold'])} "
                      f"| {_num(pt['win_rate_proxy'], '.2f')} | {_num(pt['win_rate_gold'], '.2f')} "
                      f"| {pt['kl_k1']:.2f} / {pt['kl_k3']:.2f} | {pt['kl_k3_token']:.3f} | {pt['length']:.1f} |")
     lines += ["", "Fits of the gain over SFT (Gao et al. 2023; least squares over the points with d > 0):", "",

@@ -87,7 +87,7 @@ def distance(kl: float) -> float:
     return math.sqrt(max(kl, 0.0))
 
 
-def curve_fits(points: Sequence[dict], *, kl: str = "kl_k3", scores: Sequence[str] = ("proxy", "gold")) -> dict:
+def curve_fits(points: Sequence[dict], *, kl: str = "kl_k1", scores: Sequence[str] = ("proxy", "gold")) -> dict:
     """Both forms fitted to each score's gain over the first point (the start, d = 0): {score: {form: fit dict}}
     for the scores every point has; a form that cannot be fitted is None."""
     if not points:
