@@ -3,6 +3,7 @@ SFT's records are a memory-mapped Arrow cache that a changed file never reuses, 
 screens exactly as the in-memory one (serially or on worker processes). Peak memory and time on a
 200 MB file are measured in benchmarks/data_memory.py, not here."""
 
+import gzip
 import json
 import logging
 import tracemalloc
@@ -28,8 +29,8 @@ def chat(question: str, answer: str) -> dict:
 
 
 def write_lines(path, lines: list) -> str:
-    """Records (dicts, as JSON) and raw strings, one per line."""
-    with open(path, "w") as f:
+    """Records (dicts, as JSON) and raw strings, one per line (gzipped for a .gz name)."""
+    with (gzip.open(path, "wt") if str(path).endswith(".gz") else open(path, "w")) as f:
         for line in lines:
             f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
     return str(path)
@@ -60,6 +61,7 @@ def test_line_numbers_stay_exact_after_a_dropped_line(tmp_path):
     (load_pairs, "pairs.jsonl", {"prompt": "Why?", "chosen": "Because.", "rejected": "No."}),
     (load_prompts, "prompts.jsonl", {"prompt": "Why?"}),
     (load_prompts, "prompts.txt", "Why?"),
+    (load_sft, "sft.jsonl.gz", chat("Why?", "Because.")),
 ])
 def test_every_record_loader_drops_and_counts_an_over_long_line(tmp_path, caplog, load, name, fits):
     long = "y" * (MAX_RECORD_BYTES + 1) if name.endswith(".txt") else {**fits, "pad": "y" * MAX_RECORD_BYTES}
