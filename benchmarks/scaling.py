@@ -58,8 +58,11 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+THREADS: int | None = None  # --threads: the same thread count for every process (default: the cores shared out)
+
+
 def env(processes: int) -> dict:
-    threads = max(1, cores() // processes)
+    threads = THREADS or max(1, cores() // processes)
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -119,21 +122,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", default="1,2", help="process counts to compare (default 1,2)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per process count, alternating (medians)")
     ap.add_argument("--dir", type=Path, default=BENCH / "scaling", help="work folder (default .bench/scaling)")
+    ap.add_argument("--stages", default="pretrain,ppo", help="which to measure (default pretrain,ppo)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads of every process (default: the cores over the processes; 1 shows what a busy "
+                         "machine does to a process whose OpenMP threads wait for each other)")
     args = ap.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
+    stages = args.stages.split(",")
     counts = [int(n) for n in args.processes.split(",")]
     build_chain(args.dir / "chain")
-    results: dict[str, dict[int, list[dict]]] = {"pretrain": {n: [] for n in counts}, "ppo": {n: [] for n in counts}}
+    results: dict[str, dict[int, list[dict]]] = {stage: {n: [] for n in counts} for stage in stages}
     t0 = time.perf_counter()
     for r in range(args.repeats):
         for n in counts if r % 2 == 0 else counts[::-1]:  # alternate, so a change of load hits both sides
-            results["pretrain"][n].append(measure_pretrain(args.dir / "chain", args.dir / f"pretrain-{n}", n))
-            results["ppo"][n].append(measure_ppo(args.dir / "chain", args.dir / f"ppo-{n}", n))
+            for stage in stages:
+                measure = measure_pretrain if stage == "pretrain" else measure_ppo
+                results[stage][n].append(measure(args.dir / "chain", args.dir / f"{stage}-{n}", n))
     median = {stage: {n: {k: statistics.median(m[k] for m in runs) for k in runs[0]} for n, runs in by_n.items()}
               for stage, by_n in results.items()}
     device = "cuda" if _cuda() else f"cpu, {cores()} cores"
-    print(f"\nscaling on {device}, {args.repeats} repeat(s), {time.perf_counter() - t0:.0f}s; the same global "
-          f"batch on every side (pretrain {median['pretrain'][counts[0]]['tokens_per_step']:.0f} tokens per step, "
-          f"PPO {PPO[1].split('=')[1]} episodes per rollout)\n")
+    threads = f"{args.threads} thread(s) per process" if args.threads else "the cores shared out among the processes"
+    print(f"\nscaling on {device}, {threads}, {args.repeats} repeat(s), {time.perf_counter() - t0:.0f}s; the same "
+          f"global batch on every side (pretrain 1024 tokens per step, PPO {PPO[1].split('=')[1]} episodes per "
+          "rollout)\n")
     header = " | ".join(f"{n} process{'es' if n > 1 else ''}" for n in counts)
     print(f"| measure | {header} | ratio {counts[-1]}/{counts[0]} |")
     print("|---|" + "---|" * (len(counts) + 1))
@@ -142,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             ("PPO tokens/s (rollout+update)", "ppo", "tokens_per_s", "{:,.0f}"),
             ("PPO share of time generating", "ppo", "generation_share", "{:.0%}")]
     for label, stage, key, fmt in rows:
+        if stage not in median:
+            continue
         values = [median[stage][n][key] for n in counts]
         print(f"| {label} | " + " | ".join(fmt.format(v) for v in values) + f" | {values[-1] / values[0]:.2f} |")
     BENCH.mkdir(exist_ok=True)
-    (BENCH / "scaling_result.json").write_text(json.dumps({"device": device, "repeats": args.repeats,
+    (BENCH / "scaling_result.json").write_text(json.dumps({"device": device, "threads": args.threads,
+                                                           "repeats": args.repeats,
                                                            "median": median, "runs": results}, indent=2) + "\n")
     return 0
 
