@@ -9,7 +9,7 @@ each stage's real data path in a fresh child process and prints the child's peak
 - sft: the stage's load_sft_splits, screen_splits, build_trainer on the tiny preset's model shape and
   trainer.train up to the end of the first optimizer step (the time printed as "first step"), then
   again in the same run folder ("rerun": the cached records and screening are mapped, not rebuilt);
-- reward: load_training_pairs, split_by_group, tokenize_pairs and the trainer's Dataset;
+- reward: load_training_pairs, split_by_group, tokenize_pairs and the trainer's Dataset (then a rerun, as sft);
 - prompts: PPO's load_prompt_sets (ppo.data = the conversations: each one's prompt and gold answer);
 - huge: sft on the file with the 20 MB record.
 With --old REV (default: the commit before streaming data) each case also runs on that revision's code
@@ -20,6 +20,7 @@ times are indicative, memory is not affected by other processes.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import random
@@ -172,9 +173,11 @@ def child_reward(data: Path, model_dir: Path, root: Path) -> dict:
 
     t0 = time.time()
     tokenizer, _ = load_tokenizer(str(model_dir))
-    pairs, _ = split_by_group(load_training_pairs([str(data)]), 0.05, 0)
+    streaming = "cache" in inspect.signature(load_training_pairs).parameters  # the code before keeps lists
+    pairs = load_training_pairs([str(data)], cache=root / "cache") if streaming else load_training_pairs([str(data)])
+    pairs, _ = split_by_group(pairs, 0.05, 0)
     encoded = tokenize_pairs(pairs, tokenizer, 256, use_margin=False, source=str(data))
-    ds = Dataset.from_dict(encoded.columns(False))
+    ds = encoded.dataset(False) if streaming else Dataset.from_dict(encoded.columns(False))
     return {"records": len(ds), "ready_s": time.time() - t0}
 
 
@@ -268,7 +271,7 @@ def main() -> None:
             work = root / f"work-{case}-{tree.name}-{time.time_ns()}"
             result = measure(case, data[case], files["model"], root, tree, args.timeout, work)
             print(f"{case:8s} {name:14s} {data[case].name}: {describe(result)}", flush=True)
-            if case == "sft" and tree == ROOT and isinstance(result, dict):  # a rerun maps the cached records
+            if case in ("sft", "reward") and tree == ROOT and isinstance(result, dict):  # a rerun maps the caches
                 result = measure(case, data[case], files["model"], root, tree, args.timeout, work)
                 print(f"{case:8s} {'new, rerun':14s} {data[case].name}: {describe(result)}", flush=True)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from data import formats
 from data.formats import BadRecord, Drop
+from data.lines import suffix, text_lines
 from pipeline.artifacts.store import is_saved_dataset
 from pipeline.errors import UserError
 
@@ -55,64 +56,8 @@ TOO_LONG = f"longer than {MAX_RECORD_BYTES >> 20} MiB (a record this long is dro
 _MAX_CSV_FIELD = 1 << 26
 
 
-def _suffix(path: Path) -> tuple[str, bool]:
-    """(.jsonl | .json | ... , gzipped?)"""
-    suffixes = [s.lower() for s in path.suffixes]
-    gz = bool(suffixes) and suffixes[-1] == ".gz"
-    if gz:
-        suffixes = suffixes[:-1]
-    return (suffixes[-1] if suffixes else ""), gz
-
-
-def _open_bytes(path: Path):
-    """The file as a binary stream (gunzipped), refused at once if its start looks binary."""
-    _, gz = _suffix(path)
-    raw = gzip.open(path, "rb") if gz else open(path, "rb")
-    try:
-        head = raw.read(8192)
-    except (OSError, EOFError) as e:
-        raw.close()
-        raise UserError(f"{path}: cannot read it ({e}); a .gz file must be valid gzip.") from None
-    if b"\x00" in head:
-        raw.close()
-        raise UserError(f"{path} looks like a binary file, not UTF-8 text; give a text, JSON, CSV or Parquet file.")
-    raw.seek(0)
-    return raw
-
-
-def _raw_lines(f, max_bytes: int | None) -> Iterator[bytes | None]:
-    """The byte lines of a binary stream; None for a line over max_bytes, whose rest is skipped in
-    chunks of at most 1 MiB (so memory stays bounded whatever the line's length)."""
-    while raw := f.readline() if max_bytes is None else f.readline(max_bytes + 1):
-        if max_bytes is not None and len(raw) > max_bytes:
-            while raw and not raw.endswith(b"\n"):
-                raw = f.readline(1 << 20)
-            yield None
-        else:
-            yield raw
-
-
-def _lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, str | None]]:
-    """Numbered lines of a (possibly gzipped) UTF-8 file (None for a line over max_bytes bytes); a line
-    that is not UTF-8 is a UserError naming it (each line is decoded on its own, so the number is exact)."""
-    try:
-        with _open_bytes(path) as f:
-            for n, raw in enumerate(_raw_lines(f, max_bytes), 1):
-                if raw is None:
-                    yield n, None
-                    continue
-                try:
-                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a BOM (Windows editors) is no text
-                except UnicodeDecodeError as e:
-                    raise UserError(f"{path}, line {n}: not UTF-8 text (byte {raw[e.start]:#04x} at position "
-                                    f"{e.start + 1} of the line). Convert the file to UTF-8.") from None
-                yield n, line
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read it ({e}); a .gz file must be valid gzip.") from None
-
-
 def _looks_like_hub(source: str) -> bool:
-    return bool(_HUB_NAME.match(source)) and _suffix(Path(source.split(":")[0]))[0] not in SUFFIXES
+    return bool(_HUB_NAME.match(source)) and suffix(Path(source.split(":")[0]))[0] not in SUFFIXES
 
 
 def resolve(source: str) -> list[Path] | str:
@@ -134,7 +79,7 @@ def resolve(source: str) -> list[Path] | str:
     if p.is_dir():
         if is_saved_dataset(p):
             return source  # saved with datasets.save_to_disk: read by _hub_records
-        files = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f)[0] in SUFFIXES)
+        files = sorted(f for f in p.rglob("*") if f.is_file() and suffix(f)[0] in SUFFIXES)
         if not files:
             raise UserError(f"{p} is a folder without data files ({', '.join(SUFFIXES)}, optionally .gz).")
         return files
@@ -199,10 +144,10 @@ def _json_problem(e: Exception) -> str:
 def _file_records(path: Path, txt_field: str | None, max_bytes: int | None = None
                   ) -> Iterator[tuple[str, int, dict | None]]:
     """(where, line, record) of one file; the record is None for a line over max_bytes (.jsonl, .txt)."""
-    kind, gz = _suffix(path)
+    kind, gz = suffix(path)
     where = str(path)
     if kind == ".jsonl":
-        for n, line in _lines(path, max_bytes):
+        for n, line in text_lines(path, max_bytes):
             if line is None:
                 yield where, n, None
             elif line.strip():
@@ -213,7 +158,7 @@ def _file_records(path: Path, txt_field: str | None, max_bytes: int | None = Non
                                     "JSON object.") from None
                 yield where, n, rec
     elif kind == ".json":
-        text = "".join(line for _, line in _lines(path))
+        text = "".join(line for _, line in text_lines(path))
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as e:
@@ -226,7 +171,7 @@ def _file_records(path: Path, txt_field: str | None, max_bytes: int | None = Non
         for i, rec in enumerate(data, 1):
             yield f"{where} (record {i})", i, rec
     elif kind == ".csv":
-        rows = (line for _, line in _lines(path))
+        rows = (line for _, line in text_lines(path))
         csv.field_size_limit(max(csv.field_size_limit(), _MAX_CSV_FIELD))  # long answers are fine; 128 KiB is not
         reader = csv.DictReader(rows)
         while True:
@@ -247,7 +192,7 @@ def _file_records(path: Path, txt_field: str | None, max_bytes: int | None = Non
         for i, rec in enumerate(table.to_pylist(), 1):
             yield f"{where} (row {i})", i, rec
     elif kind == ".txt" and txt_field:
-        for n, line in _lines(path, max_bytes):
+        for n, line in text_lines(path, max_bytes):
             if line is None:
                 yield where, n, None
             elif line.strip():
@@ -362,7 +307,7 @@ class _Piece(str):
 def _txt_documents(path: Path) -> Iterator[str]:
     block: list[str] = []
     size, cut = 0, False
-    for _, line in _lines(path):
+    for _, line in text_lines(path):
         if not line.strip() or line.strip() == _DOC_SEPARATOR:
             if block:
                 yield _Piece("".join(block).strip("\n"), False) if cut else "".join(block).strip("\n")
@@ -401,7 +346,7 @@ def _source_texts(source: str, text_field: str) -> Iterator[str]:
     if isinstance(resolved, str):
         streams = [_hub_records(resolved)]
     else:
-        streams = [_txt_documents(p) if _suffix(p)[0] == ".txt" else _file_records(p, None) for p in resolved]
+        streams = [_txt_documents(p) if suffix(p)[0] == ".txt" else _file_records(p, None) for p in resolved]
     for stream in streams:
         for item in stream:
             if isinstance(item, str):

@@ -4,24 +4,37 @@ pairs with counts of what was dropped, and the prompt-grouped sampler (InstructG
 Parsing (pairwise files, HH transcripts, K-way expansion, validation) lives in data.loaders;
 this module turns its records into what RewardTrainer consumes: `chosen_ids`/`rejected_ids`
 encoded exactly as pipeline.judge.scoring scores conversations.
+
+Pairs stay on disk, as SFT's conversations do: a file's pairs are a memory-mapped Arrow file
+(data.record_cache, under the run's cache folder), the held-out split an index over it, and the
+encoding a batched `Dataset.map` written beside it (reused by a rerun with the same tokenizer and
+settings), so a 200 MB preference file never becomes Python lists of token ids. The order of the
+pairs, their encoding and prompt groups are those of the list path before (tests/test_data_streaming.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 from pipeline.errors import UserError
 from pipeline.graph.rounds import reward_parts
-from pipeline.judge.scoring import encode_conversation
+from pipeline.judge.scoring import as_messages, encode_conversation
 from stages.reward.heldout import Heldout, evaluate_heldout, heldout_from_pairs, heldout_from_rankings
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +77,65 @@ def heldout_source(cfg) -> str | None:
     return input_path(cfg, ranks[0], "heldout_rankings.jsonl") if ranks else None
 
 
-def load_training_pairs(sources: list[str]) -> list[dict]:
-    """Pairs of every source; a prompt's pairs from different sources form separate groups (their
-    answers differ: the prepared candidates and the model's own). An empty source beside others (a
-    rank stage whose answers all tied) is skipped with a warning."""
-    from data.feedback import feedback_pairs, is_store
-    from data.loaders import load_pairs
+def load_training_pairs(sources: list[str], cache: str | Path | None = None) -> Dataset:
+    """Pairs of every source as one Dataset: a file's are memory-mapped Arrow under `cache` (data.record_cache;
+    in memory without one), a feedback store's are built from its rankings. A prompt's pairs from different
+    sources form separate groups (their answers differ: the prepared candidates and the model's own). An
+    empty source beside others (a rank stage whose answers all tied) is skipped with a warning."""
+    from datasets import concatenate_datasets
 
-    out = []
+    from data.feedback import feedback_pairs, is_store
+    from data.loaders import PAIRS, load_pairs
+    from data.record_cache import PAIRS_PREFIX, cached_records
+    from data.token_cache import prune_cache
+
+    parts = []
     for n, source in enumerate(sources):
         if len(sources) > 1 and Path(source).is_file() and Path(source).stat().st_size == 0:
             log.warning("%s is empty (no prompt was ranked: see the report beside it); training on the other "
                         "sources.", source)
             continue
-        pairs = feedback_pairs(source) if is_store(source) else load_pairs(source)
-        if len(sources) > 1:
-            pairs = [{**p, "group": f"{n}:{_group_key(p)}"} for p in pairs]
-        out += pairs
-    if not out:
+        if is_store(source):
+            pairs = pair_dataset(feedback_pairs(source))
+        else:
+            pairs = cached_records(source, PAIRS, cache) if cache is not None else pair_dataset(load_pairs(source))
+        parts.append(_prefixed_groups(pairs, f"{n}:") if len(sources) > 1 else pairs)
+    if not parts:
         raise UserError(f"{' + '.join(sources)} holds no usable preference pair; see data/README.md for the accepted "
                         "formats.")
-    return out
+    if cache is not None:
+        entries = {Path(f["filename"]).parent for part in parts for f in part.cache_files}
+        prune_cache(cache, sorted(entries), kinds=(PAIRS_PREFIX,), log=log.info)
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def pair_dataset(pairs: list[dict]) -> Dataset:
+    """Pairs held in memory (a feedback store's, a test's) in the record cache's layout; an answer given as
+    text becomes one assistant message, as scoring reads it."""
+    from datasets import Dataset
+
+    from data.loaders import PAIRS
+    from data.record_cache import features
+
+    return Dataset.from_list([{"prompt": list(p["prompt"]), "chosen": as_messages(p["chosen"]),
+                               "rejected": as_messages(p["rejected"]), "group": _group_key(p),
+                               "rank_gap": p.get("rank_gap"), "margin": p.get("margin")} for p in pairs],
+                             features=features(PAIRS))
+
+
+def _prefixed_groups(pairs: Dataset, prefix: str) -> Dataset:
+    """The pairs with `prefix` before each group key, computed in Arrow (the other columns stay mapped)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = pc.binary_join_element_wise(pa.scalar(prefix), _group_column(pairs), "")
+    fingerprint = hashlib.sha256(f"{pairs._fingerprint}:{prefix}".encode()).hexdigest()[:16]
+    return pairs.remove_columns("group").add_column("group", keys, new_fingerprint=fingerprint)
+
+
+def _group_column(pairs: Dataset):
+    """Every pair's group key as one Arrow array (never a Python string per pair)."""
+    return pairs.with_format("arrow", columns=["group"])[:]["group"].combine_chunks()
 
 
 def feedback_report(sources: list[str], model, tokenizer, *, max_length: int, batch_size: int) -> dict | None:
@@ -118,84 +169,147 @@ def load_heldout(source: str) -> Heldout:
     return h
 
 
-def split_by_group(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out a share of prompts (whole groups, so no prompt is in both halves)."""
-    groups = sorted({_group_key(p) for p in pairs})
+def split_by_group(pairs: Dataset | list[dict], fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Hold out a share of prompts (whole groups, so no prompt is in both halves); both halves keep the
+    pairs' order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pairs = pair_dataset(pairs) if isinstance(pairs, list) else pairs
+    keys = _group_column(pairs)
+    groups = sorted(pc.unique(keys).to_pylist())
     if len(groups) < 2 or fraction <= 0:
         raise UserError(
             f"cannot hold out {fraction:.0%} of {len(groups)} prompt(s) for evaluation: give reward.val_data "
             "or more data."
         )
     random.Random(seed).shuffle(groups)
-    held = set(groups[: max(1, round(len(groups) * fraction))])
-    return [p for p in pairs if _group_key(p) not in held], [p for p in pairs if _group_key(p) in held]
+    held = pa.array(groups[: max(1, round(len(groups) * fraction))], type=keys.type)
+    is_held = pc.is_in(keys, value_set=held).to_numpy(zero_copy_only=False)
+    return (pairs.select(np.flatnonzero(~is_held), keep_in_memory=True),
+            pairs.select(np.flatnonzero(is_held), keep_in_memory=True))
 
 
 def _group_key(pair: dict) -> str:
     return str(pair.get("group") or pair["prompt"])
 
 
+# What encoding made of each pair (the "status" column): kept below IDENTICAL, dropped from it.
+KEPT, TRUNCATED, IDENTICAL, TOO_LONG = 0, 1, 2, 3
+_LAYOUT = 1  # bump when the encoded columns change: older cached encodings are then never read
+
+
 @dataclass
 class PairData:
-    chosen_ids: list[list[int]] = field(default_factory=list)
-    rejected_ids: list[list[int]] = field(default_factory=list)
-    margins: list[float] = field(default_factory=list)
-    groups: list[int] = field(default_factory=list)  # prompt index of each pair
-    counts: dict = field(default_factory=lambda: {"pairs_in": 0, "kept": 0, "identical": 0, "truncated": 0,
-                                                   "too_long": 0})
+    """The kept pairs, encoded, in the order they were read; each one's prompt index; what was dropped."""
 
-    def columns(self, use_margin: bool) -> dict:
-        cols = {"chosen_ids": self.chosen_ids, "rejected_ids": self.rejected_ids}
-        if use_margin:
-            cols["margin"] = self.margins
-        return cols
+    encoded: Dataset  # chosen_ids, rejected_ids, margin: beside the mapped records, or in memory
+    groups: list[int]  # prompt index of each pair (numbered in order of first appearance)
+    counts: dict
+
+    def columns(self, use_margin: bool) -> list[str]:
+        return ["chosen_ids", "rejected_ids"] + (["margin"] if use_margin else [])
+
+    def dataset(self, use_margin: bool) -> Dataset:
+        """What RewardTrainer trains on."""
+        return self.encoded.select_columns(self.columns(use_margin))
+
+    # whole columns as lists: for small sets (tests, one pair's check), never the training set
+    @property
+    def chosen_ids(self) -> list[list[int]]:
+        return self.encoded[:]["chosen_ids"]
+
+    @property
+    def rejected_ids(self) -> list[list[int]]:
+        return self.encoded[:]["rejected_ids"]
+
+    @property
+    def margins(self) -> list[float]:
+        return self.encoded[:]["margin"]
 
     def __len__(self) -> int:
-        return len(self.chosen_ids)
+        return len(self.encoded)
 
 
-def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int, *, use_margin: bool, source: str) -> PairData:
-    """Encode every pair; drop (and count) pairs whose two sides encode identically and pairs whose
-    response alone exceeds max_length; count pairs whose prompt lost its oldest tokens."""
-    out = PairData()
-    group_ids: dict[str, int] = {}
-    margin_from_rank = 0
-    for p in pairs:
-        out.counts["pairs_in"] += 1
-        chosen, c_status = encode_conversation(tokenizer, p["prompt"], p["chosen"], max_length)
-        rejected, r_status = encode_conversation(tokenizer, p["prompt"], p["rejected"], max_length)
+def _encode_batch(batch: dict, tokenizer, max_length: int, use_margin: bool, source: str) -> dict:
+    out = {"chosen_ids": [], "rejected_ids": [], "margin": [], "status": [], "margin_from_rank": []}
+    for prompt, chosen_msgs, rejected_msgs, gap, margin in zip(batch["prompt"], batch["chosen"], batch["rejected"],
+                                                               batch["rank_gap"], batch["margin"]):
+        chosen, c_status = encode_conversation(tokenizer, prompt, chosen_msgs, max_length)
+        rejected, r_status = encode_conversation(tokenizer, prompt, rejected_msgs, max_length)
+        from_rank = 0
         if chosen == rejected:
-            out.counts["identical"] += 1
-            continue
-        if "too_long" in (c_status, r_status):
-            out.counts["too_long"] += 1
-            continue
-        if "truncated" in (c_status, r_status):
-            out.counts["truncated"] += 1
-        if use_margin:
-            margin = p.get("margin")
-            if margin is None:
-                if p.get("rank_gap") is None:
+            status = IDENTICAL
+        elif "too_long" in (c_status, r_status):
+            status = TOO_LONG
+        else:
+            status = TRUNCATED if "truncated" in (c_status, r_status) else KEPT
+            if use_margin and margin is None:
+                if gap is None:
                     raise UserError(
                         f"reward.use_margin=true but a pair in {source} has neither a `margin` nor a rank "
                         "distance (K-way data); add a margin column or set reward.use_margin=false."
                     )
-                margin = MARGIN_PER_RANK * (int(p["rank_gap"]) - 1)
-                margin_from_rank += 1
-            out.margins.append(float(margin))
-        out.chosen_ids.append(chosen)
-        out.rejected_ids.append(rejected)
-        out.groups.append(group_ids.setdefault(_group_key(p), len(group_ids)))
-    out.counts["kept"] = len(out)
-    out.counts["prompts"] = len(group_ids)
-    c = out.counts
+                margin, from_rank = MARGIN_PER_RANK * (int(gap) - 1), 1
+        if status >= IDENTICAL:
+            chosen, rejected = [], []  # dropped: not stored
+        out["chosen_ids"].append(chosen)
+        out["rejected_ids"].append(rejected)
+        out["margin"].append(float(margin) if use_margin and margin is not None else None)
+        out["status"].append(status)
+        out["margin_from_rank"].append(from_rank)
+    return out
+
+
+def _encoding_cache_file(pairs: Dataset, tokenizer, max_length: int, use_margin: bool) -> tuple[str, str | None]:
+    """(fingerprint of the encoding, the file to keep it in: beside the mapped records, None when they are
+    in memory). The records' fingerprint follows their files and selection (the held-out split)."""
+    from data.token_cache import tokenizer_fingerprint
+
+    template = json.dumps(tokenizer.chat_template, sort_keys=True)
+    key = hashlib.sha256(json.dumps([_LAYOUT, pairs._fingerprint, tokenizer_fingerprint(tokenizer), template,
+                                     max_length, use_margin]).encode()).hexdigest()[:16]
+    files = pairs.cache_files
+    return key, str(Path(files[0]["filename"]).parent / f"encoded-{key}.arrow") if files else None
+
+
+def tokenize_pairs(pairs: Dataset | list[dict], tokenizer, max_length: int, *, use_margin: bool,
+                   source: str) -> PairData:
+    """Encode every pair (a batched `Dataset.map`, written beside mapped records and reused by a rerun with
+    the same tokenizer and settings); drop (and count) pairs whose two sides encode identically and pairs
+    whose response alone exceeds max_length; count pairs whose prompt lost its oldest tokens."""
+    import pyarrow.compute as pc
+    from datasets import Features, List, Value
+
+    from data.record_cache import map_processes, tokenizer_threads_off
+
+    pairs = pair_dataset(pairs) if isinstance(pairs, list) else pairs
+    key, cache_file = _encoding_cache_file(pairs, tokenizer, max_length, use_margin)
+    ids = List(Value("int32"))
+    features = Features({"chosen_ids": ids, "rejected_ids": ids, "margin": Value("float64"),
+                         "status": Value("int8"), "margin_from_rank": Value("int8")})
+    procs = map_processes(len(pairs))
+    with tokenizer_threads_off(procs > 1):
+        encoded = pairs.map(_encode_batch, batched=True, features=features, remove_columns=pairs.column_names,
+                            cache_file_name=cache_file, new_fingerprint=key, num_proc=procs if procs > 1 else None,
+                            desc="encoding preference pairs",
+                            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "use_margin": use_margin,
+                                       "source": source})
+    columns = encoded.with_format("numpy", columns=["status", "margin_from_rank"])[:]  # whole columns at once
+    status = columns["status"]
+    kept = np.flatnonzero(status < IDENTICAL)
+    groups = pc.dictionary_encode(_group_column(pairs).take(kept)).indices.to_numpy(zero_copy_only=False)
+    c = {"pairs_in": len(status), "kept": len(kept), "identical": int((status == IDENTICAL).sum()),
+         "truncated": int((status == TRUNCATED).sum()), "too_long": int((status == TOO_LONG).sum()),
+         "prompts": int(groups.max()) + 1 if len(groups) else 0}
+    out = PairData(encoded.select(kept, keep_in_memory=True), groups.tolist(), c)
     if c["identical"] or c["too_long"] or c["truncated"]:
         log.warning(
             "%s: %d of %d pairs kept; dropped %d with chosen == rejected and %d whose response is longer than "
             "reward.max_length=%d tokens; %d had their prompt shortened from the left to fit.",
             source, c["kept"], c["pairs_in"], c["identical"], c["too_long"], max_length, c["truncated"],
         )
-    if margin_from_rank:
+    if margin_from_rank := int(columns["margin_from_rank"].sum()):
         log.warning("%s: %d pairs have no margin column; using %.1f x (rank distance - 1).",
                     source, margin_from_rank, MARGIN_PER_RANK)
     if not len(out):

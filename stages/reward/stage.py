@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     if is_up_to_date(cfg, "reward"):
         return 0
 
-    from datasets import Dataset
     from trl import RewardConfig
 
     device = pick_device(cfg.run.device)
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if limit and max_length > limit:
         log.warning("reward.max_length=%d is over the model's %d positions; using %d.", max_length, limit, limit)
         max_length = limit
-    pairs = load_training_pairs(train_srcs)
+    pairs = load_training_pairs(train_srcs, cache=cfg.run_dir / "cache")  # memory-mapped, never Python lists
     if held_src:
         heldout = load_heldout(held_src)
     else:
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         peft_config.modules_to_save = ["score"]  # the fresh head trains in full
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=Dataset.from_dict(data.columns(r.use_margin)),
+        model=model, args=args, train_dataset=data.dataset(r.use_margin),
         processing_class=tokenizer, callbacks=[metrics_cb, eval_cb, RunGuard("reward")], peft_config=peft_config,
         pair_groups=data.groups if r.group_by_prompt else None,
     )

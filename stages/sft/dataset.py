@@ -12,11 +12,9 @@ without saying so; screening here first lets the stage count and report both, an
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,13 +168,15 @@ def screen(records, tokenizer, max_length: int, assistant_only: bool = True, sou
     settings), on several processes for a big set."""
     from datasets import Dataset, Features, List, Value
 
+    from data.record_cache import map_processes, tokenizer_threads_off
+
     if not isinstance(records, Dataset):
         records = Dataset.from_list([{"messages": _messages(r)} for r in records])
     key, cache_file = _screen_cache_file(records, tokenizer, max_length, assistant_only)
     features = Features({**records.features, "input_ids": List(Value("int32")), "labels": List(Value("int32")),
                          "length": Value("int32"), "status": Value("int8")})
-    procs = min(os.cpu_count() or 1, 8) if len(records) >= _PARALLEL_FROM else 1
-    with _tokenizer_threads_off(procs > 1):
+    procs = map_processes(len(records))
+    with tokenizer_threads_off(procs > 1):
         screened = records.map(
             _screen_batch, batched=True, with_indices=True, features=features, cache_file_name=cache_file,
             new_fingerprint=key, num_proc=procs if procs > 1 else None, desc="screening conversations",
@@ -191,25 +191,6 @@ def screen(records, tokenizer, max_length: int, assistant_only: bool = True, sou
                     total=len(status), no_assistant=int((status == NO_ASSISTANT).sum()),
                     truncated=int((status == TRUNCATED).sum()), dropped_too_long=int((status == TOO_LONG).sum()),
                     lengths=lengths)
-
-
-_PARALLEL_FROM = 50_000  # conversations: below this, starting worker processes costs more than it saves
-
-
-@contextlib.contextmanager
-def _tokenizer_threads_off(forking: bool):
-    """While worker processes are forked, the Rust tokenizer's own threads off (each worker encodes one
-    conversation at a time; tokenizers warns at every fork otherwise)."""
-    before = os.environ.get("TOKENIZERS_PARALLELISM")
-    if forking:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        yield
-    finally:
-        if forking and before is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        elif forking:
-            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def _messages(record: dict) -> list[dict]:
