@@ -170,10 +170,16 @@ class Curve:
         """keep=best: put the best point's weights back into `model` (the unwrapped PolicyAndValue)."""
         if self.best_weights is None:
             return
-        missing = set(self.best_weights) - {n for n, _ in model.named_parameters()}
+        import torch
+        params = dict(model.named_parameters())
+        missing = set(self.best_weights) - set(params)
         if missing:
             raise ValueError(f"the kept weights name parameters the model lacks: {sorted(missing)[:3]}")
-        model.load_state_dict(self.best_weights, strict=False)
+        # copied in place by parameter name: a module's load_state_dict may remap keys (PEFT's adapters do), and
+        # with strict=False a remapped key would be skipped without a word
+        with torch.no_grad():
+            for name, w in self.best_weights.items():
+                params[name].copy_(w)
 
     def summary(self) -> dict:
         """What the manifest and the report say: which update was kept and why, the best and last points and
