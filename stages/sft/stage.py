@@ -16,8 +16,6 @@ import logging
 import math
 import sys
 
-from accelerate import PartialState
-
 from pipeline.artifacts.atomic import translating_disk_errors
 from pipeline.artifacts.store import resolve_model_source, start_artifact
 from pipeline.chain.table import is_up_to_date, key
@@ -38,7 +36,8 @@ from pipeline.lm.hf_glue import (
 )
 from pipeline.lm.model import count_parameters, load_causal_lm, set_generation_defaults
 from pipeline.lm.tokenizer import load_tokenizer
-from pipeline.runtime.device import seed_everything
+from pipeline.runtime.batch import announce, section_split
+from pipeline.runtime.device import accelerate_state, seed_everything
 from stages.sft.dataset import Screened, heldout_prompts, load_sft_splits, screen_splits
 from stages.sft.report import answer, gold_eval, write_samples
 
@@ -76,7 +75,8 @@ def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer,
         log.warning("sft.packing=true without flash_attention_2: correct but usually slower than padded "
                     "batches; set model.attn_implementation=flash_attention_2 on a GPU")
     args = SFTConfig(
-        **trainer_kwargs(s, output_dir=writer.checkpoint_dir, run=cfg.run),
+        **trainer_kwargs(s, output_dir=writer.checkpoint_dir, run=cfg.run,
+                         batch=announce("sft", section_split(s, "sft", "conversations"))),
         max_length=max_length or s.max_length,
         # The screening's token ids and assistant masks (none: whole conversations) go to TRL pre-tokenized, the
         # content encoded as plain text (pipeline/lm/chat_format.encode_chat): TRL's own tokenization would read a
@@ -98,7 +98,7 @@ def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer,
         if new_token_ids:
             # Tokens added to a foreign tokenizer start untrained; LoRA alone would never fit them.
             peft_config.trainable_token_indices = {"embed_tokens": list(new_token_ids)}
-    trainer = SFTTrainer(
+    trainer = grouped_by_global_batch(SFTTrainer)(
         model=model, args=args, processing_class=tokenizer,
         train_dataset=train.encoded, eval_dataset=val.encoded,
         peft_config=peft_config, callbacks=[callback, RunGuard("sft")],
@@ -107,13 +107,40 @@ def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer,
     return trainer
 
 
+def grouped_by_global_batch(trainer_cls):
+    """`trainer_cls` whose length-grouped order is drawn for the global batch from the run's seed, so every
+    optimizer step trains on the same conversations whatever the number of processes (the Trainer groups
+    by one process's batch and draws from the global RNG: 2 processes would see other batches than 1)."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class GroupedByGlobalBatch(trainer_cls):
+        def _get_train_sampler(self, train_dataset=None):
+            a = self.args
+            if a.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthGroupedSampler(a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size,
+                                        dataset=dataset, model_input_name="input_ids",
+                                        generator=torch.Generator().manual_seed(a.data_seed or a.seed))
+
+    return GroupedByGlobalBatch
+
+
 def evaluate_loss(trainer, callback, *, log_it: bool) -> float:
     enabled = callback.enabled
     callback.enabled = enabled and log_it
+    untrained = trainer.model_wrapped is trainer.model
     try:
         return float(trainer.evaluate()["eval_loss"])
     finally:
         callback.enabled = enabled
+        if untrained:
+            # evaluate() marks the bare model as prepared for evaluation; train() would then skip wrapping it in
+            # DDP, and each process would train its own copy on its own share of the batch (never synchronised)
+            model = trainer.model
+            model.__dict__.pop("_is_accelerate_prepared", None)
+            trainer.accelerator._models = [m for m in trainer.accelerator._models if m is not model]
 
 
 def save_artifact(trainer, tokenizer, out_dir, lora: bool, source: str):
@@ -156,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     final_dir = cfg.stage_dir("sft")
 
     source, source_record = resolve_model_source(s.init_from, cfg.stage_dir("pretrain"), "make pretrain")
-    with PartialState().main_process_first():  # under `accelerate launch`, one process builds the demo data
+    with accelerate_state().main_process_first():  # under `accelerate launch`, one process builds the demo data
         train_raw, val_raw, data_record = load_sft_splits(cfg)
     inputs = {"model": source_record, "data": data_record}
     if is_up_to_date(cfg, "sft"):
@@ -170,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("sft.max_length=%d is over the model's context of %d positions; using %d",
                     max_length, context, context)
         max_length = context
-    with PartialState().main_process_first():  # one process screens into the cache, the others map it
+    with accelerate_state().main_process_first():  # one process screens into the cache, the others map it
         train_s, val_s = screen_splits(train_raw, val_raw, tokenizer, max_length, s.assistant_only_loss)
 
-    with PartialState().main_process_first():
+    with accelerate_state().main_process_first():
         writer = start_artifact(final_dir, "sft", resume=s.resume,
                                 key=key(cfg, "sft"))
     resume = resume_checkpoint(writer.checkpoint_dir, "sft.resume")
