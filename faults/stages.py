@@ -33,6 +33,6 @@ STAGES = [
     # beside PPO on TRL's trainers (python -m stages.align align.method=...): DPO on the reward model's pairs,
     # GRPO and RLOO rewarded by the reward model with its statistics
     Stage("dpo", "dpo.resume", "dpo.beta=0.2", "dpo.lr=1e30", "checkpoint-*/complete.json"),
-    Stage("grpo", "grpo.resume", "grpo.beta=0.1", "grpo.lr=1e30", "checkpoint-*/complete.json"),
-    Stage("rloo", "rloo.resume", "rloo.beta=0.1", "rloo.lr=1e30", "checkpoint-*/complete.json"),
+    Stage("grpo", "grpo.resume", "grpo.beta=0.3", "grpo.lr=1e30", "checkpoint-*/complete.json"),
+    Stage("rloo", "rloo.resume", "rloo.beta=0.3", "rloo.lr=1e30", "checkpoint-*/complete.json"),
 ]
