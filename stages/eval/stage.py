@@ -23,7 +23,8 @@ from data.held_out_judge import held_out_judge
 from data.report_prompts import report_prompts
 from pipeline.artifacts.finite import json_safe
 from pipeline.artifacts.store import is_complete, read_manifest, resolve_model_source, start_artifact
-from pipeline.chain.table import EVAL_RUN_MODELS, is_up_to_date
+from pipeline.chain.inputs import EVAL_RUN_MODELS
+from pipeline.chain.table import is_up_to_date
 from pipeline.chain.table import key as stage_key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict

@@ -30,7 +30,8 @@ from pipeline.artifacts.store import (
     source_fingerprint,
     start_artifact,
 )
-from pipeline.chain.table import from_feedback, inputs_of, is_up_to_date, labels_dir
+from pipeline.chain.inputs import from_feedback, labels_dir
+from pipeline.chain.table import inputs_of, is_up_to_date
 from pipeline.chain.table import key as stage_key
 from pipeline.config.cli import stage_config
 from pipeline.config.loader import to_dict
