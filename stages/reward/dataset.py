@@ -58,7 +58,7 @@ def data_parts(cfg) -> list[str]:
 def training_sources(cfg) -> list[str]:
     """The files of reward.data's parts (demo, rank, rank-r2, files), as pipeline/chain/table.py declares them."""
     from data.demo import input_path
-    from pipeline.chain.table import reward_data_inputs
+    from pipeline.chain.inputs import reward_data_inputs
 
     data_parts(cfg)  # an empty part is one clear line
     return [input_path(cfg, inp) for name, inp in reward_data_inputs(cfg).items() if name != "heldout"]
@@ -68,7 +68,7 @@ def heldout_source(cfg) -> str | None:
     """reward.val_data; else the demo's held-out rankings when the demo is trained on; else the first rank
     artifact's held-out own-answer rankings; else None (a share of the training prompts is held out)."""
     from data.demo import input_path
-    from pipeline.chain.table import reward_data_inputs
+    from pipeline.chain.inputs import reward_data_inputs
 
     inputs = reward_data_inputs(cfg)
     if "heldout" in inputs:
