@@ -175,8 +175,8 @@ class Curve:
         missing = set(self.best_weights) - set(params)
         if missing:
             raise ValueError(f"the kept weights name parameters the model lacks: {sorted(missing)[:3]}")
-        # copied in place by parameter name: a module's load_state_dict may remap keys (PEFT's adapters do), and
-        # with strict=False a remapped key would be skipped without a word
+        # copied in place by parameter name, every name checked above: load_state_dict(strict=False) would skip a
+        # name that does not match without a word
         with torch.no_grad():
             for name, w in self.best_weights.items():
                 params[name].copy_(w)
