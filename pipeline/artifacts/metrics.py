@@ -56,7 +56,7 @@ def _drop_rows_after(path: Path, step: int | None) -> None:
     from pipeline.artifacts.atomic import write_text
 
     text = path.read_text()
-    lines = text.splitlines()
+    lines = [line for line in text.split("\n") if line]  # not splitlines(): U+2028 and U+0085 are text in JSON
     kept = []
     for line in lines if step is not None else []:
         try:
@@ -84,7 +84,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text().split("\n"):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:

@@ -80,7 +80,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], *, kind: str, dir
     bar.close()
     if not processes.main:
         return []
-    return [json.loads(line) for c in range(len(chunks)) for line in chunk_path(directory, kind, c).read_text().splitlines()]
+    return [json.loads(line) for c in range(len(chunks)) for line in chunk_path(directory, kind, c).read_text().split("\n") if line]
 
 
 @torch.no_grad()

@@ -203,10 +203,10 @@ def previous_samples(final, key: dict) -> dict | None:
     if not manifest or manifest.get("status") != "complete" or \
             json.loads(json.dumps(key)) != manifest.get("sampling"):
         return None
-    skipped = [json.loads(line) for line in (final / "skipped.jsonl").read_text().splitlines()]
+    skipped = [json.loads(line) for line in (final / "skipped.jsonl").read_text().split("\n") if line]
     out = {}
     for kind, file in (("candidates", "candidates.jsonl"), ("heldout", "heldout_candidates.jsonl")):
-        recs = [json.loads(line) for line in (final / file).read_text().splitlines()]
+        recs = [json.loads(line) for line in (final / file).read_text().split("\n") if line]
         recs += [{k: v for k, v in c.items() if k != "set"} for c in skipped if c["set"] == kind]
         out[kind] = sorted(recs, key=lambda c: c["prompt_id"])
     print(f"rank: reusing the answers sampled for {final} (same policy, prompts and sampling settings)")

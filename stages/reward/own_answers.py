@@ -37,7 +37,7 @@ def own_answer_inputs(sources: dict[str, Path]) -> dict:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def _split(cands: list[dict], flat: list[float]) -> list[list[float]]:
