@@ -20,17 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from data.labels import BadRanking, agreement, append_label, kendall_tau, ranking_groups, read_labels
 from pipeline.listen import is_loopback
 from stages.rank.human import label_in_browser, label_in_terminal
-from stages.rank.labels import (
-    BadRanking,
-    agreement,
-    append_label,
-    kendall_tau,
-    label_record,
-    ranking_groups,
-    read_labels,
-)
+from stages.rank.labels import label_record
 from stages.rank.session import LabelingSession, display_order
 from stages.rank.web import MAX_BODY_BYTES
 

@@ -10,8 +10,8 @@ from itertools import permutations
 import pytest
 
 from data.loaders import load_pairs, load_rankings
+from data.simulated import agreement, label_with_gold, plackett_luce, tiers_by_score
 from stages.rank.people import human_rankings
-from stages.rank.simulated import agreement, label_with_gold, plackett_luce, tiers_by_score
 from stages.rank.stage import label_gold, ranking_record
 from stages.reward.heldout import heldout_from_rankings
 

@@ -2,7 +2,7 @@
 
 Both entry points read the labels file first and resume where the person stopped, show each prompt's
 answers in a random order seeded by (seed, prompt_id) with no model names, and append every ranking to the
-labels file the moment it is given (stages/rank/labels.py), so stopping at any point loses nothing.
+labels file the moment it is given (data/labels.py), so stopping at any point loses nothing.
 """
 
 from __future__ import annotations

@@ -8,16 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from data.labels import (  # noqa: F401 (the rank stage's modules and tests import these from here)
-    BadRanking,
-    Labels,
-    agreement,
-    append_label,
-    kendall_tau,
-    ranking_groups,
-    read_labels,
-    stored_ranking,
-)
+from data.labels import stored_ranking
 
 
 def label_record(candidate: dict, groups: list[list[int]], *, labeler: str, all_bad: bool = False) -> dict:

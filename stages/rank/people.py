@@ -4,7 +4,7 @@ The page (stages/rank/human.py) appends one JSON line per submission to
 runs/<name>/labels[-rN]/<labeler>.jsonl, a file the pipeline never deletes. Here the latest line per
 (prompt, labeler) wins, a line whose answers are not this run's candidates is counted as stale
 (it ranked another sample), and people who ranked the same prompt are compared (Kendall tau,
-stages/rank/labels.py: the same reader and agreement the labeling page uses).
+data/labels.py: the same reader and agreement the labeling page uses).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.formats import ranking_groups
-from stages.rank.labels import agreement, read_labels
+from data.labels import agreement, read_labels
 
 
 def human_rankings(candidates: list[dict], directory: Path) -> tuple[list[dict], dict]:

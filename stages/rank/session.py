@@ -10,8 +10,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from data.labels import append_label, ranking_groups, read_labels
 from pipeline.errors import UserError
-from stages.rank.labels import append_label, label_record, ranking_groups, read_labels
+from stages.rank.labels import label_record
 
 
 class UnknownPrompt(KeyError):

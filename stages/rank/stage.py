@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from data.demo import input_path
+from data.simulated import agreement, gold_scores, label_with_gold, positions, tiers_by_score
 from pipeline.artifacts.store import (
     fingerprint,
     read_manifest,
@@ -42,7 +43,6 @@ from pipeline.runtime.processes import Processes
 from stages.rank.candidates import generate_candidates, load_prompt_records, prompt_messages, require_gold
 from stages.rank.people import human_rankings
 from stages.rank.report import gold_by_position, gold_by_temperature, write_report
-from stages.rank.simulated import agreement, gold_scores, label_with_gold, positions, tiers_by_score
 
 # What decides the sampled answers: a change of labeler or noise alone reuses the previous artifact's.
 _SAMPLING = ("prompts", "heldout_prompts", "num_prompts", "num_heldout_prompts", "k", "temperatures",

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import textwrap
 
-from data.labels import ORDER_HELP, format_order, parse_order
-from stages.rank.labels import BadRanking
+from data.labels import ORDER_HELP, BadRanking, format_order, parse_order
 from stages.rank.session import LabelingSession, display_order
 
 HELP = f"{ORDER_HELP}, x = all bad, s = skip, b = back, q = finish for now"

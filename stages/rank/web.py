@@ -18,8 +18,8 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
+from data.labels import BadRanking
 from pipeline.listen import host_refusal
-from stages.rank.labels import BadRanking
 from stages.rank.session import LabelingSession, UnknownPrompt
 
 PAGE_DIR = Path(__file__).with_name("page")
