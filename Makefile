@@ -1,6 +1,7 @@
 # The RLHF pipeline: make pretrain sft rank reward ppo eval chat
 #   CONFIG=configs/small.yaml    pick a preset (default configs/tiny.yaml)
 #   NPROC=2                      run the training stages on 2 local processes (CPU: gloo; CUDA: one per GPU);
+#   NPROC=2 SHARD=fsdp           ... with FSDP: each process holds 1/N of the weights (CPU: pretrain and sft)
 #                                the global batch stays the preset's, each process takes its share
 #   LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml"   wrap a stage in a launcher (any)
 #   any section.key=value        passed to the stage as a config override (e.g. ppo.kl_coef=0.05)
@@ -12,13 +13,18 @@ RUN := $(OUT)/$(NAME)
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 # NPROC=N: the launched (L) stages run under accelerate on N processes of this machine with the config for its
-# hardware (ACCELERATE_CONFIG: CUDA -> ddp.yaml, else cpu_ddp.yaml); LAUNCH=... given as well wins.
+# hardware (ACCELERATE_CONFIG: CUDA -> ddp.yaml, else cpu_ddp.yaml; SHARD=fsdp: fsdp.yaml, cpu_fsdp.yaml);
+# LAUNCH=... given as well wins.
 NPROC ?=
+SHARD ?=
+ifneq ($(filter-out fsdp,$(SHARD)),)
+$(error SHARD=$(SHARD): the one sharded backend here is SHARD=fsdp (DeepSpeed: LAUNCH=..., see docs/scale-out.md))
+endif
 ifneq ($(NPROC),)
 ifeq ($(shell [[ '$(NPROC)' =~ ^[1-9][0-9]*$$ ]] && echo ok),)
 $(error NPROC=$(NPROC) is not a number of processes: give a whole number, e.g. NPROC=2)
 endif
-ACCELERATE_CONFIG ?= configs/accelerate/$(if $(filter True,$(shell $(PY) -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)),ddp,cpu_ddp).yaml
+ACCELERATE_CONFIG ?= configs/accelerate/$(if $(filter True,$(shell $(PY) -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null)),,cpu_)$(or $(SHARD),ddp).yaml
 ACCELERATE_CONFIG := $(ACCELERATE_CONFIG)
 endif
 LAUNCH ?= $(if $(NPROC),$(PY) -m accelerate.commands.launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) --num_machines 1,$(PY))

@@ -89,12 +89,26 @@ def test_make_nproc_launches_the_training_stages_on_n_processes():
     assert bad.returncode != 0 and "NPROC=two is not a number of processes" in bad.stderr
 
 
-@pytest.mark.parametrize("variable, backend", [("ACCELERATE_USE_FSDP", "FSDP"),
-                                               ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
-def test_a_sharded_launch_without_gpus_is_refused_instead_of_training_unsharded(monkeypatch, variable, backend):
-    monkeypatch.setenv(variable, "true")
-    with pytest.raises(UserError, match=rf"asks for {backend} .* runs only on CUDA GPUs.*cpu_ddp.yaml"):
+def test_a_deepspeed_launch_without_gpus_is_refused_instead_of_training_unsharded(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserError, match=r"asks for DeepSpeed .* runs only on CUDA GPUs.*cpu_ddp.yaml"):
         pick_device("cpu")
+
+
+def test_an_fsdp_launch_on_cpus_runs_only_the_stages_that_shard_there(monkeypatch):
+    """pretrain and sft shard on CPU processes (tests/test_distributed_fsdp.py); any other stage would train
+    unsharded under an FSDP config, so it is refused. (The flag is per process: one stage per process.)"""
+    from pipeline.runtime import sharding
+    from pipeline.runtime.device import refuse_sharding_without_gpus
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setitem(sharding._STAGE, "shards_on_cpu", False)
+    with pytest.raises(UserError, match=r"asks for FSDP, which runs here on CPU processes only for pretrain and sft"):
+        pick_device("cpu")
+    monkeypatch.setitem(sharding._STAGE, "shards_on_cpu", True)
+    assert pick_device("cpu").type == "cpu"
+    with pytest.raises(UserError, match=r"asks for FSDP, which runs here on CUDA GPUs and CPUs; this stage on mps"):
+        refuse_sharding_without_gpus("mps")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "accelerate").glob("*.yaml")))
@@ -104,7 +118,7 @@ def test_every_launcher_config_is_one_accelerate_reads(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(ROOT / "configs" / "accelerate" / name))
-    expected = {"cpu_ddp.yaml": "MULTI_GPU", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP",
+    expected = {"cpu_ddp.yaml": "MULTI_GPU", "ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP", "cpu_fsdp.yaml": "FSDP",
                 "deepspeed_zero2.yaml": "DEEPSPEED", "deepspeed_zero3.yaml": "DEEPSPEED"}[name]
     assert str(config.distributed_type).split(".")[-1] == expected
     if expected == "DEEPSPEED":

@@ -37,24 +37,24 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-# accelerate's launch variables for the sharded backends, and the config files that set them
-_SHARDED = (("ACCELERATE_USE_FSDP", "FSDP", "configs/accelerate/fsdp.yaml"),
-            ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed", "configs/accelerate/deepspeed_zero*.yaml"))
-
-
 def refuse_sharding_without_gpus(device_type: str) -> None:
-    """A launch that asks for FSDP or DeepSpeed on a machine without CUDA is refused: accelerate (1.15) turns
-    its FSDP plugin on only for accelerator process groups and DeepSpeed only off the CPU, so the run would
-    otherwise train plain data-parallel while its config says sharded."""
+    """A launch that asks for a sharded backend this machine cannot run is refused, instead of training plain
+    data-parallel while its config says sharded: DeepSpeed runs only on CUDA GPUs; FSDP runs on CPU processes
+    for the stages that shard there (pipeline.runtime.sharding: pretrain, sft), on no other device."""
     if device_type == "cuda":
         return
     from pipeline.errors import UserError
+    from pipeline.runtime.sharding import SHARDING_STAGES, asks_for_fsdp, this_stage_shards_on_cpu
 
-    for variable, backend, config in _SHARDED:
-        if os.environ.get(variable, "").lower() == "true":
-            raise UserError(f"this launch asks for {backend} ({config}), which accelerate runs only on CUDA GPUs; "
-                            f"here ({device_type}) it would train unsharded: launch with "
-                            "configs/accelerate/cpu_ddp.yaml (make <stage> NPROC=N) instead.")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise UserError(f"this launch asks for DeepSpeed (configs/accelerate/deepspeed_zero*.yaml), which runs only "
+                        f"on CUDA GPUs; here ({device_type}) it would train unsharded: launch with "
+                        "configs/accelerate/cpu_ddp.yaml (make <stage> NPROC=N) or cpu_fsdp.yaml (SHARD=fsdp) instead.")
+    if asks_for_fsdp() and not (device_type == "cpu" and this_stage_shards_on_cpu()):
+        where = ("on CPU processes only for " + SHARDING_STAGES) if device_type == "cpu" else "on CUDA GPUs and CPUs"
+        raise UserError(f"this launch asks for FSDP, which runs here {where}; this stage on {device_type} would "
+                        "train unsharded: launch it with configs/accelerate/cpu_ddp.yaml (make <stage> NPROC=N) "
+                        "instead.")
 
 
 def mixed_precision(run_dtype: str, device_type: str) -> str:

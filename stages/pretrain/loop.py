@@ -24,6 +24,13 @@ from pipeline.config.schema import TrainSection
 from pipeline.errors import UserError
 from pipeline.lm.forward import NextTokenLoss
 from pipeline.runtime.batch import BatchSplit, split
+from pipeline.runtime.sharding import (
+    describe_shards,
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_optimizer_state,
+)
 
 
 def lr_at(step: int, cfg: TrainSection) -> float:
@@ -89,15 +96,21 @@ def evaluate(loss_module: NextTokenLoss, tokens: np.ndarray, block: int, n_windo
              accelerator, bytes_per_token: float) -> dict:
     """Loss, perplexity and bits per byte on evenly spaced validation windows (split over ranks)."""
     block = min(block, len(tokens) - 1)
-    starts = eval_window_starts(len(tokens), block, n_windows)[accelerator.process_index::accelerator.num_processes]
+    every = eval_window_starts(len(tokens), block, n_windows)
+    starts = every[accelerator.process_index::accelerator.num_processes]
+    # The same number of forwards on every process: under FSDP each one is a collective (a process with no
+    # windows left evaluates the first one again and counts nothing).
+    rounds = math.ceil(math.ceil(len(every) / accelerator.num_processes) / batch_size)
     was_training = loss_module.training
     loss_module.eval()
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-    for i in range(0, len(starts), batch_size):
-        x, y = _windows(tokens, starts[i:i + batch_size], block + 1, accelerator.device)
+    for i in range(0, rounds * batch_size, batch_size):
+        mine = starts[i:i + batch_size]
+        x, y = _windows(tokens, mine if len(mine) else every[:1], block + 1, accelerator.device)
         with accelerator.autocast():
             loss = loss_module(x, y)
-        total += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), device=total.device).double()])
+        if len(mine):
+            total += torch.stack([loss.double() * y.numel(), torch.tensor(y.numel(), device=total.device).double()])
     loss_module.train(was_training)
     total = accelerator.reduce(total, reduction="sum")
     loss = (total[0] / total[1].clamp(min=1)).item()
@@ -139,6 +152,16 @@ def train_step(module, optimizer, micro_batches, *, lr: float, accum: int, grad_
     return total
 
 
+@dataclass
+class _Saved:
+    """A state dict gathered for save_checkpoint, which asks its model and optimizer for one."""
+
+    state: dict
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
 def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: TrainSection, block: int, seed: int,
              accelerator, checkpoint_dir, metrics_dir, val_bytes_per_token: float,
              compile_model: bool = False) -> dict:
@@ -151,13 +174,14 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
         raise UserError(f"the training text has {len(train_tokens)} tokens, fewer than model.block_size+1="
                         f"{block + 1}; give it more text or lower model.block_size.")
     loss_module = NextTokenLoss(model).to(device)
+    if is_sharded(accelerator):
+        loss_module.lean = False  # the lean forward reads layer weights directly; FSDP gathers them in the layer calls
     optimizer = make_optimizer(loss_module, cfg, device)
     start_step, tokens_seen = 0, 0
     loss_sum, steps_in_sum = torch.zeros((), device=device), 0  # the training loss since the last log
     state = load_checkpoint(checkpoint_dir, "train.resume") if cfg.resume else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        model.load_state_dict(state["model"])  # full weights, before FSDP shards them
         restore_rng(state)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
         if "loss_sum" in state:  # so the first logged loss after a resume averages the same steps
@@ -165,7 +189,11 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
         accelerator.print(f"resuming from step {start_step} ({checkpoint_dir})")
     if compile_model:
         loss_module.compile()
-    ddp_module = accelerator.prepare(loss_module)
+    # with its optimizer: FSDP2 shards the model and points the optimizer at the shards (DDP ignores it)
+    ddp_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    if state is not None:
+        load_full_optimizer_state(accelerator, ddp_module, optimizer, state["optimizer"])
+    describe_shards(accelerator, ddp_module, "model")
     tokens_per_step = batches.global_size * block
     accelerator.print(f"{batches.global_size} sequences x {block} tokens = {tokens_per_step} tokens per step "
                       f"({parts.micro} per micro-batch x {world} processes x {accum} accumulation steps)")
@@ -207,9 +235,11 @@ def train_lm(model, train_tokens: np.ndarray, val_tokens: np.ndarray, *, cfg: Tr
                           f"bpb {last['val_bpb']:.4f}")
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
             check_finite_params("pretrain", model, step=done, last_good=last_good)
+            weights, moments = full_model_state(accelerator, model), full_optimizer_state(accelerator, ddp_module,
+                                                                                        optimizer)
             if accelerator.is_main_process:
-                save_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, step=done, tokens_seen=tokens_seen,
-                                loss_sum=loss_sum.detach().cpu(), steps_in_sum=steps_in_sum)
+                save_checkpoint(checkpoint_dir, model=_Saved(weights), optimizer=_Saved(moments), step=done,
+                                tokens_seen=tokens_seen, loss_sum=loss_sum.detach().cpu(), steps_in_sum=steps_in_sum)
             last_good = f"{checkpoint_dir}/{LATEST} (step {done})"
             accelerator.wait_for_everyone()
         excluded += time.perf_counter() - pause

@@ -33,6 +33,7 @@ from pipeline.lm.model import build_model, describe
 from pipeline.lm.tokenizer import load_tokenizer, train_tokenizer
 from pipeline.lm.word_tokenizer import train_word_tokenizer
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
+from pipeline.runtime.sharding import full_model_state, is_sharded, shard_cpu_launch, stage_shards_on_cpu
 from stages.pretrain.baseline import fit_bigram, unknown_tokens
 from stages.pretrain.loop import train_lm
 from stages.pretrain.samples import write_samples
@@ -80,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from accelerate import Accelerator
 
+    stage_shards_on_cpu()
     device_type = pick_device(cfg.run.device).type
     accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(cfg.run.dtype, device_type))
+    shard_cpu_launch(accelerator)
     share_cpu_threads(device_type, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
     seed_everything(cfg.run.seed)
     writer = start_artifact(final, "pretrain", resume=cfg.train.resume,
@@ -108,10 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     metrics = train_lm(model, train.tokens(), val.tokens(), cfg=cfg.train, block=block, seed=cfg.run.seed,
                        accelerator=accelerator, checkpoint_dir=writer.checkpoint_dir, metrics_dir=writer.out_dir,
                        val_bytes_per_token=val.bytes_per_token, compile_model=cfg.run.compile)
+    weights = full_model_state(accelerator, model)  # under FSDP gathered from every process's shards
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        model.save_pretrained(writer.out_dir)
+        model.save_pretrained(writer.out_dir, state_dict=weights)
         tokenizer.save_pretrained(writer.out_dir)
+        if is_sharded(accelerator):  # the sampling below runs on this process alone: the saved, whole model
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(writer.out_dir).to(accelerator.device).eval()
         bigram, bigram_metrics = fit_bigram(train.tokens(), val.tokens(), len(tokenizer), block=block,
                                             n_windows=cfg.train.eval_batches * cfg.train.batch_size,
                                             bytes_per_token=val.bytes_per_token)

@@ -38,6 +38,7 @@ from pipeline.lm.model import count_parameters, load_causal_lm, set_generation_d
 from pipeline.lm.tokenizer import load_tokenizer
 from pipeline.runtime.batch import announce, section_split
 from pipeline.runtime.device import accelerate_state, seed_everything
+from pipeline.runtime.sharding import describe_shards, shard_cpu_launch, stage_shards_on_cpu
 from stages.sft.dataset import Screened, heldout_prompts, load_sft_splits, screen_splits
 from stages.sft.report import answer, gold_eval, write_samples
 
@@ -98,7 +99,7 @@ def build_trainer(cfg, model, tokenizer, train: Screened, val: Screened, writer,
         if new_token_ids:
             # Tokens added to a foreign tokenizer start untrained; LoRA alone would never fit them.
             peft_config.trainable_token_indices = {"embed_tokens": list(new_token_ids)}
-    trainer = grouped_by_global_batch(SFTTrainer)(
+    trainer = sharded_on_cpu_launch(grouped_by_global_batch(SFTTrainer), lora=s.lora.enabled)(
         model=model, args=args, processing_class=tokenizer,
         train_dataset=train.encoded, eval_dataset=val.encoded,
         peft_config=peft_config, callbacks=[callback, RunGuard("sft")],
@@ -127,13 +128,35 @@ def grouped_by_global_batch(trainer_cls):
     return GroupedByGlobalBatch
 
 
+def sharded_on_cpu_launch(trainer_cls, lora: bool):
+    """`trainer_cls` that shards its model when a CPU launch asks for FSDP, as the Trainer does on GPUs
+    (pipeline.runtime.sharding: accelerate turns FSDP on only for GPU process groups)."""
+
+    class ShardedOnCpuLaunch(trainer_cls):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            if shard_cpu_launch(self.accelerator) and not self.is_fsdp_enabled:
+                if lora:
+                    from pipeline.errors import UserError
+
+                    raise UserError("sft.lora.enabled with FSDP on CPU processes is not supported here: launch "
+                                    "with configs/accelerate/cpu_ddp.yaml, or set sft.lora.enabled=false.")
+                self.is_fsdp_enabled = True  # what the Trainer reads from accelerate's state on GPUs
+
+    return ShardedOnCpuLaunch
+
+
 def evaluate_loss(trainer, callback, *, log_it: bool) -> float:
     enabled = callback.enabled
     callback.enabled = enabled and log_it
     untrained = trainer.model_wrapped is trainer.model
+    # Before training, FSDP2 cannot shard the model alone (accelerate shards a model with its optimizer): each
+    # process evaluates its share of the held-out set on its whole, unsharded copy, as under DDP.
+    sharded, trainer.is_fsdp_enabled = trainer.is_fsdp_enabled, trainer.is_fsdp_enabled and not untrained
     try:
         return float(trainer.evaluate()["eval_loss"])
     finally:
+        trainer.is_fsdp_enabled = sharded
         callback.enabled = enabled
         if untrained:
             # evaluate() marks the bare model as prepared for evaluation; train() would then skip wrapping it in
@@ -164,6 +187,8 @@ def save_artifact(trainer, tokenizer, out_dir, lora: bool, source: str):
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out_dir)
         (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: no place in an artifact
+    if trainer.is_fsdp_enabled:  # the report samples on the main process alone: the saved, whole model
+        return load_causal_lm(str(out_dir)).to(trainer.args.device) if trainer.is_world_process_zero() else None
     return model
 
 
@@ -179,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     datasets.disable_progress_bars()
     s = cfg.sft
+    stage_shards_on_cpu()
     seed_everything(cfg.run.seed)
     final_dir = cfg.stage_dir("sft")
 
@@ -220,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out assistant-token loss before sft: {pre_loss:.3f}")
     with translating_disk_errors(writer.work_dir):  # checkpoints: one line when the disk is full
         trainer.train(resume_from_checkpoint=resume)
+    describe_shards(trainer.accelerator, trainer.model, "model")
     if callback.last_eval_step == trainer.state.global_step:
         post_loss = float(callback.last["eval_loss"])
     else:
