@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -151,3 +152,10 @@ def save_value(value, out_dir) -> None:
         "the SFT model's hidden states (adapters off)"
     (out / "value_head.json").write_text(json.dumps(
         {"hidden_size": value.score.in_features, "on_adapters": value.on_adapters, "reads": reads}, indent=2) + "\n")
+
+
+@contextmanager
+def adapters_off(peft_model):
+    """LoRA: the reference is the policy with its adapters disabled (one base model in memory)."""
+    with peft_model.disable_adapter():
+        yield peft_model

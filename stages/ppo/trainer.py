@@ -22,6 +22,7 @@ Programmatic use (tests, benchmarks/ppo.py):
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ from stages.ppo.advantages import (
 from stages.ppo.evaluation import SampleWriter
 from stages.ppo.kl_controller import make_kl_controller
 from stages.ppo.losses import ppo_loss
+from stages.ppo.models import adapters_off
 from stages.ppo.rollout import (
     RolloutBatch,
     answer_token_logprobs,
@@ -269,7 +271,7 @@ class PPOTrainer:
         for k in range(0, len(mb_idx), micro):
             sub = b.select(mb_idx[k:k + micro])
             last = k + micro >= len(mb_idx)
-            with self.acc.no_sync(self.model) if not last else _nullcontext():
+            with self.acc.no_sync(self.model) if not last else nullcontext():
                 with self.acc.autocast():
                     new_logp, new_v = self.model(sub.input_ids, sub.attention_mask, sub.response_ids,
                                                  sub.prompt_len, cfg.temperature)
@@ -312,9 +314,9 @@ class PPOTrainer:
 
     def _reference(self):
         if self.ref is not None:
-            return _nullcontext(self.ref)
+            return nullcontext(self.ref)
         policy = self.acc.unwrap_model(self.model).policy
-        return _AdaptersOff(policy)
+        return adapters_off(policy)
 
     def _check_batch_sizes(self) -> None:
         cfg = self.cfg
@@ -376,30 +378,4 @@ def full_weights_for_generation(acc, model):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    return _nullcontext()
-
-
-class _nullcontext:
-    def __init__(self, value=None):
-        self.value = value
-
-    def __enter__(self):
-        return self.value
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _AdaptersOff:
-    """LoRA: the reference is the policy with its adapters disabled (one base model in memory)."""
-
-    def __init__(self, peft_model):
-        self.model = peft_model
-        self._ctx = peft_model.disable_adapter()
-
-    def __enter__(self):
-        self._ctx.__enter__()
-        return self.model
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+    return nullcontext()
