@@ -7,7 +7,7 @@ import json
 import shutil
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 from pipeline.artifacts.store import ArtifactWriter
 
@@ -51,3 +51,38 @@ def fixed_reward_stats(argv: list[str]) -> None:
                             key=key(cfg, "reward-stats"))
     (writer.out_dir / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "max_length": 96}))
     writer.commit(config={})
+
+
+class StopAtStep(TrainerCallback):
+    """Ends a Trainer stage after optimizer step `step` as Ctrl-C does; it leaves the checkpoints a kill -9 leaves."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+class StepsRun(TrainerCallback):
+    """The optimizer steps a Trainer stage ran, in order (a resumed run starts after its checkpoint)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def with_callbacks(monkeypatch, stage_module, *callbacks) -> None:
+    """The Trainers `stage_module.build_trainer` builds from now on also run `callbacks` (none: as unpatched)."""
+    build = getattr(stage_module.build_trainer, "unpatched", stage_module.build_trainer)
+
+    def build_with_callbacks(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        return trainer
+
+    build_with_callbacks.unpatched = build
+    monkeypatch.setattr(stage_module, "build_trainer", build_with_callbacks)

@@ -6,16 +6,19 @@ import shutil
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    TrainerCallback,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import stages.align.stage as align
 from pipeline.artifacts.metrics import read_metrics
 from pipeline.artifacts.store import read_manifest
-from tests.stage_fixtures import fake_artifact, fixed_reward_stats, sft_and_reward
+from tests.stage_fixtures import (
+    StepsRun,
+    StopAtStep,
+    fake_artifact,
+    fixed_reward_stats,
+    sft_and_reward,
+    with_callbacks,
+)
 
 
 @pytest.fixture
@@ -78,42 +81,20 @@ def test_stage_writes_a_loadable_chat_model_with_manifest_metrics_and_samples(ru
 @pytest.mark.parametrize("method,kill_at", [("dpo", 4), ("rloo", 3)])
 def test_a_killed_run_resumes_and_ends_with_the_same_metrics(run_dir, method, kill_at, monkeypatch, capsys):
     module = align.dpo if method == "dpo" else align.online
-    build = module.build_trainer
-
-    class KillAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == kill_at:
-                raise KeyboardInterrupt  # what Ctrl-C does; a SIGKILL leaves the same checkpoints behind
-
-    def build_and_kill(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(KillAt())
-        return trainer
-
     killed = argv(run_dir, method)
-    monkeypatch.setattr(module, "build_trainer", build_and_kill)
+    with_callbacks(monkeypatch, module, StopAtStep(kill_at))
     with pytest.raises(SystemExit):
         align.main(killed)
     partial = run_dir / "runs" / "t" / f"{method}.partial"
     assert (partial / "checkpoints").is_dir() and not (run_dir / "runs" / "t" / method).exists()
-    steps_run = []
-
-    class CountSteps(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            steps_run.append(state.global_step)
-
-    def build_and_count(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(CountSteps())
-        return trainer
-
-    monkeypatch.setattr(module, "build_trainer", build_and_count)
+    steps_run = StepsRun()
+    with_callbacks(monkeypatch, module, steps_run)
     assert align.main(killed) == 0
     assert "resuming from" in capsys.readouterr().out
     save_every = 3 if method == "dpo" else 2  # configs/test.yaml
     last_saved = kill_at // save_every * save_every
-    assert steps_run[0] == last_saved + 1  # continued after the last checkpoint, not from scratch
-    monkeypatch.setattr(module, "build_trainer", build)
+    assert steps_run.steps[0] == last_saved + 1  # continued after the last checkpoint, not from scratch
+    with_callbacks(monkeypatch, module)
     resumed = read_manifest(run_dir / "runs" / "t" / method)["metrics"]
     steps = [r["step"] for r in read_metrics(run_dir / "runs" / "t" / method) if "loss" in r]
     assert steps == sorted(set(steps))  # one record: the steps after the checkpoint are not logged twice

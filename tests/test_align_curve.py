@@ -5,12 +5,12 @@ import json
 import shutil
 
 import pytest
-from transformers import TrainerCallback
 
 import stages.align.stage as align
 from pipeline.artifacts.metrics import read_metrics
 from pipeline.artifacts.store import read_manifest
 from tests import test_align
+from tests.stage_fixtures import StopAtStep, with_callbacks
 from tests.test_align import argv
 
 run_dir = test_align.run_dir  # SFT and reward artifacts, prompts, development prompts with gold
@@ -33,23 +33,11 @@ def test_grpo_draws_the_curve_and_commits_the_best_point(run_dir):
 
 @pytest.mark.slow
 def test_keep_best_survives_a_kill_of_rloo(run_dir, monkeypatch):
-    build = align.online.build_trainer
-
-    class KillAt3(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise KeyboardInterrupt
-
-    def build_and_kill(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(KillAt3())
-        return trainer
-
     cmd = argv(run_dir, "rloo", "rloo.sample_every=1", "rloo.keep=best")
-    monkeypatch.setattr(align.online, "build_trainer", build_and_kill)
+    with_callbacks(monkeypatch, align.online, StopAtStep(3))
     with pytest.raises(SystemExit):
         align.main(cmd)
-    monkeypatch.setattr(align.online, "build_trainer", build)
+    with_callbacks(monkeypatch, align.online)
     assert align.main(cmd) == 0  # resumed from the checkpoint at step 2 (configs/test.yaml: save_every 2)
     out = run_dir / "runs" / "t" / "rloo"
     resumed = json.loads((out / "report.json").read_text())["curve"]

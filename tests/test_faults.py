@@ -90,29 +90,16 @@ def test_a_trl_stage_resumed_from_a_mid_run_checkpoint_ends_with_the_uninterrupt
         align_inputs, monkeypatch, method, stop_at):
     """Everything the manifest and metrics.jsonl record (clocks aside) and the weights equal an uninterrupted
     run's: the Trainer's own train_loss averages only the steps of the process that ran them."""
-    from transformers import TrainerCallback
-
     import stages.align.stage as align
     from faults.suite import differences, max_difference, result
+    from tests.stage_fixtures import StopAtStep, with_callbacks
 
     module = align.dpo if method == "dpo" else align.online
-    build = module.build_trainer
-
-    class StopAt(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == stop_at:
-                raise KeyboardInterrupt  # the checkpoints a kill -9 leaves: the one before this step
-
-    def build_and_stop(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(StopAt())
-        return trainer
-
     argv = align_argv(align_inputs, method)
-    monkeypatch.setattr(module, "build_trainer", build_and_stop)
+    with_callbacks(monkeypatch, module, StopAtStep(stop_at))  # the checkpoints a kill -9 leaves: the one before
     with pytest.raises(SystemExit):
         align.main(argv)
-    monkeypatch.setattr(module, "build_trainer", build)
+    with_callbacks(monkeypatch, module)
     run_dir = align_inputs / "runs" / "t"
     assert (run_dir / f"{method}.partial" / "checkpoints").is_dir()
     assert align.main(argv) == 0

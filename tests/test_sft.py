@@ -258,45 +258,22 @@ def test_a_foreign_model_without_chat_template_is_made_chat_ready(tmp_path, chat
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_lm_dir, chat_files, monkeypatch, capsys):
-    from transformers import TrainerCallback
-
     import stages.sft.stage as sft
-
-    class KillAtStep(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 7:
-                raise KeyboardInterrupt  # what Ctrl-C does; a SIGKILL leaves the same checkpoints behind
-
-    build = sft.build_trainer
-
-    def build_and_kill(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(KillAtStep())
-        return trainer
+    from tests.stage_fixtures import StepsRun, StopAtStep, with_callbacks
 
     argv = sft_args(tmp_path, tiny_lm_dir, chat_files, "sft.max_steps=10", "sft.save_every=5", "sft.eval_every=5",
                     "sft.log_every=1")
-    monkeypatch.setattr(sft, "build_trainer", build_and_kill)
+    with_callbacks(monkeypatch, sft, StopAtStep(7))
     with pytest.raises(SystemExit):
         run_sft(argv)
     partial = tmp_path / "test" / "sft.partial"
     assert (partial / "checkpoints" / "checkpoint-5").is_dir() and not (tmp_path / "test" / "sft").exists()
 
-    class CountSteps(TrainerCallback):
-        steps = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps.append(state.global_step)
-
-    def build_and_count(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(CountSteps())
-        return trainer
-
-    monkeypatch.setattr(sft, "build_trainer", build_and_count)
+    steps_run = StepsRun()
+    with_callbacks(monkeypatch, sft, steps_run)
     assert run_sft(argv) == 0
     assert "resuming from" in capsys.readouterr().out
-    assert CountSteps.steps == [6, 7, 8, 9, 10]  # continued after checkpoint-5, not from scratch
+    assert steps_run.steps == [6, 7, 8, 9, 10]  # continued after checkpoint-5, not from scratch
     rows = read_metrics(tmp_path / "test" / "sft")
     train_steps = [r["step"] for r in rows if "loss" in r]
     assert train_steps == list(range(1, 11))  # one uninterrupted record: steps 6-7 not logged twice
