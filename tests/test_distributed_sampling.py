@@ -119,3 +119,32 @@ def test_eval_on_two_processes_writes_the_answers_and_report_of_one(tiny_lm_dir,
     assert (two / "answers.jsonl").read_text() == (one / "answers.jsonl").read_text()
     for name in ("report.json", "report.md"):  # the same report, but for where the models lie
         assert (two / name).read_text().replace(str(tmp_path / "runs-two"), str(runs)) == (one / name).read_text()
+
+
+@pytest.mark.slow  # a launch of two processes (torch, transformers): ~35 s on busy cores
+def test_compare_on_two_processes_writes_the_report_of_one(tiny_lm_dir, tmp_path, one_thread):
+    runs = fake_run(tmp_path, tiny_lm_dir)
+    shutil.copytree(runs, tmp_path / "runs-two")
+    prompts, _ = prompt_files(tmp_path)
+    # 6 prompts in batches of 4, best of 2 (12 answers, 3 batches): every sampling step is shared out
+    args = ["--config", CONFIG, f"eval.prompts={prompts}", "eval.batch_size=4", "eval.temperature=1.0",
+            "compare.best_of_n=2", "run.name=fx"]
+
+    from stages.compare.stage import main
+
+    assert main([*args, f"run.out_dir={runs}"]) == 0
+    proc = launch("stages.compare", [*args, f"run.out_dir={tmp_path / 'runs-two'}"])
+    assert "best of 2" in proc.stdout
+    one, two = runs / "fx" / "compare", tmp_path / "runs-two" / "fx" / "compare"
+
+    def report_of(d):  # the same report, but for where the models lie and how long the sampling took
+        r = json.loads((d / "compare.json").read_text().replace(str(tmp_path / "runs-two"), str(runs)))
+        for row in r["methods"]:
+            if "best_of_n" in row:
+                row["cost"].pop("wall_time_s")
+        return r
+
+    assert report_of(two) == report_of(one)
+    assert [row["candidate"] for row in report_of(one)["methods"]] == ["ppo", "best-of-2"]
+    assert report_of(one)["methods"][0]["kl"]["k1_mean"] != 0  # the KL under SFT was measured, not skipped
+    assert json.loads((two / "manifest.json").read_text())["launch"]["num_processes"] == 2

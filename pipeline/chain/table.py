@@ -108,7 +108,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           judged_config(with_demo(lambda cfg: {"eval": {k: getattr(cfg.eval, k) for k in COMPARE_READS},
                                                 "ppo": {"kl_budget": cfg.ppo.kl_budget}, "compare": section(cfg, "compare"),
                                                 "run": {"dtype": cfg.run.dtype}}, compare_inputs)),
-          judged_inputs(compare_inputs), after=True),
+          judged_inputs(compare_inputs), launch=True, after=True),  # launched: the processes share the answering
 )}
 LOOP = tuple(name for name, s in STAGES.items() if s.loop)
 

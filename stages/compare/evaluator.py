@@ -1,6 +1,10 @@
 """How `make compare` measures, with the judge every report uses (pipeline/judge): every model answers the
 test prompts (the rule of data/report_prompts.py) with the eval section's sampling, so the numbers match
-`make eval`'s; each method is then compared with SFT on the same prompts."""
+`make eval`'s; each method is then compared with SFT on the same prompts.
+
+Under `accelerate launch` (make compare NPROC=2) the processes share the sampling as eval's do: each answers
+whole batches of prompts, each prompt from its own seeded generator, and every process gets every answer; the
+main process alone scores and compares. The report is the one a single process writes."""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from pipeline.judge.answering import Sampling, answer, load_chat_model, logprobs
 from pipeline.judge.comparison import ModelAnswers, compare_answers, summarise
 from pipeline.judge.evaluate import RewardJudge, reward_model_path, score_gold, score_rm
 from pipeline.lm.model import model_dtype
+from pipeline.runtime.processes import ONE, Processes
 
-__all__ = ["Evaluated", "answer_all", "reward_model_path", "summarise_model", "versus_baseline"]
+__all__ = ["Evaluated", "answer_all", "answer_each", "judge_all", "logprobs_under_baseline", "reward_model_path", "summarise_model",
+           "versus_baseline"]
 
 
 @dataclass
@@ -32,17 +38,31 @@ def sampling(cfg) -> Sampling:
                     batch_size=e.batch_size, top_k=e.top_k, top_p=e.top_p, section="eval")
 
 
-def answer_all(cfg, evaluated: list[Evaluated], device, dtype) -> tuple[list, str, list[str]]:
-    """Answers, RM scores and gold scores of every model on the test prompts, each answer's log-probabilities
-    under its own model included (for the KL). Returns (prompts, their source, what was skipped and why)."""
+def answer_each(cfg, evaluated: list[Evaluated], device, dtype, processes: Processes = ONE) -> None:
+    """Every model's answers to the test prompts, each answer's log-probabilities under its own model included
+    (for the KL), shared out among the `processes`: every process ends with every answer."""
     chosen = report_prompts(cfg, "compare")
-    skipped = []
     for ev in evaluated:
-        print(f"compare: {ev.name} ({ev.path}) answers {len(chosen.prompts)} prompts")
+        if processes.main:
+            print(f"compare: {ev.name} ({ev.path}) answers {len(chosen.prompts)} prompts")
         model, tok = load_chat_model(ev.path, device, dtype)
-        ev.answers = answer(model, tok, chosen.prompts, sampling(cfg), name=ev.name, show_progress=True)
+        ev.answers = answer(model, tok, chosen.prompts, sampling(cfg), name=ev.name, show_progress=True,
+                            processes=processes)
         del model
         release(device)
+
+
+def answer_all(cfg, evaluated: list[Evaluated], device, dtype) -> tuple[list, str, list[str]]:
+    """answer_each then judge_all, on one process."""
+    answer_each(cfg, evaluated, device, dtype)
+    return judge_all(cfg, evaluated, device)
+
+
+def judge_all(cfg, evaluated: list[Evaluated], device) -> tuple[list, str, list[str]]:
+    """RM and gold scores of every answer (the main process's work). Returns (prompts, their source, what was
+    skipped and why)."""
+    chosen = report_prompts(cfg, "compare")
+    skipped = []
     answered = [ev.answers for ev in evaluated]
     rm_path, why = reward_model_path(cfg)
     if rm_path:
@@ -57,19 +77,32 @@ def answer_all(cfg, evaluated: list[Evaluated], device, dtype) -> tuple[list, st
     return chosen.prompts, chosen.source, skipped
 
 
-def versus_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], prompts: list, device) -> list[dict]:
+def logprobs_under_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], device,
+                            processes: Processes = ONE) -> list[list[list[float]] | None]:
+    """Each method's answers' log-probabilities under the baseline, for KL(method || baseline) (None where the
+    vocabularies differ, or at temperature 0), shared out among the `processes`."""
+    if cfg.eval.temperature <= 0:
+        return [None] * len(methods)
+    base_model, base_tok = load_chat_model(baseline.path, device, model_dtype(cfg.run.dtype, device))
+    under = [logprobs_under(base_model, base_tok, ev.answers, sampling(cfg), processes)
+             if ev.answers.vocab_key == baseline.answers.vocab_key else None for ev in methods]
+    del base_model
+    release(device)
+    return under
+
+
+def versus_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], prompts: list, device,
+                    under: list[list[list[float]] | None] | None = None) -> list[dict]:
     """For each method: win rates over the baseline (RM, gold, 95% intervals), KL(method || baseline)
-    on the method's own answers, the paired gold difference and the quality-bar verdict."""
+    on the method's own answers (`under`: their log-probabilities under the baseline, computed here when not
+    given), the paired gold difference and the quality-bar verdict."""
     e = cfg.eval
-    base_model, base_tok = (load_chat_model(baseline.path, device, model_dtype(cfg.run.dtype, device))
-                            if e.temperature > 0 else (None, None))
+    if under is None:
+        under = logprobs_under_baseline(cfg, baseline, methods, device)
     rows = []
-    for ev in methods:
-        under = None
-        if base_model is not None and ev.answers.vocab_key == baseline.answers.vocab_key:
-            under = logprobs_under(base_model, base_tok, ev.answers, sampling(cfg))
+    for ev, lp in zip(methods, under):
         c = compare_answers(ev.answers, baseline.answers, prompts, kl_budget=cfg.ppo.kl_budget,
-                            under_baseline=under, length_tolerance=e.length_tolerance)
+                            under_baseline=lp, length_tolerance=e.length_tolerance)
         c.pop("kl_per_answer", None)
         c["summary"] = summarise_model(ev)
         rows.append(c)

@@ -6,6 +6,9 @@ Every finished artifact among ppo, dpo, grpo and rloo, and best of n (compare.be
 the reward model's choice), is compared with sft on the eval stage's held-out prompts: RM and gold win rates with 95% intervals, the paired gold difference, KL to SFT,
 answer length, wall time and the data each used, and the quality-bar verdict in PPO's words.
 (Its own directory, not runs/<name>/eval/: `make eval` replaces that directory whole.)
+
+`make compare NPROC=2` shares the sampling among 2 processes (stages/compare/evaluator.py); the report is the
+one a single process writes.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from pipeline.config.loader import to_dict
 from pipeline.errors import UserError, main_guard
 from pipeline.graph.rounds import newest_artifact
 from pipeline.lm.model import model_dtype
-from pipeline.runtime.device import pick_device, seed_everything
+from pipeline.runtime.device import pick_device, seed_everything, share_cpu_threads
+from pipeline.runtime.processes import Processes
 from stages.compare import evaluator
-from stages.compare.best_of_n import best_of_n_row
+from stages.compare.best_of_n import best_of_n_row, sample_pool
 from stages.compare.report import plot_frontier, render
 
 METHODS = ("ppo", "dpo", "grpo", "rloo")
@@ -68,18 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     inputs["reward_model"] = (read_manifest(rm_path) or {}).get("fingerprint") if rm_path else None
     if is_up_to_date(cfg, "compare"):
         return 0
+    processes = Processes.of_launch()
     writer = start_artifact(final, "compare", resume=False, key=stage_key(cfg, "compare"))  # the lock, first
     seed_everything(cfg.eval.seed)
     device = pick_device(cfg.run.device)
+    share_cpu_threads(device.type)
+    dtype = model_dtype(cfg.run.dtype, device)
     evaluated = [evaluator.Evaluated(name, path, record) for name, path, record in refs]
-    prompts, source, skipped = evaluator.answer_all(cfg, evaluated, device, model_dtype(cfg.run.dtype, device))
     sft, methods = evaluated[0], evaluated[1:]
-    rows = evaluator.versus_baseline(cfg, sft, methods, prompts, device)
+    # the sampling, shared out among the processes of a launch; then the main process alone judges and writes
+    evaluator.answer_each(cfg, evaluated, device, dtype, processes)
+    under = evaluator.logprobs_under_baseline(cfg, sft, methods, device, processes)
+    pool = sample_pool(cfg, sft.path, device, dtype, processes) if cfg.compare.best_of_n and rm_path else None
+    if not processes.main:
+        return 0
+    prompts, source, skipped = evaluator.judge_all(cfg, evaluated, device)
+    rows = evaluator.versus_baseline(cfg, sft, methods, prompts, device, under)
     for row, ev in zip(rows, methods):
         row.setdefault("gold_difference", None)  # the evaluator's, clustered by prompt; None without gold
         row["cost"] = cost(ev.path, ev.name)
     if cfg.compare.best_of_n:  # beside the methods, on the same prompts: no training, the reward model's choice
-        row, why = best_of_n_row(cfg, sft.path, sft.answers, rm_path, device, model_dtype(cfg.run.dtype, device))
+        row, why = best_of_n_row(cfg, sft.path, sft.answers, rm_path, device, dtype, pool)
         rows += [row] if row else []
         skipped += [why] if why else []
     e = cfg.eval
