@@ -2,7 +2,7 @@
 #   CONFIG=configs/small.yaml    pick a preset (default configs/tiny.yaml)
 #   NPROC=2                      run the training stages on 2 local processes (CPU: gloo; CUDA: one per GPU);
 #                                the global batch stays the preset's, each process takes its share
-#   NPROC=2 SHARD=fsdp           ... with FSDP: each process holds 1/N of the weights (CPU: pretrain and sft)
+#   NPROC=2 SHARD=fsdp           ... with FSDP: each process holds 1/N of the weights (CPU: pretrain, sft, ppo)
 #   LAUNCH="accelerate launch --config_file configs/accelerate/ddp.yaml"   wrap a stage in a launcher (any)
 #   any section.key=value        passed to the stage as a config override (e.g. ppo.kl_coef=0.05)
 SHELL := /bin/bash

@@ -96,14 +96,14 @@ def test_a_deepspeed_launch_without_gpus_is_refused_instead_of_training_unsharde
 
 
 def test_an_fsdp_launch_on_cpus_runs_only_the_stages_that_shard_there(monkeypatch):
-    """pretrain and sft shard on CPU processes (tests/test_distributed_fsdp.py); any other stage would train
+    """pretrain, sft and ppo shard on CPU processes (tests/test_distributed_fsdp.py); any other stage would train
     unsharded under an FSDP config, so it is refused. (The flag is per process: one stage per process.)"""
     from pipeline.runtime import sharding
     from pipeline.runtime.device import refuse_sharding_without_gpus
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setitem(sharding._STAGE, "shards_on_cpu", False)
-    with pytest.raises(UserError, match=r"asks for FSDP, which runs here on CPU processes only for pretrain and sft"):
+    with pytest.raises(UserError, match=r"asks for FSDP, which runs here on CPU processes only for pretrain, sft and ppo"):
         pick_device("cpu")
     monkeypatch.setitem(sharding._STAGE, "shards_on_cpu", True)
     assert pick_device("cpu").type == "cpu"

@@ -40,7 +40,7 @@ def pick_device(name: str = "auto") -> torch.device:
 def refuse_sharding_without_gpus(device_type: str) -> None:
     """A launch that asks for a sharded backend this machine cannot run is refused, instead of training plain
     data-parallel while its config says sharded: DeepSpeed runs only on CUDA GPUs; FSDP runs on CPU processes
-    for the stages that shard there (pipeline.runtime.sharding: pretrain, sft), on no other device."""
+    for the stages that shard there (pipeline.runtime.sharding: pretrain, sft, ppo), on no other device."""
     if device_type == "cuda":
         return
     from pipeline.errors import UserError

@@ -5,7 +5,7 @@ ACCELERATE_USE_FSDP for MULTI_CPU, so a CPU launch with an FSDP config would pre
 fully_shard (FSDP2) itself runs on a CPU mesh over gloo. `shard_cpu_launch` sets the state as accelerate sets
 it on GPUs (distributed_type FSDP, the plugin read from the launcher's FSDP_* variables), so that
 `Accelerator.prepare(model, optimizer)` shards through accelerate's own FSDP2 code and the GPU and CPU paths
-stay one path. The stages that do this (pretrain, sft; not yet ppo) say so with `stage_shards_on_cpu()`; any other
+stay one path. The stages that do this (pretrain, sft, ppo) say so with `stage_shards_on_cpu()`; any other
 stage launched with FSDP on CPU processes is refused (pipeline.runtime.device.pick_device).
 
 Under FSDP each process holds 1/N of every parameter (a DTensor shard). What leaves the process group (the
@@ -15,9 +15,11 @@ artifact, a checkpoint) is the full state, gathered on every process and kept by
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 
 _STAGE = {"shards_on_cpu": False}
-SHARDING_STAGES = "pretrain and sft"
+SHARDING_STAGES = "pretrain, sft and ppo"
 
 
 def asks_for_fsdp() -> bool:
@@ -80,8 +82,9 @@ def describe_shards(accelerator, module, what: str) -> None:
     if not is_sharded(accelerator):
         return
     held, total = local_share(module)
-    print(f"fsdp: process {accelerator.process_index} of {accelerator.num_processes} holds {held:,} of the "
-          f"{total:,} parameters of the {what}", flush=True)
+    sys.stdout.write(f"fsdp: process {accelerator.process_index} of {accelerator.num_processes} holds {held:,} of "
+                     f"the {total:,} parameters of the {what}\n")  # one write: the processes share the terminal
+    sys.stdout.flush()
 
 
 def _options():
@@ -120,3 +123,85 @@ def load_full_optimizer_state(accelerator, module, optimizer, state: dict) -> No
 
     set_optimizer_state_dict(module, getattr(optimizer, "optimizer", optimizer), state,
                              options=StateDictOptions(full_state_dict=True))
+
+
+def gather_whole(accelerator, root):
+    """Gather every FSDP unit of `root` into whole weights on this process and keep them whole (no reshard after a
+    forward), so that forwards need no other process: generation stopping at other lengths on each process, or
+    sampling on the main process alone. A collective: every process calls it. Returns the function that shards the
+    weights again (None when nothing is sharded); until it is called, training would not shard anything."""
+    if not is_sharded(accelerator):
+        return None
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    # FSDP2 sets up its root at the root's first forward; a forward of a submodule first (generation calls the
+    # policy, not the root) would take that submodule for the root. Private in torch 2.13, hence the guard.
+    state = root._get_fsdp_state() if isinstance(root, FSDPModule) else None
+    if state is not None and hasattr(state, "_lazy_init"):
+        state._lazy_init()
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+
+    def shard_again() -> None:
+        for unit in units:
+            unit.reshard()
+            if unit is not root:  # the root keeps its weights after forward, as fully_shard decides for a root
+                unit.set_reshard_after_forward(True, recurse=False)
+
+    return shard_again
+
+
+@contextmanager
+def whole_weights(accelerator, root):
+    """`gather_whole` for the length of a `with` block."""
+    shard_again = gather_whole(accelerator, root)
+    try:
+        yield
+    finally:
+        if shard_again is not None:
+            shard_again()
+
+
+class WholeState:
+    """A sharded model's or optimizer's full state for code that saves with state_dict() on the main process and
+    loads with load_state_dict() on every process: gathered when made with gather=True (a collective: every
+    process makes it), and on loading each process keeps its own shard of the full state it read."""
+
+    def __init__(self, accelerator, module, optimizer=None, *, gather: bool):
+        self.accelerator, self.module, self.optimizer = accelerator, module, optimizer
+        self.state = None
+        if gather:
+            self.state = (full_model_state(accelerator, module) if optimizer is None
+                          else full_optimizer_state(accelerator, module, optimizer))
+
+    def state_dict(self) -> dict:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.optimizer is not None:
+            load_full_optimizer_state(self.accelerator, self.module, self.optimizer, state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(self.module, state, options=StateDictOptions(full_state_dict=True))
+
+
+def whole_copies(accelerator, root, names: tuple[str, ...]) -> None:
+    """After training under FSDP: on the main process, each `root.<name>` (a Hugging Face model) becomes a whole,
+    unsharded copy rebuilt from its config with the gathered weights, so that what then runs on the main process
+    alone (sampling, a report, save_pretrained) needs no other process. A collective: every process calls it.
+    (A state_dict() of a sharded module shards it again, so keeping the gathered weights in place would not do.)"""
+    if not is_sharded(accelerator):
+        return
+    states = {name: full_model_state(accelerator, getattr(root, name)) for name in names}
+    if not accelerator.is_main_process:
+        return
+    for name, state in states.items():
+        sharded = getattr(root, name)
+        whole = type(sharded)(sharded.config)
+        whole.load_state_dict(state)
+        if getattr(sharded, "generation_config", None) is not None:
+            whole.generation_config = sharded.generation_config
+        root._modules[name] = whole.to(accelerator.device).eval()

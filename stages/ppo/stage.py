@@ -34,6 +34,7 @@ from pipeline.judge.curve_report import curve_headline, plot_curve
 from pipeline.judge.evaluate import reward_max_length
 from pipeline.lm.model import model_dtype
 from pipeline.runtime.device import mixed_precision, pick_device, seed_everything, share_cpu_threads
+from pipeline.runtime.sharding import stage_shards_on_cpu
 from stages.ppo.evaluation import development_report
 from stages.ppo.models import check_memory, load_models, merged_policy, save_value
 from stages.ppo.report import dev_headline, render_report
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     check_keep(p, cfg.judge.gold, dev_golds[: p.num_eval_prompts])
     score_stats = read_score_stats(cfg, p)
 
+    stage_shards_on_cpu()  # the trainer shards the policy and value under an FSDP launch (pipeline.runtime.sharding)
     device = pick_device(cfg.run.device)
     share_cpu_threads(device.type)
     frozen_dtype = model_dtype(cfg.run.dtype, device)  # reference, reward model, a LoRA base

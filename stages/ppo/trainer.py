@@ -33,6 +33,7 @@ from pipeline.errors import UserError
 from pipeline.judge.overoptimisation import Curve
 from pipeline.judge.scoring import process_scores
 from pipeline.lm.forward import checkpoint_layers
+from pipeline.runtime import sharding
 from pipeline.runtime.device import reuse_freed_cpu_memory
 from stages.ppo import checkpointing
 from stages.ppo.advantages import (
@@ -105,7 +106,13 @@ class PPOTrainer:
         total_opt_steps = max(1, self.num_updates * cfg.ppo_epochs * cfg.num_minibatches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: max(0.0, 1.0 - s / total_opt_steps))
+        self.sharded = sharding.shard_cpu_launch(self.acc)
+        if self.sharded and (ref_policy is None or getattr(cfg, "keep", "last") == "best"):
+            raise UserError("PPO under FSDP shards the policy across processes; ppo.keep=best (which copies the "
+                            "weights on one process) and LoRA (whose reference is the policy itself) are not "
+                            "supported with it: set ppo.keep=last and ppo.lora.enabled=false, or launch with DDP.")
         self.model, self.optimizer = self.acc.prepare(PolicyAndValue(policy, value_model).eval(), self.optimizer)
+        sharding.describe_shards(self.acc, self.model, "policy and value")
         if getattr(cfg, "gradient_checkpointing", False):
             for m in (policy, value_model):
                 if hasattr(m, "gradient_checkpointing_enable") or hasattr(m, "get_base_model"):
@@ -136,18 +143,22 @@ class PPOTrainer:
         end = self.num_updates if num_updates is None else min(self.num_updates, self.step_no + num_updates)
         bar = progress(self.num_updates, initial=self.step_no, desc="ppo", enabled=self.show_progress)
         if self.samples and self.step_no == 0:
-            self.samples.write(0, self)  # the SFT policy's answers: the baseline to read the rest against
+            with full_weights_for_generation(self.acc, self.model):
+                self.samples.write(0, self)  # the SFT policy's answers: the baseline to read the rest against
         while self.step_no < end and not self.curve.stopped:  # early stop (stages/ppo/curve.py)
             m = self.step()
             bar.update(1)
             bar.set_postfix(score=f"{m['score']:.3f}", kl=f"{m['kl']:.2f}", loss=f"{m['loss/policy']:.3f}",
                             tok_s=f"{m['tokens_per_s']:.0f}")
             if self.samples and (self.step_no % self.cfg.sample_every == 0 or self.step_no == self.num_updates):
-                self.samples.write(self.step_no, self)
+                with full_weights_for_generation(self.acc, self.model):
+                    self.samples.write(self.step_no, self)
             if self.checkpoint_dir and (self.step_no % self.cfg.save_every == 0 or self.step_no == self.num_updates
                                         or self.curve.stopped):
                 self._save()
         bar.close()
+        # FSDP: the stage's report and save run on the main process alone, on whole copies
+        sharding.whole_copies(self.acc, self.acc.unwrap_model(self.model), ("policy", "value"))
         return self.history
 
     def step(self) -> dict:
@@ -331,7 +342,10 @@ class PPOTrainer:
             raise UserError(f"ppo.total_episodes={cfg.total_episodes} is below one batch (ppo.batch_size="
                             f"{cfg.batch_size}); raise total_episodes.")
 
-    def _ckpt_models(self) -> dict:
+    def _ckpt_models(self, saving: bool = False) -> dict:
+        if self.sharded:  # the full state, gathered from every process's shards (a collective when saving)
+            return {"model": sharding.WholeState(self.acc, self.model, gather=saving), "scheduler": self.scheduler,
+                    "optimizer": sharding.WholeState(self.acc, self.model, self.optimizer, gather=saving)}
         return {"model": self.acc.unwrap_model(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler}
 
     def _last_good(self) -> str | None:
@@ -343,7 +357,7 @@ class PPOTrainer:
                  "order": self.order, "cursor": self.cursor,
                  "last_metrics": self.history[-1] if self.history else None, "curve": self.curve.state_dict()}
         checkpointing.save(self.checkpoint_dir, rank=self.rank, is_main=self.acc.is_main_process,
-                           barrier=self.acc.wait_for_everyone, models=self._ckpt_models(), trainer_state=state)
+                           barrier=self.acc.wait_for_everyone, models=self._ckpt_models(saving=True), trainer_state=state)
 
     def _load(self) -> None:
         state = checkpointing.load(self.checkpoint_dir, rank=self.rank, models=self._ckpt_models())
@@ -366,14 +380,13 @@ def make_adamw(params: list, **kw) -> torch.optim.Optimizer:
 
 def full_weights_for_generation(acc, model):
     """Sharded training (FSDP, DeepSpeed ZeRO-3) keeps each weight on one rank; token-by-token
-    generation would gather every layer at every token. Gather them once per rollout instead.
-    DDP and single-process runs hold full weights already. (Not exercised by the CPU tests.)"""
+    generation would gather every layer at every token, in step with the other processes. Gather them once per
+    rollout instead. DDP and single-process runs hold full weights already. (FSDP2: tests/test_distributed_fsdp.py;
+    ZeRO-3 not exercised.)"""
     from accelerate.utils import DistributedType
 
     if acc.distributed_type == DistributedType.FSDP:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        return FSDP.summon_full_params(model, writeback=False, recurse=True)
+        return sharding.whole_weights(acc, model)
     if acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3:
         import deepspeed
 
