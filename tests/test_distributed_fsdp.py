@@ -19,7 +19,8 @@ from tests.test_distributed_training import same_trajectory
 from tests.test_ppo_stage import argv as ppo_argv
 from tests.test_ppo_stage import run_dir  # noqa: F401  (fixture: SFT and reward models, prompts)
 from tests.test_pretrain import ARGS as PRETRAIN_ARGS
-from tests.test_pretrain import corpus, uninterrupted  # noqa: F401  (fixtures: a text, 1 process)
+from tests.test_pretrain import corpus  # noqa: F401  (the fixture: a text)
+from tests.test_pretrain import run_stage as run_pretraining
 from tests.test_sft import chat_files  # noqa: F401  (the fixture: 80 training and 8 held-out chats)
 
 WEIGHT_TOL = 1e-4
@@ -52,18 +53,20 @@ def same_weights(artifact, reference) -> None:
 
 
 @pytest.mark.slow
-def test_pretraining_sharded_on_two_processes_matches_one_process(tmp_path, uninterrupted, corpus):  # noqa: F811
-    # The reference: 1 process x 2 accumulation steps x 8 sequences, 40 steps; here 2 processes x 1 x 8. Its
-    # checkpoints (every 10 steps) are the full state gathered from both processes' shards. Resuming from one
-    # under FSDP is not run here (a third launch); it was checked by hand: the same losses to 6 decimals.
-    args = [*PRETRAIN_ARGS, f"run.out_dir={tmp_path}", "run.name=fsdp", f"train.data={corpus}"]
-    proc = launch("stages.pretrain", args, config="cpu_fsdp.yaml")
+def test_pretraining_sharded_on_two_processes_matches_one_process(tmp_path, corpus):  # noqa: F811
+    # 1 process x 2 accumulation steps x 8 sequences against 2 processes x 1 x 8, 12 steps; the checkpoints (every 6
+    # steps) are the full state gathered from both processes' shards. Resuming from one under FSDP is not run here
+    # (a third launch); checked by hand: the same losses to 6 decimals.
+    args = [*PRETRAIN_ARGS, "train.max_steps=12", "train.eval_every=6", "train.log_every=3", "train.checkpoint_every=6",
+            f"train.data={corpus}"]
+    assert run_pretraining(tmp_path, "one", *args[len(PRETRAIN_ARGS):]) == 0
+    proc = launch("stages.pretrain", [*args, f"run.out_dir={tmp_path}", "run.name=fsdp"], config="cpu_fsdp.yaml")
     sharded_in_halves(proc.stdout, "model")
-    artifact = tmp_path / "fsdp" / "pretrain"
+    one, two = tmp_path / "one" / "pretrain", tmp_path / "fsdp" / "pretrain"
     for key in ("train_loss", "val_loss"):  # within 1e-4 at every logged step
-        same_trajectory(uninterrupted, artifact, key)
-    same_weights(artifact, uninterrupted)
-    ran_sharded(artifact)
+        same_trajectory(one, two, key)
+    same_weights(two, one)
+    ran_sharded(two)
 
 
 @pytest.mark.slow
