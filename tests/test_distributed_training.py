@@ -8,6 +8,7 @@ no per-process random numbers enter the loss. Each run below takes seconds on a 
 processes each starting torch and transformers, a pair takes 20-40 s on 2 shared cores (marked slow).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -37,14 +38,26 @@ def ran_on(artifact, processes: int):
     assert record["backend"] == ("gloo" if processes > 1 else "none")
 
 
+def launch_killed_after(step: int, module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """A 2-process launch that stops after optimizer step `step` as Ctrl-C does (the stages' test hook)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RLHF_STOP_AFTER_STEP": str(step)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_ddp.yaml",
+           "--num_processes", "2", "-m", module, *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
-def test_sft_on_two_processes_matches_one(tmp_path, tiny_lm_dir, chat_files):  # noqa: F811
+def test_sft_on_two_processes_matches_one_and_a_run_killed_on_two_resumes_on_one(tmp_path, tiny_lm_dir, chat_files,  # noqa: F811
+                                                                                 capfd):
+    """The global batch is in the artifact's key and the Trainer's data order depends on the seed and the step
+    only, so a checkpoint written by 2 processes resumes on 1 (a machine lost, fewer GPUs) and ends where an
+    uninterrupted run ends, without the Trainer's warning about the per-process batch."""
     from stages.sft.stage import main
 
     train, val = chat_files
     args = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path}", f"sft.init_from={tiny_lm_dir}",
             f"sft.data={train}", f"sft.val_data={val}", "sft.max_steps=8", "sft.sequences_per_step=8",
-            "sft.batch_size=8", "sft.eval_every=4", "sft.log_every=1", "sft.save_every=100", "sft.gold_prompts=0",
+            "sft.batch_size=8", "sft.eval_every=4", "sft.log_every=1", "sft.save_every=4", "sft.gold_prompts=0",
             "sft.num_samples=0", "sft.lr=0.003", "sft.warmup_ratio=0"]
     assert main([*args, "run.name=one"]) == 0
     proc = launch("stages.sft", [*args, "run.name=two"])
@@ -53,6 +66,17 @@ def test_sft_on_two_processes_matches_one(tmp_path, tiny_lm_dir, chat_files):  #
     for key in ("loss", "grad_norm", "eval_loss"):  # grad_norm: the processes' gradients were averaged
         same_trajectory(one, two, key)
     ran_on(one, 1), ran_on(two, 2)
+
+    killed = launch_killed_after(6, "stages.sft", [*args, "run.name=moved"])
+    assert killed.returncode != 0 and (tmp_path / "moved" / "sft.partial" / "checkpoints" / "checkpoint-4").is_dir()
+    capfd.readouterr()
+    assert main([*args, "run.name=moved"]) == 0  # on 1 process, from the 2 processes' step-4 checkpoint
+    out, err = capfd.readouterr()
+    assert "resuming from" in out and "trainer_state.json" not in out + err
+    moved = tmp_path / "moved" / "sft"
+    for key in ("loss", "grad_norm", "eval_loss"):
+        same_trajectory(one, moved, key)
+    ran_on(moved, 1)
 
 
 @pytest.mark.slow
@@ -105,3 +129,28 @@ def test_a_pretraining_run_killed_on_one_process_resumes_on_two(tmp_path, uninte
     final = tmp_path / "moved" / "pretrain"
     assert val_losses(final) == pytest.approx(val_losses(uninterrupted), abs=TOL)
     ran_on(final, 2)
+
+
+def test_grpo_and_rloo_refuse_in_one_line_to_resume_on_another_number_of_processes(tmp_path, monkeypatch):
+    """Each process's sampling continues from its own saved RNG state, so an online method's checkpoint
+    resumes only on as many processes as wrote it; SFT, reward and DPO resume on any number."""
+    from pipeline.errors import UserError
+    from pipeline.lm.hf_glue import COMPLETE, resume_checkpoint
+
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    for rank in (0, 1):  # what the Trainer leaves from 2 processes: one RNG state each
+        (checkpoint / f"rng_state_{rank}.pth").write_bytes(b"state")
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2, "max_steps": 4}))
+    (checkpoint / COMPLETE).write_text(json.dumps({"rng_state_0.pth": 5, "rng_state_1.pth": 5}))
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(UserError) as refused:
+        resume_checkpoint(tmp_path / "checkpoints", "grpo.resume", "GRPO")
+    line = str(refused.value)
+    assert "\n" not in line and "written by 2 processes and this launch has 1" in line
+    assert "launch it on 2" in line and "grpo.resume=false" in line
+    assert checkpoint.is_dir()  # refused, nothing discarded
+    assert resume_checkpoint(tmp_path / "checkpoints", "dpo.resume") == str(checkpoint)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resume_checkpoint(tmp_path / "checkpoints", "grpo.resume", "GRPO") == str(checkpoint)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
@@ -33,7 +34,7 @@ from pipeline.artifacts.metrics import MetricsLogger, progress
 from pipeline.config.schema import LoraSection, RunSection
 from pipeline.errors import UserError
 from pipeline.lm.tokenizer import ensure_chat_ready
-from pipeline.runtime.batch import BatchSplit
+from pipeline.runtime.batch import BatchSplit, process_count
 from pipeline.runtime.device import mixed_precision, pick_device
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,36 @@ def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
     return None
 
 
-def resume_checkpoint(checkpoint_dir: str | Path, resume_flag: str) -> str | None:
+def checkpoint_processes(checkpoint: str | Path) -> int:
+    """How many processes wrote a Trainer checkpoint: the Trainer saves one RNG state per process
+    (rng_state_<rank>.pth) under a launch, and rng_state.pth alone on one process."""
+    ranks = len(list(Path(checkpoint).glob("rng_state_*.pth")))
+    return ranks or 1
+
+
+class _SameGlobalBatch(logging.Filter):
+    """Drops the Trainer's resume warning whose only complaint is the per-process batch: the global batch is
+    in the artifact's key (pipeline/runtime/batch.py), so only its share per process changed with N."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "do not match the ones in the `trainer_state.json`" not in text:
+            return True
+        complaints = [line for line in text.splitlines()[1:] if line.strip()]
+        return not all(line.strip().startswith("per_device_train_batch_size:") for line in complaints)
+
+
+_same_global_batch = _SameGlobalBatch()
+
+
+def resume_checkpoint(checkpoint_dir: str | Path, resume_flag: str, same_processes: str | None = None) -> str | None:
     """The checkpoint to resume from: checkpoints cut short by a kill are removed, and a complete
-    one whose files were truncated since is one line naming the file and what to do."""
+    one whose files were truncated since is one line naming the file and what to do.
+
+    A checkpoint written by another number of processes resumes with the same global batch (its data
+    order depends on the seed and the step only). `same_processes` (what the stage is) refuses that in one
+    line instead: for a stage whose run would not continue the same (each process's sampling stream is in
+    its own RNG state, and another count has other streams)."""
     last = last_checkpoint(checkpoint_dir)
     if last and _is_final(last):
         # Resuming the Trainer at its last step takes a path that differs from a finished run (an
@@ -134,6 +162,14 @@ def resume_checkpoint(checkpoint_dir: str | Path, resume_flag: str) -> str | Non
     if sizes is None:
         raise UserError(f"{Path(last) / COMPLETE} is corrupt: delete {last} to resume from the checkpoint before "
                         f"it, or re-run with {resume_flag}=false to start fresh.")
+    wrote, now = checkpoint_processes(last), process_count()
+    if wrote != now and same_processes:
+        raise UserError(f"{last} was written by {wrote} process{'es' * (wrote > 1)} and this launch has {now}: "
+                        f"{same_processes} resumes only on as many processes as it started on (each process's "
+                        f"sampling continues from its own saved state), so launch it on {wrote}, or re-run with "
+                        f"{resume_flag}=false to start fresh.")
+    if wrote != now:
+        logging.getLogger("transformers.trainer_utils").addFilter(_same_global_batch)
     return last
 
 
@@ -190,6 +226,8 @@ class MetricsCallback(TrainerCallback):
         self.last_eval_step = None  # the step of the most recent evaluation
         self._shown = {}  # what the progress bar shows
         self._tokens = None  # (time, tokens seen) at the previous train log
+        # test hook, as pretraining's: stop after this optimizer step as Ctrl-C does (every process of a launch)
+        self.stop_after = int(os.environ.get("RLHF_STOP_AFTER_STEP", 0))
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.enabled = self.enabled and state.is_world_process_zero
@@ -206,6 +244,8 @@ class MetricsCallback(TrainerCallback):
         # they average) are an uninterrupted run's, and every step's loss is in the history train_loss reads.
         if control.should_save or state.global_step >= state.max_steps:
             control.should_log = True
+        if self.stop_after and state.global_step == self.stop_after:
+            raise KeyboardInterrupt
         return control
 
     def _clean(self, logs: dict) -> dict:

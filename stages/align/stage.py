@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     writer = start_artifact(final, method, resume=s.resume,
                             key=key(cfg, method))
     state.wait_for_everyone()
-    checkpoint = resume_checkpoint(writer.checkpoint_dir, f"{method}.resume") if s.resume else None
+    # GRPO and RLOO sample as they train: another process count would not continue the same run
+    same_processes = method.upper() if method in ("grpo", "rloo") else None
+    checkpoint = resume_checkpoint(writer.checkpoint_dir, f"{method}.resume", same_processes) if s.resume else None
     callback = MetricsCallback(writer.out_dir, desc=method, resume_step=step_of(checkpoint))
     clock = TrainingClock(checkpoint)
     if method == "dpo":
