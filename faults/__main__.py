@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from faults.distributed import check_distributed
+from faults.distributed import check_distributed, check_other_count
 from faults.stages import STAGES
 from faults.suite import Report, Suite, format_table
 
@@ -16,6 +16,9 @@ CHECKS = ("kills", "change", "diverge", "disk", "twice", "distributed")
 # The stages the distributed checks launch on 2 processes (faults/distributed.py): a training loop of our own,
 # the sampling stage, and PPO.
 LAUNCHED = ("pretrain", "rank", "ppo")
+# Killed on 2 processes, re-run on 1 (faults/distributed.py, other-count): our loop, a Trainer stage that
+# resumes on another count and one that refuses.
+OTHER_COUNT = ("pretrain", "sft", "grpo")
 
 
 def run_suite(out: Path, *, stages=tuple(s for s in STAGES if s.kill), kills: int = 20, per_trial: int = 2, checks=CHECKS, seed: int = 0,
@@ -38,6 +41,8 @@ def run_suite(out: Path, *, stages=tuple(s for s in STAGES if s.kill), kills: in
             suite.check_twice(stage, rep)
         if "distributed" in checks and stage.name in LAUNCHED:
             check_distributed(suite, stage, rep, log=log)
+        if "distributed" in checks and stage.name in OTHER_COUNT:
+            check_other_count(suite, stage, rep, log=log)
         log(f"{stage.name}: {rep.kills} kills in {rep.trials} trials, {time.perf_counter() - t0:.0f}s, "
             f"{len(rep.failures)} failure(s) {rep.checks}")
         for f in rep.failures:
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         if "kill-rank" in r.checks:
             print(f"2 processes, {r.stage}: kill -9 of one rank {r.checks['kill-rank']}, "
                   f"two launches {r.checks.get('two-launches', '-')}")
+        if "other-count" in r.checks:
+            print(f"2 processes, {r.stage}: killed on 2, re-run on 1 {r.checks['other-count']}")
     tolerances = ", ".join(f"{s.name} {'bit-identical' if s.tolerance == 0 else f'within {s.tolerance:g}'}"
                            for s in stages)
     print(f"\nrequired: {tolerances}")

@@ -7,6 +7,9 @@ the launched stages, two CPU processes over gloo each.
                 row once. While it runs, the stage's lock names the main process (rank 0), not another rank.
   two-launches  two launches started together on the same run directory: the one that reaches the lock
                 second refuses at once ("already running"), the other finishes.
+  other-count   a run killed on 2 processes is re-run on 1: pretrain, SFT, reward and DPO resume (same global
+                batch) and finish; GRPO and RLOO refuse in one line and keep the checkpoint (their sampling
+                would not continue the same on another number of processes).
 
 Why an exit is bounded: on one machine torchrun stops the other processes as soon as one dies, and gloo
 fails a collective whose partner is gone; across machines a stuck partner is bounded by the collective
@@ -211,3 +214,38 @@ def check_distributed(suite, stage, rep, log=print) -> None:
     rep.checks["two-launches"] = "ok" if not problems else "FAILED"
     for p in problems:
         rep.fail(f"two-launches: {p}", out_refused if rc_ran == 0 else out_ran)
+
+
+REFUSE_OTHER_COUNT = ("grpo", "rloo")  # online methods on the Trainer: refuse (pipeline/lm/hf_glue.py)
+
+
+def check_other_count(suite, stage, rep, log=print) -> None:
+    """other-count for one stage: kill rank 1 of a 2-process run once it has a checkpoint, then re-run the same
+    command on 1 process."""
+    from faults.suite import NAME, command, has_checkpoint, lock_path
+
+    run_root = suite.trial_dir(stage)
+    run_dir = run_root / NAME
+    cmd = command(stage.name, run_root)
+    result = kill_one_rank(cmd, run_root, lock_path(run_dir, stage.name), lambda: has_checkpoint(run_dir, stage))
+    problems = [] if result.killed else [f"the 2-process run never reached a checkpoint (exit {result.rc})"]
+    out = result.output
+    if not problems:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+        out = proc.stdout + proc.stderr
+        if stage.name in REFUSE_OTHER_COUNT:
+            errors = [line for line in out.splitlines() if line.startswith("error:")]
+            if proc.returncode != 2 or len(errors) != 1 or "written by 2 processes" not in errors[0]:
+                problems.append(f"the 1-process re-run did not refuse in one line (exit {proc.returncode})")
+            if "Traceback" in out:
+                problems.append("the refusal printed a traceback")
+            if not has_checkpoint(run_dir, stage):
+                problems.append("the refusal discarded the 2 processes' checkpoint")
+        elif proc.returncode != 0:
+            problems.append(f"the 1-process re-run failed (exit {proc.returncode})")
+        elif "resum" not in out.lower():
+            problems.append("the 1-process re-run started afresh instead of resuming")
+    rep.checks["other-count"] = "ok" if not problems else "FAILED"
+    for p in problems:
+        rep.fail(f"other-count: {p}", out)
+    log(f"{stage.name}: killed on 2 processes, re-run on 1 -> {'ok' if not problems else problems[0]}")
