@@ -130,12 +130,9 @@ _same_global_batch = _SameGlobalBatch()
 
 def resume_checkpoint(checkpoint_dir: str | Path, resume_flag: str, same_processes: str | None = None) -> str | None:
     """The checkpoint to resume from: checkpoints cut short by a kill are removed, and a complete
-    one whose files were truncated since is one line naming the file and what to do.
-
-    A checkpoint written by another number of processes resumes with the same global batch (its data
-    order depends on the seed and the step only). `same_processes` (what the stage is) refuses that in one
-    line instead: for a stage whose run would not continue the same (each process's sampling stream is in
-    its own RNG state, and another count has other streams)."""
+    one whose files were truncated since is one line naming the file and what to do. One written by another
+    number of processes resumes with the same global batch, unless `same_processes` (the stage's name) says
+    its run would not continue the same (each process samples from its own saved RNG state): one line then."""
     last = last_checkpoint(checkpoint_dir)
     if last and _is_final(last):
         # Resuming the Trainer at its last step takes a path that differs from a finished run (an
