@@ -5,6 +5,7 @@ never deleting what a stage did not create."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -85,7 +86,24 @@ def test_a_kill_between_the_two_renames_of_a_ppo_checkpoint_swap_recovers_the_ol
     monkeypatch.setattr(atomic.os, "replace", real_replace)
     assert not (tmp_path / "ckpt").exists() and (tmp_path / "ckpt.old").is_dir()
     assert checkpointing.exists(tmp_path)  # puts the old copy back
-    assert checkpointing.load(tmp_path, rank=0, models={"model": model})["step"] == 1
+    assert checkpointing.load(tmp_path, rank=0, world=1, models={"model": model})["step"] == 1
+
+
+def test_a_ppo_checkpoint_resumes_only_on_as_many_processes_as_wrote_it(tmp_path):
+    """Each process's episodes come from its own saved RNG: on another count the run would not be the one that
+    stopped, so it is one line naming the checkpoint, both counts and what to do; on the same count it loads."""
+    from pipeline.errors import UserError
+    from stages.ppo import checkpointing
+
+    model = torch.nn.Linear(2, 2)
+    checkpointing.save(tmp_path, rank=0, is_main=True, barrier=lambda: None, models={"model": model},
+                       trainer_state={"step": 3})
+    shutil.copy(tmp_path / "ckpt" / "rng_0.pt", tmp_path / "ckpt" / "rng_1.pt")  # as the second process writes it
+    with pytest.raises(UserError) as refused:
+        checkpointing.load(tmp_path, rank=0, world=1, models={"model": model})
+    assert "written by 2 processes and this launch has 1" in str(refused.value)
+    assert "ppo.resume=false" in str(refused.value)
+    assert checkpointing.load(tmp_path, rank=1, world=2, models={"model": model})["step"] == 3
 
 
 def test_a_kill_between_the_two_renames_of_a_commit_leaves_the_previous_artifact_usable(tmp_path, monkeypatch):

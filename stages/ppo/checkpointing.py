@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.artifacts.atomic import recover_dir, save_torch, swap_dir, translating_disk_errors
 from pipeline.artifacts.checkpoint import load_state_file, rng_state, set_rng_state
+from pipeline.errors import UserError
 
 NAME = "ckpt"
 
@@ -49,14 +50,20 @@ def exists(directory: Path | None) -> bool:
     return (Path(directory) / NAME / "trainer.pt").is_file()
 
 
-def load(directory: Path, *, rank: int, models: dict, resume_flag: str = "ppo.resume") -> dict:
-    """Restore models/optimizer/scheduler in place and this rank's RNG; returns the trainer state."""
+def load(directory: Path, *, rank: int, world: int, models: dict, resume_flag: str = "ppo.resume") -> dict:
+    """Restore models/optimizer/scheduler in place and this rank's RNG; returns the trainer state. A checkpoint
+    written by another number of processes is refused: each process samples its episodes from its own saved RNG,
+    so the resumed run would not continue the one that stopped."""
     d = Path(directory) / NAME
+    wrote = len(list(d.glob("rng_*.pt")))
+    if wrote != world:
+        raise UserError(f"{d} was written by {wrote} process{'es' * (wrote != 1)} and this launch has {world}: PPO "
+                        f"resumes only on as many processes as it started on (each process's sampling continues "
+                        f"from its own saved state), so launch it on {wrote}, or re-run with {resume_flag}=false "
+                        "to start fresh.")
     states = load_state_file(d / "state.pt", resume_flag)
     trainer_state = load_state_file(d / "trainer.pt", resume_flag)
     for k, obj in models.items():
         obj.load_state_dict(states[k])
-    rng_file = d / f"rng_{rank}.pt"
-    if rng_file.exists():
-        set_rng_state(load_state_file(rng_file, resume_flag))
+    set_rng_state(load_state_file(d / f"rng_{rank}.pt", resume_flag))
     return trainer_state

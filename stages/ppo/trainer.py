@@ -360,7 +360,8 @@ class PPOTrainer:
                            barrier=self.acc.wait_for_everyone, models=self._ckpt_models(saving=True), trainer_state=state)
 
     def _load(self) -> None:
-        state = checkpointing.load(self.checkpoint_dir, rank=self.rank, models=self._ckpt_models())
+        state = checkpointing.load(self.checkpoint_dir, rank=self.rank, world=self.world,
+                                   models=self._ckpt_models())
         self.step_no, self.cursor, self.order = state["step"], state["cursor"], state["order"]
         if state.get("last_metrics"):  # the stage reports the last step's metrics, even right after a resume
             self.history = [state["last_metrics"]]
