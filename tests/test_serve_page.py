@@ -39,12 +39,16 @@ def test_page_streams_both_models_side_by_side_and_shows_probabilities(tiny_lm_d
         answer = columns[1].find_element
         wait.until(lambda d: len(answer(By.CSS_SELECTOR, ".message.assistant .text").text) > 0)
         wait.until(lambda d: "tokens in" in answer(By.CSS_SELECTOR, ".message.assistant .meta").text)
-        assert "60 tokens" in answer(By.CSS_SELECTOR, ".message.assistant .meta").text
-        assert int(answer(By.CSS_SELECTOR, ".message.assistant").get_attribute("data-updates")) >= 30
+        # The page asks for the 60 tokens it was set to: the answer runs to them ("length"), unless the model
+        # ended its turn first ("stop": the end-of-turn tokens of this model keep a small chance under sampling).
+        meta = answer(By.CSS_SELECTOR, ".message.assistant .meta").text
+        tokens = int(meta.split(" tokens")[0])
+        assert (tokens, meta.endswith("length")) == (60, True) or (tokens < 60 and meta.endswith("stop")), meta
+        assert int(answer(By.CSS_SELECTOR, ".message.assistant").get_attribute("data-updates")) >= tokens // 2
         wait.until(lambda d: "tokens in" in columns[0].find_element(By.CSS_SELECTOR, ".meta").text)
 
         cards = columns[1].find_elements(By.CSS_SELECTOR, ".probs .token")
-        assert len(cards) == 60 and not cards[0].is_displayed()
+        assert len(cards) == tokens and not cards[0].is_displayed()
         browser.find_element(By.ID, "show-probs").click()
         assert cards[0].is_displayed() and browser.find_element(By.ID, "legend").is_displayed()
         first = cards[0].find_elements(By.CSS_SELECTOR, ".cand")
