@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pipeline.chain.table import STAGES, is_up_to_date
 from pipeline.config.cli import stage_config
 from pipeline.errors import main_guard
-from pipeline.runtime.processes import launch_state, launched
+from pipeline.runtime.processes import end_launch, launch_state, launched
 
 ABOUT_ALIGN = "DPO, GRPO or RLOO (align.method) on TRL's trainers"
 
@@ -25,9 +25,12 @@ def run(stage: str, load: Callable, argv: list[str] | None = None) -> int:
     name = cfg.align.method if stage == "align" else stage
     if name in STAGES and is_up_to_date(cfg, name):
         return 0
-    if launched():  # the launch's process group, with the collective timeout, before the stage makes its own
-        launch_state()
-    return load()(cfg) or 0  # main's stage_config quiets the weight bars
+    if not launched():
+        return load()(cfg) or 0  # main's stage_config quiets the weight bars
+    launch_state()  # the launch's process group, with the collective timeout, before the stage makes its own
+    code = load()(cfg) or 0
+    end_launch()
+    return code
 
 
 def start(stage: str, load: Callable) -> None:

@@ -63,6 +63,17 @@ def launch_state():
     return state
 
 
+def end_launch() -> None:
+    """Every process of a launch that finished its stage leaves together, its process group closed: a process
+    that exits while its group's threads still run can abort ("terminate called without an active exception"),
+    and the launcher then stops its partners, the main one perhaps in the middle of its commit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 RERUN = "nothing was committed; re-run the same command to resume"
 
 
