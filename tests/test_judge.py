@@ -148,8 +148,10 @@ def test_the_four_reports_judge_a_model_pair_alike(run):
 
     by_eval = json.loads((evaluate(cfg) / "report.json").read_text())["comparisons"][-1]
     models = [evaluator.Evaluated(n, str(fx / n), {}) for n in ("sft", "ppo")]
-    answered, _, _ = evaluator.answer_all(cfg, models, device, torch.float32)
-    by_compare = evaluator.versus_baseline(cfg, models[0], models[1:], answered, device)[0]
+    evaluator.answer_each(cfg, models, device, torch.float32)
+    answered, _, _ = evaluator.judge_all(cfg, models, device)
+    under = evaluator.logprobs_under_baseline(cfg, models[0], models[1:], device)
+    by_compare = evaluator.versus_baseline(cfg, models[0], models[1:], answered, device, under)[0]
 
     tok = AutoTokenizer.from_pretrained(fx / "sft")
     ppo, sft = (AutoModelForCausalLM.from_pretrained(fx / n).eval() for n in ("ppo", "sft"))

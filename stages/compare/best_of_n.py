@@ -55,16 +55,16 @@ def sample_pool(cfg, sft_path: str, device, dtype, processes: Processes = ONE) -
 
 
 def best_of_n_row(cfg, sft_path: str, sft_answers: ModelAnswers, rm_path: str | None, device, dtype,
-                  pool: tuple[ModelAnswers, float] | None = None) -> tuple[dict | None, str]:
+                  pool: tuple[ModelAnswers, float] | None) -> tuple[dict | None, str]:
     """Best of n against SFT's own answers on the compare prompts, as a method's row of the report (KL
     analytic, cost: the sampling and scoring time); (None, why) when it cannot be measured. `pool`: SFT's n
-    answers per prompt from sample_pool (sampled here when not given)."""
+    answers per prompt and their sampling time, from sample_pool (None without a reward model)."""
     n, e = cfg.compare.best_of_n, cfg.eval
     if rm_path is None:
         return None, f"best of {n}: no reward model to choose with"
     chosen = report_prompts(cfg, "compare")
     prompts = chosen.prompts
-    pool, sampling_s = pool or sample_pool(cfg, sft_path, device, dtype)
+    pool, sampling_s = pool
     start = time.perf_counter()
     reward = RewardJudge.load(rm_path, device, batch_size=e.batch_size)
     scores = reward.score(list(prompts) * n, pool)

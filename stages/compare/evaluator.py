@@ -18,7 +18,7 @@ from pipeline.judge.evaluate import RewardJudge, reward_model_path, score_gold, 
 from pipeline.lm.model import model_dtype
 from pipeline.runtime.processes import ONE, Processes
 
-__all__ = ["Evaluated", "answer_all", "answer_each", "judge_all", "logprobs_under_baseline", "reward_model_path", "summarise_model",
+__all__ = ["Evaluated", "answer_each", "judge_all", "logprobs_under_baseline", "reward_model_path", "summarise_model",
            "versus_baseline"]
 
 
@@ -50,12 +50,6 @@ def answer_each(cfg, evaluated: list[Evaluated], device, dtype, processes: Proce
                             processes=processes)
         del model
         release(device)
-
-
-def answer_all(cfg, evaluated: list[Evaluated], device, dtype) -> tuple[list, str, list[str]]:
-    """answer_each then judge_all, on one process."""
-    answer_each(cfg, evaluated, device, dtype)
-    return judge_all(cfg, evaluated, device)
 
 
 def judge_all(cfg, evaluated: list[Evaluated], device) -> tuple[list, str, list[str]]:
@@ -92,13 +86,11 @@ def logprobs_under_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], 
 
 
 def versus_baseline(cfg, baseline: Evaluated, methods: list[Evaluated], prompts: list, device,
-                    under: list[list[list[float]] | None] | None = None) -> list[dict]:
+                    under: list[list[list[float]] | None]) -> list[dict]:
     """For each method: win rates over the baseline (RM, gold, 95% intervals), KL(method || baseline)
-    on the method's own answers (`under`: their log-probabilities under the baseline, computed here when not
-    given), the paired gold difference and the quality-bar verdict."""
+    on the method's own answers (`under`: their log-probabilities under the baseline, from
+    logprobs_under_baseline), the paired gold difference and the quality-bar verdict."""
     e = cfg.eval
-    if under is None:
-        under = logprobs_under_baseline(cfg, baseline, methods, device)
     rows = []
     for ev, lp in zip(methods, under):
         c = compare_answers(ev.answers, baseline.answers, prompts, kl_budget=cfg.ppo.kl_budget,
