@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipeline.runtime.processes import end_launch
 from stages.ppo.advantages import masked_whiten
 from stages.ppo.losses import ppo_loss
 
@@ -75,8 +76,10 @@ def _rank(rank: int, port: int, out: dict) -> None:
         if rank == 0:
             out.update(whitened=torch.cat(parts), grad_logp=model.module.logp.grad.clone(),
                        grad_v=model.module.v.grad.clone())
+        end_launch()  # both leave together, as a stage's processes do: one that exits alone can abort
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def free_port() -> int:
