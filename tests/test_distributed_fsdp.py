@@ -53,34 +53,43 @@ def same_weights(artifact, reference) -> None:
 
 
 @pytest.mark.slow
-def test_pretraining_sharded_on_two_processes_matches_one_process(tmp_path, corpus):  # noqa: F811
-    # 1 process x 2 accumulation steps x 8 sequences against 2 processes x 1 x 8, 12 steps; the checkpoints (every 6
-    # steps) are the full state gathered from both processes' shards. Resuming from one under FSDP is not run here
-    # (a third launch); checked by hand: the same losses to 6 decimals.
+def test_pretraining_sharded_on_two_processes_matches_one_process_through_a_kill_and_resume(tmp_path, corpus):  # noqa: F811
+    # 1 process x 2 accumulation steps x 8 sequences against 2 processes x 1 x 8, 12 steps. The sharded run is
+    # stopped after step 8 (every process, as Ctrl-C) and resumed from its step-6 checkpoint: the full state the
+    # main process gathered from both shards, loaded back into shards. A resume that lost the optimizer's state or
+    # the data position would leave the one-process trajectory after step 6.
     args = [*PRETRAIN_ARGS, "train.max_steps=12", "train.eval_every=6", "train.log_every=3", "train.checkpoint_every=6",
             f"train.data={corpus}"]
     assert run_pretraining(tmp_path, "one", *args[len(PRETRAIN_ARGS):]) == 0
-    proc = launch("stages.pretrain", [*args, f"run.out_dir={tmp_path}", "run.name=fsdp"], config="cpu_fsdp.yaml")
-    assert shares_held(proc.stdout, "model") == HALVES, proc.stdout[-2000:]
-    one, two = tmp_path / "one" / "pretrain", tmp_path / "fsdp" / "pretrain"
-    for key in ("train_loss", "val_loss"):  # within 1e-4 at every logged step
+    fsdp = [*args, f"run.out_dir={tmp_path}", "run.name=fsdp"]
+    killed = launch("stages.pretrain", fsdp, config="cpu_fsdp.yaml", env={"RLHF_STOP_AFTER_STEP": "8"}, check=False)
+    two = tmp_path / "fsdp" / "pretrain"
+    assert killed.returncode != 0 and not two.exists(), killed.stdout[-2000:]
+    proc = launch("stages.pretrain", fsdp, config="cpu_fsdp.yaml")
+    assert "resuming from step 6" in proc.stdout and shares_held(proc.stdout, "model") == HALVES, proc.stdout[-2000:]
+    one = tmp_path / "one" / "pretrain"
+    for key in ("train_loss", "val_loss"):  # within 1e-4 at every logged step, before and after the resume
         same_trajectory(one, two, key)
     same_weights(two, one)
     assert distributed_type(two) == ("FSDP", 2, "gloo")
 
 
 @pytest.mark.slow
-def test_sft_sharded_on_two_processes_matches_one_process(tmp_path, tiny_lm_dir, chat_files):  # noqa: F811
+def test_sft_sharded_on_two_processes_matches_one_process_through_a_kill_and_resume(tmp_path, tiny_lm_dir, chat_files):  # noqa: F811
     from stages.sft.stage import main
 
     train, val = chat_files
     args = ["--config", "configs/test.yaml", f"run.out_dir={tmp_path}", f"sft.init_from={tiny_lm_dir}",
             f"sft.data={train}", f"sft.val_data={val}", "sft.max_steps=8", "sft.sequences_per_step=8",
-            "sft.batch_size=8", "sft.eval_every=4", "sft.log_every=1", "sft.save_every=100", "sft.gold_prompts=2",
+            "sft.batch_size=8", "sft.eval_every=4", "sft.log_every=1", "sft.save_every=4", "sft.gold_prompts=2",
             "sft.num_samples=0", "sft.max_new_tokens=8", "sft.lr=0.003", "sft.warmup_ratio=0"]
     assert main([*args, "run.name=one"]) == 0
+    # stopped after step 6 and resumed from the checkpoint of step 4, both sharded
+    killed = launch("stages.sft", [*args, "run.name=fsdp"], config="cpu_fsdp.yaml", env={"RLHF_STOP_AFTER_STEP": "6"},
+                    check=False)
+    assert killed.returncode != 0 and (tmp_path / "fsdp" / "sft.partial" / "checkpoints" / "checkpoint-4").is_dir()
     proc = launch("stages.sft", [*args, "run.name=fsdp"], config="cpu_fsdp.yaml")
-    assert shares_held(proc.stdout, "model") == HALVES, proc.stdout[-2000:]
+    assert "resuming from" in proc.stdout and shares_held(proc.stdout, "model") == HALVES, proc.stdout[-2000:]
     one, two = tmp_path / "one" / "sft", tmp_path / "fsdp" / "sft"
     for key in ("loss", "grad_norm", "eval_loss"):  # within 1e-4 at every step, as DDP's
         same_trajectory(one, two, key)
