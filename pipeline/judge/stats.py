@@ -133,7 +133,9 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The interval holds p exactly; in floats its ends can miss p by an ulp at p = 0 or 1 (e.g. 6 of 6 gave an
+    # upper end of 0.9999999999999999), which put negative error bars into eval's plot and crashed it.
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def outcome(candidate: float, baseline: float, tie_tol: float = 1e-6) -> float:
