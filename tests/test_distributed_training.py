@@ -38,6 +38,12 @@ def ran_on(artifact, processes: int):
     assert record["backend"] == ("gloo" if processes > 1 else "none")
 
 
+def one_process_stopped_after(step: int, module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m module args` on one process, stopped after optimizer step `step` as Ctrl-C stops it (the
+    stages' test hook): exit code 130 and a checkpoint to resume from."""
+    env = {**os.environ, "RLHF_STOP_AFTER_STEP": str(step), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, env=env, timeout=300)
+
 @pytest.mark.slow
 def test_sft_on_two_processes_matches_one_and_a_run_killed_on_one_resumes_on_two(tmp_path, tiny_lm_dir, chat_files):  # noqa: F811
     """The global batch is in the artifact's key and the Trainer's data order depends on the seed and the step
@@ -58,9 +64,7 @@ def test_sft_on_two_processes_matches_one_and_a_run_killed_on_one_resumes_on_two
         same_trajectory(one, two, key)
     ran_on(one, 1), ran_on(two, 2)
 
-    killed = subprocess.run([sys.executable, "-m", "stages.sft", *args, "run.name=moved"], cwd=ROOT,
-                            capture_output=True, env={**os.environ, "RLHF_STOP_AFTER_STEP": "6", "OMP_NUM_THREADS": "1"},
-                            timeout=300)
+    killed = one_process_stopped_after(6, "stages.sft", [*args, "run.name=moved"])
     assert killed.returncode == 130 and (tmp_path / "moved" / "sft.partial" / "checkpoints" / "checkpoint-4").is_dir()
     resumed = launch("stages.sft", [*args, "run.name=moved"])  # on 2 processes, from the 1 process's step 4
     assert "resuming from" in resumed.stdout and "trainer_state.json" not in resumed.stdout + resumed.stderr
@@ -113,8 +117,7 @@ def test_a_pretraining_run_killed_on_one_process_resumes_on_two(tmp_path, uninte
     from tests.test_pretrain import ARGS, val_losses
 
     args = [*ARGS, f"run.out_dir={tmp_path}", "run.name=moved", f"train.data={corpus}"]
-    killed = subprocess.run([sys.executable, "-m", "stages.pretrain", *args], cwd=ROOT, capture_output=True,
-                            env={**os.environ, "RLHF_STOP_AFTER_STEP": "14", "OMP_NUM_THREADS": "1"}, timeout=300)
+    killed = one_process_stopped_after(14, "stages.pretrain", args)
     assert killed.returncode == 130
     launch("stages.pretrain", args)
     final = tmp_path / "moved" / "pretrain"
